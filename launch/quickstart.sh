@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Quick start: set up .venv, then generate the demo scene (if absent), train on it with
+# configs/demo.yaml, evaluate the test split, and print where the report, images and video are.
+# Extra arguments are config overrides, e.g. train.max_seconds=60.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/setup_env.sh
+exec nerf-dist demo --config configs/demo.yaml "$@"

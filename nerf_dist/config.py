@@ -1,0 +1,422 @@
+"""Configuration: nested frozen dataclasses, strict YAML loading, dotted CLI overrides.
+
+A config file is YAML (read with ``yaml.safe_load``) whose sections mirror :class:`Config`.
+Command-line overrides are ``section.key=value`` strings; the value is parsed as a YAML scalar.
+An unknown section or key, or a value of the wrong type or range, raises :class:`ConfigError`
+naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/demo"
+    """Scene folder (Blender, LLFF or instant-ngp/nerfstudio layout)."""
+    format: str = "auto"
+    """auto | blender | llff | ngp. 'auto' detects the format from the folder."""
+    downscale: int = 1
+    """Integer image downscale factor (area averaging)."""
+    white_background: bool = True
+    """Composite RGBA images over white (true) or black (false); also the renderer's background."""
+    skip_missing: bool = False
+    """Drop frames whose image file is missing (with a warning) instead of failing."""
+    llff_hold: int = 8
+    """LLFF / ngp: every N-th view is held out as the test split."""
+    ndc: str = "auto"
+    """auto | true | false: normalised device coordinates (auto = on for LLFF)."""
+    cache_dir: str = ""
+    """Ray cache location (path or fsspec URL); empty = <run.dir>/ray_cache."""
+    cache_shards: int = 64
+    """Number of ray-cache shards; a multiple of every world size you use."""
+
+    def __post_init__(self) -> None:
+        _check(self.format in ("auto", "blender", "llff", "ngp"), "data.format",
+               f"must be auto|blender|llff|ngp, got {self.format!r}")
+        _check(self.downscale >= 1, "data.downscale", f"must be >= 1, got {self.downscale}")
+        _check(self.llff_hold >= 2, "data.llff_hold", f"must be >= 2, got {self.llff_hold}")
+        _check(str(self.ndc) in ("auto", "true", "false", "True", "False"), "data.ndc",
+               f"must be auto|true|false, got {self.ndc!r}")
+        _check(self.cache_shards >= 1, "data.cache_shards", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "vanilla"
+    """vanilla (paper NeRF MLP) | fast (hash grid + occupancy grid)."""
+    depth: int = 8
+    """Vanilla: number of 'trunk' layers."""
+    width: int = 256
+    """Vanilla: trunk width."""
+    skip: int = 4
+    """Vanilla: the input is concatenated to the output of this layer (0-based; 4 = 5th layer's input)."""
+    pos_freqs: int = 10
+    """Frequency bands for xyz (the input itself is included)."""
+    dir_freqs: int = 4
+    """Frequency bands for view directions."""
+    n_samples: int = 64
+    """Stratified coarse samples per ray."""
+    n_importance: int = 128
+    """Importance samples per ray for the fine network (0 = coarse only)."""
+    perturb: bool = True
+    """Jitter coarse samples during training."""
+    raw_noise_std: float = 0.0
+    """Std of noise added to density during training (paper: 1.0 for LLFF)."""
+    chunk: int = 8192
+    """Rays evaluated at once when rendering full images (memory bound)."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 autocast for the field (fp16 only on CUDA)."""
+    compile: bool = False
+    """Wrap the field in torch.compile."""
+    # --- fast path ---
+    hash_levels: int = 16
+    """Fast: hash-grid levels L."""
+    hash_features: int = 2
+    """Fast: features per level F."""
+    hash_log2_size: int = 19
+    """Fast: log2 of the hash table size per level T."""
+    hash_base_res: int = 16
+    """Fast: coarsest grid resolution."""
+    hash_max_res: int = 2048
+    """Fast: finest grid resolution."""
+    hidden: int = 64
+    """Fast: width of the small density and colour MLPs."""
+    geo_features: int = 15
+    """Fast: geometry feature size passed from the density MLP to the colour MLP."""
+    grid_res: int = 128
+    """Fast: occupancy grid resolution per axis."""
+    grid_update_every: int = 16
+    """Fast: steps between occupancy-grid updates."""
+    grid_threshold: float = 0.01
+    """Fast: occupancy threshold on opacity (1 - exp(-sigma * step))."""
+    march_steps: int = 1024
+    """Fast: ray-marching steps across the scene diagonal (step size = diagonal / march_steps)."""
+    max_samples: int = 256
+    """Fast: maximum samples kept per ray after skipping."""
+    early_stop_eps: float = 1e-4
+    """Fast: stop marching a ray when its transmittance falls below this."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("vanilla", "fast"), "model.kind", f"must be vanilla|fast, got {self.kind!r}")
+        _check(self.precision in ("fp32", "bf16", "fp16"), "model.precision",
+               f"must be fp32|bf16|fp16, got {self.precision!r}")
+        for k in ("depth", "width", "n_samples", "chunk", "hidden", "hash_levels", "hash_features",
+                  "grid_res", "march_steps", "max_samples", "grid_update_every"):
+            _check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
+        _check(0 <= self.skip < self.depth, "model.skip", "must be in [0, depth)")
+        _check(self.n_importance >= 0, "model.n_importance", "must be >= 0")
+        _check(self.pos_freqs >= 0 and self.dir_freqs >= 0, "model.pos_freqs", "must be >= 0")
+        _check(10 <= self.hash_log2_size <= 24, "model.hash_log2_size", "must be in [10, 24]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 200000
+    """Number of optimisation steps (global batches)."""
+    max_seconds: float = 0.0
+    """Wall-clock budget in seconds; stop cleanly (and checkpoint) when spent. 0 = no limit."""
+    rays_per_batch: int = 1024
+    """Global batch size in rays, split across ranks."""
+    lr: float = 5e-4
+    """Initial Adam learning rate."""
+    lr_final: float = 5e-5
+    """Learning rate reached after lr_decay_steps (exponential decay)."""
+    lr_decay_steps: int = 250000
+    """Steps over which lr decays from lr to lr_final (exponentially; continues past it)."""
+    weight_decay: float = 0.0
+    """Adam weight decay (fast path hash tables usually use 0)."""
+    precrop_steps: int = 0
+    """Centre-crop warm-up: sample only the central precrop_frac of each image for this many steps."""
+    precrop_frac: float = 0.5
+    """Side fraction of the centre crop used during warm-up."""
+    resume: str = "none"
+    """none | auto | <checkpoint URL>. auto = newest complete checkpoint in checkpoint.dir."""
+    threads: int = 0
+    """torch intra-op threads per rank (0 = leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 0, "train.steps", f"must be >= 0, got {self.steps}")
+        _check(self.max_seconds >= 0, "train.max_seconds", "must be >= 0")
+        _check(self.rays_per_batch >= 1, "train.rays_per_batch", "must be >= 1")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.lr_final > 0, "train.lr_final", "must be > 0")
+        _check(self.lr_decay_steps >= 1, "train.lr_decay_steps", "must be >= 1")
+        _check(0 < self.precrop_frac <= 1, "train.precrop_frac", "must be in (0, 1]")
+        _check(self.precrop_steps >= 0, "train.precrop_steps", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0
+    """Validation render every N steps (0 = never during training)."""
+    split: str = "val"
+    """Split used for validation during training."""
+    n_images: int = 1
+    """Validation images rendered during training."""
+    test_split: str = "test"
+    """Split used by `nerf-dist eval` (and at the end of the quick start)."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", "must be >= 0")
+        _check(self.n_images >= 1, "eval.n_images", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/default"
+    """Run folder (local): resolved config, logs, eval outputs."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    dir: str = ""
+    """Checkpoint location: local path or fsspec URL (s3://bucket/prefix). Empty = <run.dir>/checkpoints."""
+    every: int = 1000
+    """Save every N steps (and at the end). 0 = only at the end."""
+    keep: int = 3
+    """Keep the newest N complete checkpoints."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "checkpoint.every", "must be >= 0")
+        _check(self.keep >= 1, "checkpoint.keep", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    dir: str = ""
+    """TensorBoard folder; empty = <run.dir>/tb."""
+    every: int = 50
+    """Scalars are written every N steps."""
+    progress: bool = True
+    """Show a tqdm progress bar on rank 0."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 1, "log.every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    """Seed of every random generator (per epoch, shard and rank streams derive from it)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _field_doc(cls: type, name: str) -> str:
+    """The docstring literal written under a dataclass field (parsed from source)."""
+    import ast
+    import inspect
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return ""
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for i, node in enumerate(body):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
+            if i + 1 < len(body) and isinstance(body[i + 1], ast.Expr) and isinstance(
+                    getattr(body[i + 1], "value", None), ast.Constant):
+                return str(body[i + 1].value.value).strip()
+    return ""
+
+
+def describe_keys(cfg: Config | None = None) -> list[tuple[str, Any, str]]:
+    """All dotted keys with their default (or given) value and one-line help."""
+    cfg = cfg or Config()
+    out: list[tuple[str, Any, str]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            v = getattr(obj, f.name)
+            if is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            else:
+                out.append((prefix + f.name, v, _field_doc(type(obj), f.name)))
+
+    walk(cfg, "")
+    return out
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Coerce a YAML value to the field's annotated type, or raise ConfigError naming key."""
+    if isinstance(typ, str):
+        typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a mapping, "
+                          f"got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in known:
+            near = [n for n in known if n.startswith(str(k)[:3])]
+            hint = f" (did you mean {', '.join(prefix + n for n in near)}?)" if near else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}")
+        typ = hints[k]
+        if is_dataclass(typ):
+            kwargs[k] = _build(typ, v if v is not None else {}, key + ".")
+        else:
+            kwargs[k] = _coerce(key, v, typ)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"config section '{prefix}': {e}") from e
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (YAML-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Build a Config from a nested dict, strictly."""
+    return _build(Config, data or {}, "")
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['train.lr=1e-3', 'data.root=x'] -> nested dict; values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        # NOTE: keep strings such as '1e-3' numeric: YAML 1.1 reads them as str.
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
+        cur = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is not a section")
+        cur[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str) -> dict:
+    """Read a YAML file safely; errors name the file."""
+    from . import storage
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+    """Config = defaults <- YAML file <- dotted overrides, validated."""
+    data = read_yaml(path) if path else {}
+    data = _merge(data, parse_overrides(overrides or []))
+    return from_dict(data)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    return from_dict(_merge(to_dict(cfg), parse_overrides(overrides)))
+
+
+# Keys whose change makes a checkpoint incompatible (model shapes) or a different dataset.
+MODEL_DATA_KEYS = ("model.", "data.root", "data.format", "data.downscale", "data.white_background",
+                   "data.llff_hold", "data.ndc", "data.skip_missing")
+_RUNTIME_MODEL_KEYS = ("model.chunk", "model.compile", "model.precision")
+
+
+def diff_keys(a: Config, b: Config, prefixes: tuple[str, ...] = MODEL_DATA_KEYS) -> list[str]:
+    """Dotted keys (matching prefixes) whose values differ between a and b."""
+    da = {k: v for k, v, _ in describe_keys(a)}
+    db = {k: v for k, v, _ in describe_keys(b)}
+    out = []
+    for k in da:
+        if any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes):
+            if k in _RUNTIME_MODEL_KEYS:
+                continue
+            if da[k] != db.get(k):
+                out.append(f"{k}: {da[k]!r} -> {db.get(k)!r}")
+    return out
+
+
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "EvalConfig", "RunConfig",
+           "CheckpointConfig", "LogConfig", "ConfigError", "load_config", "from_dict", "to_dict",
+           "dump_yaml", "describe_keys", "parse_overrides", "with_overrides", "diff_keys", "replace"]

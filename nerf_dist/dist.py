@@ -1,0 +1,81 @@
+"""The only module that touches ``torch.distributed`` process-group setup.
+
+Without torchrun (no ``WORLD_SIZE`` in the environment) everything runs as one process with
+``DistInfo(rank=0, world_size=1)``. Under torchrun: NCCL on CUDA (one GPU per local rank), gloo on CPU.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(local_rank: int = 0, prefer: str = "auto") -> torch.device:
+    if prefer == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Initialise the process group when launched by torchrun (or SLURM via torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(local_rank, device)
+    if world > 1 and not tdist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                 timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def close() -> None:
+    """Destroy the process group if one exists (safe to call on any path)."""
+    if tdist.is_available() and tdist.is_initialized():
+        try:
+            tdist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - teardown must not mask the original error
+            pass
+
+
+def barrier() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Broadcast a picklable python object from src to all ranks (identity without a group)."""
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if tdist.is_available() and tdist.is_initialized():
+        t = t.clone()
+        tdist.all_reduce(t)
+        t /= tdist.get_world_size()
+    return t

@@ -1,0 +1,123 @@
+"""Input encodings: frequency (positional) encoding; multiresolution hash grid (fast path)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FrequencyEncoding(nn.Module):
+    """gamma(x) = [x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)].
+
+    x: [..., d] -> [..., d * (1 + 2L)] (input included, as in the NeRF paper's code).
+    """
+
+    def __init__(self, n_freqs: int, include_input: bool = True):
+        super().__init__()
+        self.n_freqs = n_freqs
+        self.include_input = include_input
+        self.register_buffer("freqs", 2.0 ** torch.arange(n_freqs, dtype=torch.float32),
+                             persistent=False)
+
+    def out_dim(self, in_dim: int) -> int:
+        return in_dim * (int(self.include_input) + 2 * self.n_freqs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x] if self.include_input else []
+        if self.n_freqs:
+            xf = x[..., None, :] * self.freqs[:, None]            # [..., L, d]
+            sc = torch.stack([torch.sin(xf), torch.cos(xf)], -2)  # [..., L, 2, d]
+            parts.append(sc.flatten(-3))
+        return torch.cat(parts, -1)
+
+
+import math  # noqa: E402  (appended with the hash grid)
+
+# NOTE: instant-ngp's spatial hash primes (the first is 1 so that x alone is not scrambled).
+_HASH_PRIMES = (1, 2654435761, 805459861)
+
+
+class HashGridEncoding(nn.Module):
+    """Multiresolution hash encoding (Mueller et al. 2022, instant-ngp), vectorised pure PyTorch.
+
+    x: [n, 3] in [0, 1]^3 -> features [n, n_levels * n_features] (level-major: level l occupies
+    columns [l*F, (l+1)*F)). Inputs outside [0, 1] are clamped.
+
+    Level l has resolution N_l = floor(base_res * b^l), b = exp((ln max_res - ln base_res)/(L-1)):
+    the unit cube is cut into N_l^3 cells with (N_l + 1)^3 vertices at x = (i, j, k) / N_l. Each
+    vertex owns an F-vector in table[l]: levels whose vertices fit in the table (dense levels) index
+    it directly (i + j (N_l+1) + k (N_l+1)^2); finer levels use the spatial hash
+    (i * 1 XOR j * 2654435761 XOR k * 805459861) mod 2^T. Features are trilinearly interpolated
+    from the cell's 8 corners.
+
+    Parameters: table [n_levels, 2^log2_size, n_features], init uniform(-1e-4, 1e-4).
+    """
+
+    def __init__(self, n_levels: int = 16, n_features: int = 2, log2_size: int = 19,
+                 base_res: int = 16, max_res: int = 2048):
+        super().__init__()
+        self.n_levels, self.n_features, self.log2_size = n_levels, n_features, log2_size
+        self.size = 2 ** log2_size
+        b = math.exp((math.log(max_res) - math.log(base_res)) / (n_levels - 1)) if n_levels > 1 else 1.0
+        self.growth = b
+        # NOTE: a tiny epsilon keeps floor() from losing a level to rounding (e.g. 16 * 2^1 -> 31.99).
+        self.resolutions = [int(math.floor(base_res * b ** lv + 1e-6)) for lv in range(n_levels)]
+        self.dense = [(r + 1) ** 3 <= self.size for r in self.resolutions]
+        # Levels grow, so the dense ones come first: levels [0, n_dense) dense, the rest hashed.
+        self.n_dense = sum(self.dense)
+        self.table = nn.Parameter(
+            torch.empty(n_levels, self.size, n_features).uniform_(-1e-4, 1e-4))
+        res = torch.tensor(self.resolutions, dtype=torch.float32)
+        self.register_buffer("res_f", res, persistent=False)                       # [L]
+        strides = torch.stack([torch.ones_like(res), res + 1, (res + 1) ** 2], -1)
+        self.register_buffer("strides", strides.long(), persistent=False)         # [L, 3]
+        # Row offset of each corner of a dense level, corner c = 4*ox + 2*oy + oz: [n_dense, 8].
+        o = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
+        self.register_buffer("dense_off", (self.strides[:self.n_dense, None, :] * o).sum(-1),
+                             persistent=False)
+        self.register_buffer("level_offset", torch.arange(n_levels) * self.size, persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        return self.n_levels * self.n_features
+
+    def vertex_index(self, ijk: torch.Tensor) -> torch.Tensor:
+        """Table row of integer vertices. ijk: [..., L, 3] int64 (one vertex per level) -> [..., L]."""
+        d = self.n_dense
+        dense = (ijk[..., :d, :] * self.strides[:d]).sum(-1)
+        h = ijk[..., d:, :]
+        hashed = (h[..., 0] * _HASH_PRIMES[0]) ^ (h[..., 1] * _HASH_PRIMES[1]) ^ (h[..., 2] * _HASH_PRIMES[2])
+        return torch.cat([dense, hashed & (self.size - 1)], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, L, Fdim = x.shape[0], self.n_levels, self.n_features
+        # NOTE: interpolation stays in fp32 under autocast (bf16 would quantise the cell fraction).
+        pos = x.float().clamp(0.0, 1.0)[:, None, :] * self.res_f[:, None]         # [n, L, 3]
+        i0 = torch.minimum(pos.floor(), (self.res_f - 1)[:, None])                 # keep x=1 in range
+        w1 = pos - i0                                                              # [n, L, 3]
+        i0 = i0.long()
+        # Corner c = 4*ox + 2*oy + oz; the index of each corner is built per axis and broadcast, so
+        # no [n, L, 8, 3] tensor is materialised.
+        d = self.n_dense
+        parts = []
+        if d:
+            s = self.strides[:d]                                                   # [d, 3]
+            base = (i0[:, :d] * s).sum(-1)                                         # [n, d]
+            parts.append(base[..., None] + self.dense_off)                         # [n, d, 8]
+        if d < L:
+            h = i0[:, d:]                                                          # [n, L-d, 3]
+            hx = torch.stack([h[..., 0], h[..., 0] + 1], -1) * _HASH_PRIMES[0]     # [n, L-d, 2]
+            hy = torch.stack([h[..., 1], h[..., 1] + 1], -1) * _HASH_PRIMES[1]
+            hz = torch.stack([h[..., 2], h[..., 2] + 1], -1) * _HASH_PRIMES[2]
+            hh = hx[..., :, None, None] ^ hy[..., None, :, None] ^ hz[..., None, None, :]
+            parts.append(hh.reshape(n, L - d, 8) & (self.size - 1))
+        idx = torch.cat(parts, 1) if len(parts) > 1 else parts[0]                  # [n, L, 8]
+        idx = idx + self.level_offset[:, None]
+        feats = torch.nn.functional.embedding(idx, self.table.view(L * self.size, Fdim))  # [n,L,8,F]
+        w0 = 1.0 - w1
+        wx = torch.stack([w0[..., 0], w1[..., 0]], -1)
+        wy = torch.stack([w0[..., 1], w1[..., 1]], -1)
+        wz = torch.stack([w0[..., 2], w1[..., 2]], -1)
+        wc = (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).reshape(n, L, 8)
+        out = (feats * wc[..., None]).sum(2)                                       # [n, L, F]
+        return out.reshape(n, L * Fdim)
+

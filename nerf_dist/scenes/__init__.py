@@ -1,0 +1,57 @@
+"""Scene readers: one per format, each returning a :class:`Scene` for one split.
+
+>>> scene = load_scene(DataConfig(root="data/lego", downscale=2), "train")
+"""
+from __future__ import annotations
+
+import os
+
+from ..config import DataConfig
+from .base import Scene, SceneError
+
+SPLITS = ("train", "val", "test")
+
+# (format, file that identifies it), checked in this order.
+_MARKERS = (("blender", "transforms_train.json"), ("llff", "poses_bounds.npy"),
+            ("ngp", "transforms.json"))
+
+
+def detect_format(root: str) -> str:
+    """'blender' if transforms_train.json exists in root, 'llff' if poses_bounds.npy, 'ngp' if
+    transforms.json; SceneError naming the folder and the files looked for otherwise."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise SceneError(f"scene folder not found: {root}")
+    for fmt, marker in _MARKERS:
+        if os.path.isfile(os.path.join(root, marker)):
+            return fmt
+    looked = ", ".join(m for _, m in _MARKERS)
+    raise SceneError(f"cannot detect the scene format of {root}: none of {looked} found "
+                     f"(set data.format explicitly if the layout is unusual)")
+
+
+def load_scene(data_cfg: DataConfig, split: str) -> Scene:
+    """Read split ('train', 'val' or 'test') of the scene at data_cfg.root.
+
+    data_cfg.format selects the reader ('auto' = :func:`detect_format`). See
+    :func:`nerf_dist.scenes.blender.load_blender`, :func:`nerf_dist.scenes.llff.load_llff` and
+    :func:`nerf_dist.scenes.ngp.load_ngp` for what each returns.
+    """
+    if split not in SPLITS:
+        raise SceneError(f"unknown split {split!r} for scene {data_cfg.root}: expected one of {SPLITS}")
+    if not os.path.isdir(str(data_cfg.root)):
+        raise SceneError(f"scene folder not found: {data_cfg.root}")
+    fmt = detect_format(data_cfg.root) if data_cfg.format == "auto" else data_cfg.format
+    if fmt == "blender":
+        from .blender import load_blender
+        return load_blender(data_cfg, split)
+    if fmt == "llff":
+        from .llff import load_llff
+        return load_llff(data_cfg, split)
+    if fmt == "ngp":
+        from .ngp import load_ngp
+        return load_ngp(data_cfg, split)
+    raise SceneError(f"unknown scene format {fmt!r} for {data_cfg.root}")
+
+
+__all__ = ["Scene", "SceneError", "load_scene", "detect_format"]

@@ -1,0 +1,64 @@
+"""The one Scene type every reader returns.
+
+Camera convention (all readers convert to it): camera-to-world matrices in the OpenGL / Blender
+convention, x right, y up, the camera looking down -z. Pixel (i, j) (column i, row j) has its centre
+at (i + 0.5, j + 0.5) in pixel units; see :mod:`nerf_dist.rays`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+class SceneError(ValueError):
+    """Bad scene input; the message names the file and the frame or field."""
+
+
+@dataclass
+class Scene:
+    """One split of a scene.
+
+    images: [n, H, W, 3] float32 in [0, 1], already composited over the background.
+    K: [n, 3, 3] float32 pinhole intrinsics (per frame; identical rows for shared intrinsics).
+    c2w: [n, 3, 4] float32 camera-to-world (OpenGL convention).
+    near, far: scalar bounds of the sampling interval along unit-length ray directions
+        (in NDC space when ndc is true: 0 and 1).
+    distortion: [n, 4] OpenCV k1 k2 p1 p2, or None when the images are undistorted.
+    depths: [n, H, W] ground-truth distance along the (unit) ray to the first surface, 0 where the
+        ray hits nothing; None when unknown.
+    aabb: [2, 3] axis-aligned box (min, max) that holds the scene content (fast path's grid).
+    ndc: rays of this scene are converted to NDC (forward-facing LLFF scenes).
+    ndc_focal, ndc_size: focal length and (H, W) used for the NDC transform (first camera).
+    background: [3] background colour the images were composited over.
+    files: image file path of each frame (for messages and reports).
+    split: the split name ('train', 'val', 'test').
+    """
+
+    images: torch.Tensor
+    K: torch.Tensor
+    c2w: torch.Tensor
+    near: float
+    far: float
+    aabb: torch.Tensor
+    background: torch.Tensor
+    files: list[str]
+    split: str
+    distortion: torch.Tensor | None = None
+    depths: torch.Tensor | None = None
+    ndc: bool = False
+    ndc_focal: float = 0.0
+    ndc_size: tuple[int, int] = (0, 0)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def H(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def W(self) -> int:
+        return int(self.images.shape[2])

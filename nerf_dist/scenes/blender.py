@@ -1,0 +1,185 @@
+"""Blender synthetic scenes (NeRF paper layout): ``transforms_{split}.json`` + RGBA PNGs.
+
+Each transforms file holds ``camera_angle_x`` (horizontal field of view, radians) and ``frames``,
+each with ``file_path`` (relative to the scene folder, usually without extension: ``.png`` is
+appended) and a 4x4 ``transform_matrix`` camera-to-world already in the OpenGL convention.
+Optional per-frame ``depth_file`` (``.npy`` float32 [H, W], distance along the unit ray, 0 =
+background) fills :attr:`Scene.depths` (written by :mod:`nerf_dist.scenes.demo`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .base import Scene, SceneError
+from .images import downscale_depth, drop_missing, load_images
+
+NEAR, FAR = 2.0, 6.0
+AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+def read_json(path: str) -> dict:
+    """Parse a transforms JSON file; SceneError names the file (and line/column when invalid)."""
+    if not os.path.isfile(path):
+        raise SceneError(f"transforms file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SceneError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise SceneError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise SceneError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def require(obj: dict, key: str, where: str) -> Any:
+    """obj[key], or SceneError naming the missing field and where it was expected."""
+    if key not in obj:
+        raise SceneError(f"{where}: missing field '{key}'")
+    return obj[key]
+
+
+def get_frames(data: dict, path: str) -> list[dict]:
+    """The ``frames`` list of a transforms file (each entry a JSON object)."""
+    frames = require(data, "frames", path)
+    if not isinstance(frames, list):
+        raise SceneError(f"{path}: field 'frames' must be a list, got {type(frames).__name__}")
+    for i, fr in enumerate(frames):
+        if not isinstance(fr, dict):
+            raise SceneError(f"{path}: frame {i} must be a JSON object, got {type(fr).__name__}")
+    return frames
+
+
+def frame_pose(frame: dict, i: int, path: str) -> np.ndarray:
+    """The frame's ``transform_matrix`` as c2w: [3, 4] float64; SceneError names file + frame."""
+    where = f"{path}: frame {i}"
+    raw = require(frame, "transform_matrix", where)
+    try:
+        m = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise SceneError(f"{where}: field 'transform_matrix' is not a numeric matrix: {e}") from e
+    if m.shape not in ((4, 4), (3, 4)):
+        raise SceneError(f"{where}: field 'transform_matrix' must be 4x4 (or 3x4), got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise SceneError(f"{where}: field 'transform_matrix' has non-finite values (NaN/inf)")
+    return m[:3, :4]
+
+
+def resolve_image(root: str, file_path: str, exts: tuple[str, ...] = (".png",)) -> str:
+    """Image path of a frame: relative to root; without an extension the first existing of exts
+    is used (the first one when none exists, so the 'missing' message names a real candidate)."""
+    p = os.path.normpath(os.path.join(root, file_path))
+    if os.path.splitext(p)[1].lower() in (".png", ".jpg", ".jpeg"):
+        return p
+    for e in exts:
+        if os.path.isfile(p + e):
+            return p + e
+    return p + exts[0]
+
+
+def background_of(data_cfg: DataConfig) -> list[float]:
+    return [1.0, 1.0, 1.0] if data_cfg.white_background else [0.0, 0.0, 0.0]
+
+
+# ----------------------------------------------------------------------------- reader
+
+def transforms_path(root: str, split: str) -> str:
+    """transforms_{split}.json; 'test' falls back to 'val' (with a warning) when absent."""
+    path = os.path.join(root, f"transforms_{split}.json")
+    if split == "test" and not os.path.isfile(path):
+        alt = os.path.join(root, "transforms_val.json")
+        if os.path.isfile(alt):
+            warnings.warn(f"{path} not found: using {alt} as the test split", stacklevel=4)
+            return alt
+    if not os.path.isfile(path):
+        raise SceneError(f"transforms file not found: {path} (split '{split}')")
+    return path
+
+
+def load_blender(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of a Blender synthetic scene.
+
+    Returns a Scene with images [n, H, W, 3] (RGBA composited over the background), K [n, 3, 3]
+    with focal = 0.5 * W / tan(0.5 * camera_angle_x) and (cx, cy) = (W / 2, H / 2) at the loaded
+    (downscaled) size, c2w [n, 3, 4] (OpenGL), near = 2, far = 6, aabb = [-1.5, 1.5]^3, and
+    depths [n, H, W] when every frame names a ``depth_file``.
+    """
+    root = data_cfg.root
+    path = transforms_path(root, split)
+    data = read_json(path)
+    angle = require(data, "camera_angle_x", path)
+    if not isinstance(angle, (int, float)) or not (0 < float(angle) < math.pi):
+        raise SceneError(f"{path}: field 'camera_angle_x' must be a number in (0, pi), got {angle!r}")
+    frames = get_frames(data, path)
+    if not frames:
+        raise SceneError(f"{path}: split '{split}' has no frames")
+
+    files, poses = [], []
+    for i, fr in enumerate(frames):
+        fp = require(fr, "file_path", f"{path}: frame {i}")
+        if not isinstance(fp, str) or not fp:
+            raise SceneError(f"{path}: frame {i}: field 'file_path' must be a non-empty string")
+        files.append(resolve_image(root, fp))
+        poses.append(frame_pose(fr, i, path))
+
+    keep = drop_missing(files, data_cfg.skip_missing, path)
+    if not keep:
+        raise SceneError(f"{path}: split '{split}' is empty: every image is missing")
+    files = [files[i] for i in keep]
+    frames = [frames[i] for i in keep]
+    c2w = np.stack([poses[i] for i in keep])
+
+    bg = background_of(data_cfg)
+    f = data_cfg.downscale
+    images, (h0, w0) = load_images(files, f, bg, path)
+    n, H, W = images.shape[:3]
+    focal = 0.5 * w0 / math.tan(0.5 * float(angle)) / f
+    K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])
+
+    depths = _load_depths(root, frames, keep, f, (H, W), path)
+
+    return Scene(
+        images=torch.from_numpy(images),
+        K=torch.from_numpy(np.repeat(K[None], n, axis=0).astype(np.float32)),
+        c2w=torch.from_numpy(c2w.astype(np.float32)),
+        near=NEAR, far=FAR,
+        aabb=torch.tensor(AABB, dtype=torch.float32),
+        background=torch.tensor(bg, dtype=torch.float32),
+        files=files, split=split,
+        depths=depths,
+        meta={"format": "blender", "root": root, "transforms": path,
+              "camera_angle_x": float(angle), "downscale": f},
+    )
+
+
+def _load_depths(root: str, frames: list[dict], keep: list[int], factor: int,
+                 size: tuple[int, int], path: str) -> torch.Tensor | None:
+    """depths: [n, H, W] from each frame's ``depth_file`` (.npy [H0, W0]), or None if any lacks one."""
+    if not frames or not all("depth_file" in fr for fr in frames):
+        return None
+    out = np.empty((len(frames),) + size, dtype=np.float32)
+    for k, (fr, i) in enumerate(zip(frames, keep)):
+        dp = os.path.normpath(os.path.join(root, str(fr["depth_file"])))
+        try:
+            d = np.load(dp)
+        except (OSError, ValueError) as e:
+            raise SceneError(f"{path}: frame {i}: cannot read depth_file {dp}: {e}") from e
+        if d.ndim != 2:
+            raise SceneError(f"{path}: frame {i}: depth_file {dp} must be [H, W], got {d.shape}")
+        d = downscale_depth(d, factor)
+        if d.shape != size:
+            raise SceneError(f"{path}: frame {i}: depth_file {dp} is {d.shape} after downscale, "
+                             f"images are {size}")
+        out[k] = d
+    return torch.from_numpy(out)

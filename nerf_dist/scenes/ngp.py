@@ -1,0 +1,196 @@
+"""instant-ngp / nerfstudio scenes: one ``transforms.json`` (or ``transforms_{split}.json``).
+
+Intrinsics come from the top level or from each frame (a frame's value wins): ``fl_x``, ``fl_y``,
+``cx``, ``cy``, ``w``, ``h``, or ``camera_angle_x`` / ``camera_angle_y``; OpenCV distortion
+``k1 k2 p1 p2`` likewise. ``file_path`` is relative to the json's folder, with or without an
+extension. ``transform_matrix`` is camera-to-world in the OpenGL convention.
+
+Normalisation: camera centres (of ALL frames, so every split shares one frame) are shifted by
+their mean and scaled so that they fit in [-1, 1]^3; ``meta['offset']`` and ``meta['scale']``
+record it (x_scene = (x_world - offset) * scale).
+
+Splits: ``transforms_{split}.json`` siblings when present; else ``{split}_filenames`` lists in
+transforms.json (nerfstudio); else every ``llff_hold``-th frame (i % hold == 0) is 'test'/'val'.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from .base import Scene, SceneError
+from .blender import background_of, frame_pose, get_frames, read_json, require, resolve_image
+from .images import drop_missing, load_images
+
+NEAR = 0.05
+MAX_AABB_SCALE = 16.0
+SPLITS = ("train", "val", "test")
+_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+def _num(v, key: str, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise SceneError(f"{where}: field '{key}' must be a finite number, got {v!r}")
+    return float(v)
+
+
+def frame_intrinsics(glob: dict, frame: dict, where: str) -> dict:
+    """Merged intrinsics of one frame: fx, fy, cx, cy (None = image centre), w, h (None =
+    image size), k1, k2, p1, p2 (0 when absent). Frame fields override global ones."""
+    def get(key):
+        if key in frame:
+            return _num(frame[key], key, where)
+        if key in glob:
+            return _num(glob[key], key, f"{where} (top level)")
+        return None
+
+    w, h = get("w"), get("h")
+
+    def focal(fl_key: str, angle_key: str, size, size_key: str):
+        # NOTE: a frame's own focal or angle wins over any top-level one.
+        for src, label in ((frame, where), (glob, f"{where} (top level)")):
+            if fl_key in src:
+                return _num(src[fl_key], fl_key, label)
+            if angle_key in src:
+                if size is None:
+                    raise SceneError(f"{label}: '{angle_key}' needs the image size: "
+                                     f"missing field '{size_key}'")
+                return 0.5 * size / math.tan(0.5 * _num(src[angle_key], angle_key, label))
+        return None
+
+    fx = focal("fl_x", "camera_angle_x", w, "w")
+    fy = focal("fl_y", "camera_angle_y", h, "h")
+    if fx is None and fy is None:
+        raise SceneError(f"{where}: missing field 'fl_x' (or 'camera_angle_x')")
+    fx = fy if fx is None else fx
+    fy = fx if fy is None else fy
+    dist = {k: (get(k) or 0.0) for k in ("k1", "k2", "p1", "p2")}
+    extra = [k for k in ("k3", "k4") if get(k)]
+    return {"fx": fx, "fy": fy, "cx": get("cx"), "cy": get("cy"), "w": w, "h": h,
+            "has_dist": any(k in frame or k in glob for k in dist), "extra": extra, **dist}
+
+
+def _norm_name(p: str) -> str:
+    """Comparable key of a file path: normalised, without extension."""
+    return os.path.splitext(os.path.normpath(p))[0]
+
+
+def _entries(root: str, split: str, hold: int) -> tuple[list, list, str]:
+    """(frames of the split as (json_path, frame, index, glob), all frames' c2w [3, 4], source)."""
+    siblings = {s: os.path.join(root, f"transforms_{s}.json") for s in SPLITS}
+    present = {s: p for s, p in siblings.items() if os.path.isfile(p)}
+    if present:
+        if split not in present and split == "test" and "val" in present:
+            warnings.warn(f"{siblings['test']} not found: using {present['val']} as the test split",
+                          stacklevel=4)
+            split = "val"
+        if split not in present:
+            raise SceneError(f"transforms file not found: {siblings[split]} (split '{split}')")
+        all_poses, chosen = [], []
+        for s, p in present.items():
+            data = read_json(p)
+            frames = get_frames(data, p)
+            for i, fr in enumerate(frames):
+                all_poses.append(frame_pose(fr, i, p))
+                if s == split:
+                    chosen.append((p, fr, i, data))
+        return chosen, all_poses, present[split]
+
+    path = os.path.join(root, "transforms.json")
+    data = read_json(path)
+    frames = get_frames(data, path)
+    all_poses = [frame_pose(fr, i, path) for i, fr in enumerate(frames)]
+    lists = {s: data.get(f"{s}_filenames") for s in SPLITS}
+    if split == "test" and lists["test"] is None and lists["val"] is not None:
+        lists["test"] = lists["val"]
+    if lists[split] is not None:
+        wanted = lists[split]
+        if not isinstance(wanted, list):
+            raise SceneError(f"{path}: field '{split}_filenames' must be a list")
+        keys = {_norm_name(str(n)) for n in wanted}
+        chosen = [(path, fr, i, data) for i, fr in enumerate(frames)
+                  if _norm_name(str(fr.get("file_path", ""))) in keys]
+    else:
+        test = [i % hold == 0 for i in range(len(frames))]
+        chosen = [(path, fr, i, data) for i, fr in enumerate(frames)
+                  if test[i] == (split != "train")]
+    return chosen, all_poses, path
+
+
+def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of an instant-ngp / nerfstudio scene.
+
+    Returns a Scene with images [n, H, W, 3], per-frame K [n, 3, 3] (scaled by 1 / downscale;
+    cx, cy default to the image centre), distortion [n, 4] (k1 k2 p1 p2; None when no frame has
+    any), c2w [n, 3, 4] centred and scaled into [-1, 1]^3, near = 0.05, far = 2 sqrt(3) s and
+    aabb = [-s, s]^3 with s = aabb_scale (default 1, clipped to [1, 16]).
+    """
+    root = data_cfg.root
+    chosen, all_poses, source = _entries(root, split, data_cfg.llff_hold)
+    if not chosen:
+        raise SceneError(f"{source}: split '{split}' has no frames")
+
+    files, poses, intr = [], [], []
+    for p, fr, i, glob in chosen:
+        where = f"{p}: frame {i}"
+        fp = require(fr, "file_path", where)
+        if not isinstance(fp, str) or not fp:
+            raise SceneError(f"{where}: field 'file_path' must be a non-empty string")
+        files.append(resolve_image(os.path.dirname(p) or ".", fp, _EXTS))
+        poses.append(frame_pose(fr, i, p))
+        intr.append(frame_intrinsics(glob, fr, where))
+
+    keep = drop_missing(files, data_cfg.skip_missing, source)
+    if not keep:
+        raise SceneError(f"{source}: split '{split}' is empty: every image is missing")
+    files = [files[k] for k in keep]
+    intr = [intr[k] for k in keep]
+    c2w = np.stack([poses[k] for k in keep])
+
+    bg = background_of(data_cfg)
+    f = data_cfg.downscale
+    images, (h0, w0) = load_images(files, f, bg, source)
+    n, H, W = images.shape[:3]
+
+    K = np.zeros((n, 3, 3))
+    for k, it in enumerate(intr):
+        if (it["w"] is not None and int(it["w"]) != w0) or (it["h"] is not None and int(it["h"]) != h0):
+            raise SceneError(f"{chosen[keep[k]][0]}: frame {chosen[keep[k]][2]}: fields 'w', 'h' "
+                             f"({it['w']}, {it['h']}) differ from the image size {w0}x{h0} of {files[k]}")
+        cx = it["cx"] if it["cx"] is not None else w0 / 2.0
+        cy = it["cy"] if it["cy"] is not None else h0 / 2.0
+        K[k] = [[it["fx"] / f, 0.0, cx / f], [0.0, it["fy"] / f, cy / f], [0.0, 0.0, 1.0]]
+    extra = sorted({e for it in intr for e in it["extra"]})
+    if extra:
+        warnings.warn(f"{source}: distortion fields {extra} are ignored (only k1 k2 p1 p2 are used)",
+                      stacklevel=3)
+    distortion = None
+    if any(it["has_dist"] for it in intr):
+        distortion = torch.tensor([[it["k1"], it["k2"], it["p1"], it["p2"]] for it in intr],
+                                  dtype=torch.float32)
+
+    # NOTE: normalise with every frame of every split so train and test share one frame.
+    centres = np.stack(all_poses)[:, :, 3]
+    offset = centres.mean(0)
+    extent = float(np.abs(centres - offset).max())
+    scale = 1.0 / extent if extent > 0 else 1.0
+    c2w[:, :, 3] = (c2w[:, :, 3] - offset) * scale
+
+    glob0 = chosen[0][3]
+    s = glob0.get("aabb_scale", 1)
+    s = float(min(max(_num(s, "aabb_scale", source), 1.0), MAX_AABB_SCALE))
+    return Scene(
+        images=torch.from_numpy(images),
+        K=torch.from_numpy(K.astype(np.float32)),
+        c2w=torch.from_numpy(c2w.astype(np.float32)),
+        near=NEAR, far=2.0 * math.sqrt(3.0) * s,
+        aabb=torch.tensor([[-s] * 3, [s] * 3], dtype=torch.float32),
+        background=torch.tensor(bg, dtype=torch.float32),
+        files=files, split=split, distortion=distortion,
+        meta={"format": "ngp", "root": root, "transforms": source, "scale": scale,
+              "offset": offset.tolist(), "aabb_scale": s, "downscale": f},
+    )

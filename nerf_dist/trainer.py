@@ -1,0 +1,325 @@
+"""Trainer: builds the run (cache, loader, model, optimiser, checkpointer, logger) and trains it.
+
+Single process and DistributedDataParallel share one code path: `DistInfo` says rank and world
+size; with world_size == 1 no process group exists and nothing is wrapped.
+
+Determinism: every random draw of step k comes from generators seeded by (seed, k) (ray batch
+positions in the loader, sample jitter via :class:`sampling.RowNoise`), so a resumed run repeats the
+uninterrupted one, and N ranks follow the trajectory of one rank.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import storage
+from .checkpoint import Checkpointer
+from .config import Config, ConfigError, diff_keys, dump_yaml, from_dict, to_dict
+from .dist import DistInfo
+from .loader import RayLoader
+from .logger import make_logger
+from .metrics import mse_to_psnr
+from .model import build_model
+from .ray_cache import ensure_cache
+from .sampling import RowNoise
+
+
+def step_seed(seed: int, step: int, stream: str = "") -> int:
+    """A 63-bit seed derived from (seed, step, stream)."""
+    h = hashlib.sha256(f"{seed}/{step}/{stream}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+def lr_at(cfg: Config, step: int) -> float:
+    """Exponential decay from train.lr to train.lr_final over train.lr_decay_steps."""
+    t = cfg.train
+    return t.lr * (t.lr_final / t.lr) ** (step / t.lr_decay_steps)
+
+
+def run_paths(cfg: Config) -> dict:
+    run = cfg.run.dir
+    return {
+        "run": run,
+        "checkpoints": cfg.checkpoint.dir or os.path.join(run, "checkpoints"),
+        "cache": cfg.data.cache_dir or os.path.join(run, "ray_cache"),
+        "tb": cfg.log.dir or os.path.join(run, "tb"),
+    }
+
+
+class _CommTimer:
+    """DDP communication hook that times each gradient bucket's all-reduce (seconds per step)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def hook(self, state, bucket):
+        t0 = time.perf_counter()
+        buf = bucket.buffer()
+        buf.div_(tdist.get_world_size())
+        fut = tdist.all_reduce(buf, async_op=True).get_future()
+
+        def done(f):
+            self.seconds += time.perf_counter() - t0
+            return f.value()[0]
+        return fut.then(done)
+
+
+class Trainer:
+    """Train a NeRF as configured. Methods: train_step, train, evaluate_val, save, close."""
+
+    def __init__(self, cfg: Config, dist: DistInfo):
+        self.cfg = cfg
+        self.dist = dist
+        self.device = dist.device
+        self.paths = run_paths(cfg)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.seed)
+        self.log = make_logger(dist.is_main, self.paths["tb"], cfg.log.progress)
+        if dist.is_main:
+            os.makedirs(cfg.run.dir, exist_ok=True)
+        self.ckpt = Checkpointer(self.paths["checkpoints"], cfg.checkpoint.keep, dist.is_main)
+        self._check_checkpoint_dir()
+
+        self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
+                                  log=self.log.info)
+        meta = self.cache.meta
+        self.near, self.far = float(meta["near"]), float(meta["far"])
+        self.background = torch.tensor(meta["background"], dtype=torch.float32, device=self.device)
+        aabb = torch.tensor(meta["aabb"], dtype=torch.float32)
+        self.scene_meta = {"near": self.near, "far": self.far, "aabb": aabb,
+                           "background": self.background.cpu()}
+        self.loader = RayLoader(self.cache, dist.rank, dist.world_size, cfg.train.rays_per_batch,
+                                cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
+                                device=self.device)
+
+        self.model = build_model(cfg.model, aabb).to(self.device)
+        self.comm = _CommTimer()
+        if dist.distributed:
+            self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                           else None)
+            self.ddp.register_comm_hook(None, self.comm.hook)
+        else:
+            self.ddp = self.model
+        eps = 1e-15 if cfg.model.kind == "fast" else 1e-8
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, eps=eps,
+                                      weight_decay=cfg.train.weight_decay)
+        self.step = 0
+        self.elapsed = 0.0          # training seconds accumulated over all sessions of this run
+        self.val_scene = None
+        if dist.is_main:
+            with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
+                f.write(dump_yaml(cfg))
+        self._maybe_resume()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _check_checkpoint_dir(self) -> None:
+        err = None
+        if self.dist.is_main:
+            try:
+                self.ckpt.check_writable()
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                err = str(e)
+        err = _broadcast(err, self.dist)
+        if err:
+            raise RuntimeError(f"checkpoint.dir: {err}")
+
+    def _maybe_resume(self) -> None:
+        mode = self.cfg.train.resume
+        if mode == "none":
+            return
+        loaded = self.ckpt.load() if mode == "auto" else self.ckpt.load_url(mode)
+        if loaded is None:
+            if mode != "auto":
+                raise RuntimeError(f"train.resume: no checkpoint at {storage.redact(mode)}")
+            self.log.info(f"resume=auto: no checkpoint in {storage.redact(self.paths['checkpoints'])}"
+                          f", starting from step 0")
+            return
+        step, state = loaded
+        saved = from_dict(state["config"])
+        diffs = diff_keys(saved, self.cfg)
+        if diffs:
+            raise ConfigError("cannot resume: the checkpoint was trained with a different model or "
+                              "data config; differing keys: " + "; ".join(diffs))
+        self.load_state_dict(state)
+        self.log.info(f"resumed from step {self.step} ({storage.redact(self.paths['checkpoints'])})")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optim.state_dict(),
+            "scheduler": {"lr": lr_at(self.cfg, self.step), "kind": "exponential"},
+            "loader": self.loader.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.seed},
+            "config": to_dict(self.cfg),
+            "elapsed": self.elapsed,
+            "world_size": self.dist.world_size,
+            "scene": self.scene_meta,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+
+    def save(self) -> None:
+        url = self.ckpt.save(self.step, self.state_dict())
+        self.log.info(f"checkpoint step {self.step} -> {storage.redact(url)}")
+
+    # ------------------------------------------------------------------ training
+    def train_step(self) -> dict:
+        """One optimisation step on this rank's part of the global batch. Returns timings/loss."""
+        t0 = time.perf_counter()
+        batch = self.loader.next()
+        step = self.step
+        n_global = int(batch["n_global"])
+        index = batch.get("index")
+        if index is None:
+            index = torch.arange(batch["rgb"].shape[0])
+        noise = RowNoise(step_seed(self.cfg.seed, step, "jitter"), n_global, index)
+        if hasattr(self.model, "update_step"):
+            self.model.update_step(step, torch.Generator().manual_seed(
+                step_seed(self.cfg.seed, step, "grid")))
+        for g in self.optim.param_groups:
+            g["lr"] = lr_at(self.cfg, step)
+        t1 = time.perf_counter()
+        self.comm.seconds = 0.0
+        out = self.ddp(batch["rays_o"], batch["rays_d"], batch["viewdirs"], self.near, self.far,
+                       train=True, generator=noise, background=self.background)
+        # NOTE: sum of squared errors / (global rays * 3) * world_size: after DDP averages the
+        # gradients this is exactly the gradient of the global batch's mean squared error.
+        scale = self.dist.world_size / (n_global * 3)
+        sse = ((out["rgb"] - batch["rgb"]) ** 2).sum()
+        loss = sse * scale
+        if "rgb_coarse" in out:
+            loss = loss + ((out["rgb_coarse"] - batch["rgb"]) ** 2).sum() * scale
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optim.step()
+        t2 = time.perf_counter()
+        self.step += 1
+        return {"sse": sse.detach(), "n_local": batch["rgb"].shape[0], "n_global": n_global,
+                "t_data": t1 - t0, "t_compute": t2 - t1, "t_allreduce": self.comm.seconds,
+                "samples_per_ray": float(out.get("samples_per_ray", torch.tensor(0.0)))}
+
+    def _global_mse(self, sse: torch.Tensor, n_global: int) -> float:
+        s = sse.detach().float().clone()
+        if self.dist.distributed:
+            tdist.all_reduce(s)
+        return float(s) / (n_global * 3)
+
+    def _should_stop(self, t_start: float) -> bool:
+        """Wall-clock budget; ranks agree (rank 0's clock decides) so they stop at the same step."""
+        budget = self.cfg.train.max_seconds
+        if budget <= 0:
+            return False
+        flag = torch.tensor([1.0 if time.time() - t_start >= budget else 0.0])
+        if self.dist.distributed:
+            tdist.broadcast(flag, src=0)
+        return bool(flag.item() > 0)
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        total = cfg.train.steps
+        t_start = time.time()
+        elapsed0 = self.elapsed
+        self.log.info(f"training {cfg.model.kind} model: steps {self.step}->{total}, "
+                      f"{cfg.train.rays_per_batch} rays/batch over {self.dist.world_size} rank(s), "
+                      f"{self.cache.n_rays} cached rays, device {self.device}")
+        self.log.start_progress(total, self.step)
+        window = {"t": time.time(), "rays": 0}
+        stopped_by_budget = False
+        last = None
+        while self.step < total:
+            if self._should_stop(t_start):
+                stopped_by_budget = True
+                break
+            last = self.train_step()
+            self.elapsed = elapsed0 + (time.time() - t_start)
+            window["rays"] += last["n_global"]
+            if self.step % cfg.log.every == 0 or self.step == total:
+                mse = self._global_mse(last["sse"], last["n_global"])
+                dt = max(time.time() - window["t"], 1e-9)
+                rays_s = window["rays"] / dt
+                window = {"t": time.time(), "rays": 0}
+                values = {"train/loss": mse, "train/psnr": mse_to_psnr(mse),
+                          "train/lr": lr_at(cfg, self.step - 1), "perf/rays_per_s": rays_s,
+                          "perf/elapsed_s": self.elapsed, "time/data_s": last["t_data"],
+                          "time/forward_backward_s": last["t_compute"],
+                          "time/allreduce_s": last["t_allreduce"],
+                          "train/samples_per_ray": last["samples_per_ray"]}
+                self.log.scalars(self.step, values)
+                self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
+            if cfg.eval.every and self.step % cfg.eval.every == 0:
+                self.evaluate_val()
+            if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
+                self.save()
+        if self.step > 0 and (not cfg.checkpoint.every or self.step % cfg.checkpoint.every != 0
+                              or stopped_by_budget):
+            if not self.ckpt.list() or self.ckpt.list()[-1] != self.step:
+                self.save()
+        self.log.close()
+        if stopped_by_budget:
+            print(f"train.max_seconds={cfg.train.max_seconds:g} spent: stopped at step {self.step}",
+                  flush=True) if self.dist.is_main else None
+        return {"step": self.step, "elapsed": self.elapsed, "stopped_by_budget": stopped_by_budget}
+
+    # ------------------------------------------------------------------ validation
+    def evaluate_val(self) -> None:
+        """Render eval.n_images views of eval.split on rank 0; log PSNR and images."""
+        if not self.dist.is_main:
+            return
+        from .evaluation import render_view, side_by_side
+        from .scenes import load_scene
+        if self.val_scene is None:
+            try:
+                self.val_scene = load_scene(self.cfg.data, self.cfg.eval.split)
+            except Exception as e:  # noqa: BLE001 - validation is optional during training
+                self.log.info(f"validation disabled: {e}")
+                self.val_scene = False
+        if self.val_scene is False:
+            return
+        self.model.eval()
+        psnrs = []
+        for i in range(min(self.cfg.eval.n_images, self.val_scene.n)):
+            out = render_view(self.model, self.val_scene, i, self.cfg.model.chunk, self.device)
+            gt = self.val_scene.images[i]
+            mse = float(((out["rgb"] - gt) ** 2).mean())
+            psnrs.append(mse_to_psnr(mse))
+            if i == 0:
+                self.log.image(self.step, "eval/gt_rgb_depth",
+                               side_by_side(gt, out["rgb"], out["depth"], self.near, self.far))
+        self.model.train()
+        val = sum(psnrs) / len(psnrs)
+        self.log.scalars(self.step, {"eval/psnr": val})
+        self.log.info(f"step {self.step}: {self.cfg.eval.split} PSNR {val:.2f} dB "
+                      f"({len(psnrs)} view(s))")
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _broadcast(obj, dist: DistInfo):
+    from .dist import broadcast_object
+    return broadcast_object(obj) if dist.distributed else obj
+
+
+def train(cfg: Config, dist: DistInfo) -> dict:
+    trainer = Trainer(cfg, dist)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+__all__ = ["Trainer", "train", "lr_at", "step_seed", "run_paths"]

@@ -1,0 +1,126 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+# =============================================================================================
+# S3 emulator (moto_server on 127.0.0.1) — self-contained; other fixtures go below this block.
+# =============================================================================================
+
+S3_BUCKET = "nerf-ckpt"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clear_fsspec_caches() -> None:
+    """Forget cached filesystem instances, so the next one reads the current environment.
+
+    NOTE: fsspec caches one instance per (class, options); an s3fs instance made before
+    AWS_ENDPOINT_URL changed would keep talking to the old endpoint.
+    """
+    try:
+        import fsspec
+        from fsspec.spec import AbstractFileSystem
+    except ImportError:
+        return
+    AbstractFileSystem.clear_instance_cache()
+    for proto in ("s3", "s3a", "memory"):
+        try:
+            fsspec.get_filesystem_class(proto).clear_instance_cache()
+        except (ImportError, ValueError):
+            pass
+
+
+def _wait_for_http(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means it is up
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not answer at {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API on 127.0.0.1 (moto_server) with bucket ``nerf-ckpt``.
+
+    Sets AWS_* variables in os.environ for the session (restored at teardown) and yields
+    ``{'endpoint': 'http://127.0.0.1:PORT', 'bucket': 'nerf-ckpt', 'env': {...}}``; pass
+    ``env`` to child processes. Use a unique key prefix per test.
+    """
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        pytest.skip(f"moto_server not installed next to {sys.executable} (pip install 'moto[server]')")
+    try:
+        import boto3
+        import s3fs  # noqa: F401 - fsspec's s3:// backend
+    except ImportError as e:
+        pytest.skip(f"S3 tests need boto3 and s3fs: {e}")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        _wait_for_http(endpoint + "/", proc)
+        os.environ.update(env)
+        clear_fsspec_caches()
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=S3_BUCKET)
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET, "env": dict(env)}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        clear_fsspec_caches()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_unreachable(monkeypatch):
+    """Point S3 at a closed port on 127.0.0.1 with one attempt and short timeouts; yields the endpoint."""
+    pytest.importorskip("s3fs")
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                 "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1",
+                 "AWS_RETRY_MODE": "standard"}.items():
+        monkeypatch.setenv(k, v)
+    clear_fsspec_caches()
+    yield endpoint
+    clear_fsspec_caches()
+
+
+# ============================================================================ end S3 emulator

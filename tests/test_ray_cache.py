@@ -1,0 +1,215 @@
+"""Ray cache: build, round-trip, reuse/rebuild by key, multi-rank build, fsspec URLs, errors."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+
+import pytest
+import torch
+
+import nerf_dist.scenes
+from nerf_dist import ray_cache, storage
+from nerf_dist.config import DataConfig
+from nerf_dist.ray_cache import RayCache, RayCacheError, build_shards, cache_key, ensure_cache
+from nerf_dist.rays import scene_rays
+from nerf_dist.scenes.base import Scene
+
+
+def make_scene(n=3, H=5, W=8, ndc=False, seed=0) -> Scene:
+    g = torch.Generator().manual_seed(seed)
+    focal = 7.0
+    K = torch.tensor([[focal, 0, W / 2], [0, focal, H / 2], [0, 0, 1.0]]).expand(n, 3, 3).clone()
+    c2w = torch.zeros(n, 3, 4)
+    for i in range(n):
+        a = 0.3 * i
+        c2w[i, :3, :3] = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0],
+                                       [-math.sin(a), 0, math.cos(a)]])
+        c2w[i, :3, 3] = torch.tensor([0.1 * i, -0.2 * i, 3.0])
+    return Scene(images=torch.rand(n, H, W, 3, generator=g), K=K, c2w=c2w,
+                 near=0.0 if ndc else 2.0, far=1.0 if ndc else 6.0,
+                 aabb=torch.tensor([[-1.5] * 3, [1.5] * 3]), background=torch.ones(3),
+                 files=[f"/scene/r_{i}.png" for i in range(n)], split="train",
+                 ndc=ndc, ndc_focal=focal if ndc else 0.0, ndc_size=(H, W) if ndc else (0, 0))
+
+
+def make_root(tmp_path, n=3) -> str:
+    """A scene folder with the files cache_key looks at (never decoded in these tests)."""
+    root = tmp_path / "scene"
+    (root / "train").mkdir(parents=True)
+    frames = [{"file_path": f"./train/r_{i}", "transform_matrix": [[1, 0, 0, 0]] * 4} for i in range(n)]
+    (root / "transforms_train.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": frames}))
+    for i in range(n):
+        (root / "train" / f"r_{i}.png").write_bytes(b"not really a png %d" % i)
+    return str(root)
+
+
+def expected_rays(scene) -> dict:
+    """Every ray of the scene in global order (i = image*H*W + row*W + col)."""
+    H, W = scene.H, scene.W
+    parts = [scene_rays(scene, i) for i in range(scene.n)]
+    out = {k: torch.cat([p[k] for p in parts]) for k in ("rays_o", "rays_d", "viewdirs")}
+    out["rgb"] = scene.images.reshape(-1, 3)
+    j, i = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    crop = torch.maximum((i / W - 0.5).abs(), (j / H - 0.5).abs()).reshape(-1) * 2
+    out["crop"] = crop.repeat(scene.n).half()
+    out["img"] = torch.arange(scene.n, dtype=torch.int32).repeat_interleave(H * W)
+    return out
+
+
+def assemble(cache: RayCache) -> dict:
+    """Scatter all shards back into global ray order."""
+    S, n = cache.n_shards, cache.n_rays
+    full = {}
+    for s in range(S):
+        d = cache.read_shard(s)
+        idx = torch.arange(s, n, S)
+        assert len(idx) == cache.shard_sizes[s]
+        for k, t in d.items():
+            if k not in full:
+                full[k] = torch.zeros((n,) + tuple(t.shape[1:]), dtype=t.dtype)
+            full[k][idx] = t
+    return full
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("ndc", [False, True])
+def test_round_trip_equals_scene_rays(tmp_path, ndc):
+    scene = make_scene(ndc=ndc)
+    cfg = DataConfig(root=make_root(tmp_path), cache_shards=7)
+    cache = ensure_cache(cfg, str(tmp_path / "cache"), log=lambda m: None, scene=scene)
+    assert cache.n_shards == 7 and cache.n_rays == 3 * 5 * 8
+    assert (cache.H, cache.W, cache.n_images) == (5, 8, 3)
+    assert max(cache.shard_sizes) - min(cache.shard_sizes) <= 1
+    assert cache.meta["ndc"] is ndc and cache.meta["split"] == "train"
+    assert cache.meta["near"] == scene.near and cache.meta["files"] == scene.files
+    assert cache.url == os.path.join(str(tmp_path / "cache"), cache_key(cfg)[:16])
+    assert_same(assemble(cache), expected_rays(scene))
+    # every shard covers every image evenly
+    for s in range(7):
+        counts = torch.bincount(cache.read_shard(s)["img"].long(), minlength=3)
+        assert counts.max() - counts.min() <= 1
+
+
+def test_reuse_and_rebuild_on_change(tmp_path, monkeypatch):
+    scene = make_scene()
+    calls = []
+
+    def fake_load(data_cfg, split):
+        calls.append((data_cfg, split))
+        return scene
+
+    monkeypatch.setattr(nerf_dist.scenes, "load_scene", fake_load)
+    root = make_root(tmp_path)
+    base = str(tmp_path / "cache")
+    cfg = DataConfig(root=root, cache_shards=4)
+    logs = []
+    c1 = ensure_cache(cfg, base, log=logs.append)
+    assert len(calls) == 1 and calls[0][1] == "train"
+    assert any("wrote 4/4" in m for m in logs)
+    c2 = ensure_cache(cfg, base, log=logs.append)
+    assert len(calls) == 1, "an unchanged scene + settings must reuse the cache"
+    assert c2.url == c1.url and c2.key == c1.key
+
+    # a setting that changes rays -> another key and folder
+    c3 = ensure_cache(DataConfig(root=root, cache_shards=4, downscale=2), base, log=logs.append)
+    assert len(calls) == 2 and c3.url != c1.url
+    # a changed scene file -> another key
+    k_before = cache_key(cfg)
+    img = os.path.join(root, "train", "r_0.png")
+    st = os.stat(img)
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache_key(cfg) != k_before
+    k_before = cache_key(cfg)
+    with open(os.path.join(root, "transforms_train.json"), "a") as f:
+        f.write(" ")
+    assert cache_key(cfg) != k_before
+    assert cache_key(cfg, "val") != cache_key(cfg, "train")
+    assert cache_key(cfg) == cache_key(cfg)
+    # a file that is neither metadata nor an image does not change the key
+    k_before = cache_key(cfg)
+    (tmp_path / "scene" / "notes.txt").write_text("hi")
+    assert cache_key(cfg) == k_before
+
+
+def test_two_ranks_build_the_same_cache(tmp_path):
+    scene = make_scene()
+    cfg = DataConfig(root=make_root(tmp_path), cache_shards=6)
+    one = ensure_cache(cfg, str(tmp_path / "one"), log=lambda m: None, scene=scene)
+    url = str(tmp_path / "two" / "c")
+    owned = [build_shards(scene, url, 6, rank=r, world_size=2, log=lambda m: None) for r in (0, 1)]
+    assert owned == [[0, 2, 4], [1, 3, 5]]
+    ray_cache.write_manifest(scene, url, one.key, 6)
+    two = RayCache.open(url)
+    assert two.manifest["shard_sizes"] == one.manifest["shard_sizes"]
+    assert two.meta == one.meta
+    for s in range(6):
+        a, b = one.read_shard(s), two.read_shard(s)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (s, k)
+
+
+def test_manifest_needs_every_shard(tmp_path):
+    scene = make_scene()
+    url = str(tmp_path / "c")
+    build_shards(scene, url, 4, rank=0, world_size=2, log=lambda m: None)
+    with pytest.raises(RayCacheError, match="shard-00001.pt"):
+        ray_cache.write_manifest(scene, url, "k", 4)
+
+
+def test_memory_url(tmp_path):
+    scene = make_scene()
+    cfg = DataConfig(root=make_root(tmp_path), cache_shards=4)
+    base = f"memory://nerf-dist-test-{uuid.uuid4().hex[:8]}/ray_cache"
+    cache = ensure_cache(cfg, base, log=lambda m: None, scene=scene)
+    assert cache.url.startswith("memory://")
+    assert_same(assemble(RayCache.open(cache.url)), expected_rays(scene))
+    again = ensure_cache(cfg, base, log=lambda m: None, scene=None)  # reused: no load_scene
+    assert again.url == cache.url
+
+
+def test_errors_name_the_url(tmp_path, monkeypatch):
+    scene = make_scene()
+    cfg = DataConfig(root=make_root(tmp_path), cache_shards=4)
+    cache = ensure_cache(cfg, str(tmp_path / "cache"), log=lambda m: None, scene=scene)
+    manifest = os.path.join(cache.url, "manifest.json")
+
+    with pytest.raises(RayCacheError, match="manifest not found.*" + str(tmp_path / "nope")):
+        RayCache.open(str(tmp_path / "nope"))
+
+    os.remove(os.path.join(cache.url, "shard-00002.pt"))
+    with pytest.raises(RayCacheError, match="shard-00002.pt"):
+        cache.read_shard(2)
+    with open(os.path.join(cache.url, "shard-00003.pt"), "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(RayCacheError, match="shard-00003.pt"):
+        cache.read_shard(3)
+
+    good = open(manifest).read()
+    m = json.loads(good)
+    m["version"] = 999
+    open(manifest, "w").write(json.dumps(m))
+    with pytest.raises(RayCacheError, match="version.*" + cache.url):
+        RayCache.open(cache.url)
+    open(manifest, "w").write("{not json")
+    with pytest.raises(RayCacheError, match="corrupt.*manifest"):
+        RayCache.open(cache.url)
+
+    # ensure_cache rebuilds over a corrupt manifest (and restores the removed shard)
+    calls = []
+    monkeypatch.setattr(nerf_dist.scenes, "load_scene", lambda c, s: calls.append(s) or scene)
+    rebuilt = ensure_cache(cfg, str(tmp_path / "cache"), log=lambda m: None)
+    assert calls == ["train"] and rebuilt.url == cache.url
+    assert_same(assemble(rebuilt), expected_rays(scene))
+
+
+def test_too_few_rays(tmp_path):
+    with pytest.raises(RayCacheError, match="cache_shards"):
+        build_shards(make_scene(n=1, H=2, W=2), str(tmp_path / "c"), 8, log=lambda m: None)
