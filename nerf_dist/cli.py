@@ -78,11 +78,25 @@ def _parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------ commands
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (torchrun stopping its workers, SLURM's time limit) -> KeyboardInterrupt, so the
+    `finally` blocks run and the process group is destroyed instead of the process vanishing."""
+    import signal
+
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a test harness)
+        pass
+
+
 def cmd_train(args) -> int:
     from . import dist
     from .config import load_config
     from .trainer import train
     cfg = load_config(args.config, args.overrides)
+    _terminate_as_interrupt()
     info = dist.init()
     try:
         res = train(cfg, info)

@@ -42,7 +42,13 @@ class NeRFMLP(nn.Module):
         self.rgb_head = nn.Linear(width // 2, 3)
 
     def forward(self, x: torch.Tensor, d: torch.Tensor):
-        ex = self.pos_enc(x)
+        ex, ed = self.pos_enc(x), self.dir_enc(d)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            # NOTE: cat() promotes to the widest input: cast the encodings once so the skip and
+            # view concatenations stay in the autocast dtype instead of bouncing through fp32.
+            ex = ex.to(torch.get_autocast_dtype(dev))
+            ed = ed.to(ex.dtype)
         h = ex
         for i, layer in enumerate(self.trunk):
             if i == self.skip + 1:
@@ -50,6 +56,6 @@ class NeRFMLP(nn.Module):
             h = F.relu(layer(h))
         sigma = self.sigma_head(h).squeeze(-1)
         feat = self.feature(h)
-        h = F.relu(self.view(torch.cat([feat, self.dir_enc(d)], -1)))
+        h = F.relu(self.view(torch.cat([feat, ed], -1)))
         rgb = torch.sigmoid(self.rgb_head(h))
         return rgb, sigma

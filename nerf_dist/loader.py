@@ -17,7 +17,7 @@ import hashlib
 
 import torch
 
-from .ray_cache import RayCache
+from .ray_cache import RayCache, pixel_crop
 
 BATCH_FIELDS = ("rays_o", "rays_d", "viewdirs", "rgb")
 _FULL, _CROP = 0, 1
@@ -64,7 +64,8 @@ class RayLoader:
     """Batches of training rays for one rank.
 
     Each :meth:`next` returns rays_o, rays_d, viewdirs, rgb: [b_local, 3] on `device`, and
-    n_global (= rays_per_batch, the size of the global batch the local one is part of).
+    n_global (= rays_per_batch, the size of the global batch the local one is part of) and
+    index: [b_local] int64, the positions of these rays inside the global batch.
     """
 
     def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
@@ -88,6 +89,14 @@ class RayLoader:
         self.n_shards = S
         self.shards = list(range(rank, S, world_size))
         self.b = shard_batch_sizes(self.rays_per_batch, S)
+        # positions of this rank's rays inside the global batch (shard order), for RowNoise
+        offsets = [0]
+        for b in self.b:
+            offsets.append(offsets[-1] + b)
+        self.index = torch.cat([torch.arange(offsets[s], offsets[s + 1]) for s in self.shards]) \
+            if self.shards else torch.zeros(0, dtype=torch.int64)
+        if self.precrop_steps > 0:
+            self._check_crop_coverage()
         self._step = 0
         self._perms: dict = {}
         self._data: dict[int, dict[str, torch.Tensor]] = {}
@@ -96,11 +105,29 @@ class RayLoader:
             d = cache.read_shard(s)
             self._data[s] = {k: d[k] for k in BATCH_FIELDS}
             if self.precrop_steps > 0:
-                idx = torch.nonzero(d["crop"].float() < self.precrop_frac).flatten()
-                if idx.numel() == 0 and self.b[s] > 0:
-                    raise ValueError(f"shard {s} of {cache.url} has no ray inside the centre crop "
-                                     f"train.precrop_frac={self.precrop_frac}: raise it")
-                self._crop_idx[s] = idx
+                self._crop_idx[s] = torch.nonzero(d["crop"].float() < self.precrop_frac).flatten()
+
+    def _check_crop_coverage(self) -> None:
+        """ValueError unless every shard that feeds batches holds a centre-crop ray.
+
+        NOTE: computed from the manifest's geometry for ALL shards, so every rank reaches the same
+        verdict (a check on owned shards only could fail on one rank and hang the others).
+        """
+        H, W, S = self.cache.H, self.cache.W, self.n_shards
+        rows = torch.arange(H).repeat_interleave(W)
+        cols = torch.arange(W).repeat(H)
+        pix = torch.nonzero(pixel_crop(rows, cols, H, W).float() < self.precrop_frac).flatten()
+        covered = torch.zeros(S, dtype=torch.bool)
+        for img in range(self.cache.n_images):
+            covered[(img * H * W + pix) % S] = True
+            if bool(covered.all()):
+                return
+        empty = [s for s in range(S) if not covered[s] and self.b[s] > 0]
+        if empty:
+            raise ValueError(f"ray cache {self.cache.url}: shard {empty[0]} (of {len(empty)}) holds "
+                             f"no ray inside the centre crop train.precrop_frac={self.precrop_frac} "
+                             f"({H}x{W} images, data.cache_shards={S}): raise train.precrop_frac or "
+                             f"pick a data.cache_shards that does not divide the image width")
 
     @property
     def step(self) -> int:
@@ -123,6 +150,7 @@ class RayLoader:
                 parts[k].append(data[k][idx])
         out: dict = {k: torch.cat(v).to(self.device, non_blocking=True) for k, v in parts.items()}
         out["n_global"] = self.rays_per_batch
+        out["index"] = self.index
         return out
 
     def next(self) -> dict:

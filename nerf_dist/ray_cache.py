@@ -185,6 +185,13 @@ def _manifest_problem(m) -> str:
 
 # ----------------------------------------------------------------------------- building
 
+def pixel_crop(row: torch.Tensor, col: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """crop: [n] float16 = max(|u/W - 0.5|, |v/H - 0.5|) * 2 at pixel centres (u, v) = (col, row) + 0.5;
+    a pixel lies in the centre crop of side fraction f iff crop < f."""
+    u, v = col.float() + 0.5, row.float() + 0.5
+    return (torch.maximum((u / W - 0.5).abs(), (v / H - 0.5).abs()) * 2).to(torch.float16)
+
+
 def shard_rays(scene, s: int, n_shards: int) -> dict[str, torch.Tensor]:
     """Rays of shard s (every n_shards-th ray, starting at s) of a Scene, as stored in the cache."""
     H, W = scene.H, scene.W
@@ -206,8 +213,7 @@ def shard_rays(scene, s: int, n_shards: int) -> dict[str, torch.Tensor]:
         start += c
     rays = {k: (torch.cat(v_) if v_ else torch.zeros(0, 3)).contiguous() for k, v_ in out.items()}
     rays["rgb"] = scene.images[img, row, col].float().contiguous()
-    crop = torch.maximum((u / W - 0.5).abs(), (v / H - 0.5).abs()) * 2
-    rays["crop"] = crop.to(torch.float16)
+    rays["crop"] = pixel_crop(row, col, H, W)
     rays["img"] = img.to(torch.int32)
     return rays
 

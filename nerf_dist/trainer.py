@@ -318,6 +318,13 @@ def train(cfg: Config, dist: DistInfo) -> dict:
     trainer = Trainer(cfg, dist)
     try:
         return trainer.train()
+    except KeyboardInterrupt:
+        if dist.is_main:
+            steps = trainer.ckpt.list()
+            print(f"interrupted at step {trainer.step}; newest checkpoint: "
+                  f"{('step ' + str(steps[-1])) if steps else 'none'} "
+                  f"(continue with train.resume=auto)", flush=True)
+        raise
     finally:
         trainer.close()
 

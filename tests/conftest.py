@@ -124,3 +124,37 @@ def s3_unreachable(monkeypatch):
 
 
 # ============================================================================ end S3 emulator
+
+
+# =============================================================================================
+# Tiny scenes and training runs shared by the end-to-end tests
+# =============================================================================================
+
+REPO = Path(__file__).resolve().parents[1]
+LEGO = REPO.parent / "shared" / "data" / "lego"
+
+# A tiny vanilla model: the pipeline is the paper's, only the sizes shrink so CPU tests are quick.
+TINY_MODEL = ["model.depth=2", "model.width=32", "model.skip=0", "model.pos_freqs=4",
+              "model.dir_freqs=2", "model.n_samples=16", "model.n_importance=16"]
+
+
+@pytest.fixture(scope="session")
+def demo_scene(tmp_path_factory) -> Path:
+    """The project's procedural demo scene at 32x32 (Blender format, with ground-truth depth)."""
+    from nerf_dist.scenes.demo import write_demo_scene
+    root = tmp_path_factory.mktemp("demo") / "scene"
+    write_demo_scene(str(root), resolution=32, views=20, seed=0)
+    return root
+
+
+def run_cli(args: list[str], env: dict | None = None, nproc: int = 1, timeout: float = 300):
+    """Run `nerf-dist ARGS` in a subprocess (under torchrun when nproc > 1); returns the result."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(free_port()), "-m", "nerf_dist", *args]
+    else:
+        cmd = [sys.executable, "-m", "nerf_dist", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
+                         cwd=str(REPO))
+    return res

@@ -196,7 +196,7 @@ def test_errors_name_the_url(tmp_path, monkeypatch):
     m = json.loads(good)
     m["version"] = 999
     open(manifest, "w").write(json.dumps(m))
-    with pytest.raises(RayCacheError, match="version.*" + cache.url):
+    with pytest.raises(RayCacheError, match=cache.url + ".*version 999"):
         RayCache.open(cache.url)
     open(manifest, "w").write("{not json")
     with pytest.raises(RayCacheError, match="corrupt.*manifest"):
@@ -213,3 +213,32 @@ def test_errors_name_the_url(tmp_path, monkeypatch):
 def test_too_few_rays(tmp_path):
     with pytest.raises(RayCacheError, match="cache_shards"):
         build_shards(make_scene(n=1, H=2, W=2), str(tmp_path / "c"), 8, log=lambda m: None)
+
+
+def _gloo_worker(rank, world_size, init_file, root, base, out):
+    import torch.distributed as tdist
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                             world_size=world_size)
+    try:
+        import nerf_dist.scenes as scenes
+        built = []
+        scenes.load_scene = lambda cfg, split: built.append(split) or make_scene()
+        orig = ray_cache.build_shards
+        ray_cache.build_shards = lambda *a, **k: built.append(orig(*a, **k)) or built[-1]
+        cfg = DataConfig(root=root, cache_shards=4)
+        cache = ensure_cache(cfg, base, rank, world_size, log=lambda m: None)
+        again = ensure_cache(cfg, base, rank, world_size, log=lambda m: None)
+        torch.save({"built": built, "url": cache.url, "again": again.url}, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ensure_cache_with_two_gloo_ranks(tmp_path):
+    import torch.multiprocessing as mp
+    root, base, out = make_root(tmp_path), str(tmp_path / "cache"), str(tmp_path / "out")
+    mp.spawn(_gloo_worker, args=(2, str(tmp_path / "init"), root, base, out), nprocs=2)
+    res = [torch.load(f"{out}.{r}") for r in range(2)]
+    # each rank loaded the scene once and wrote only its own shards; the second call reused
+    assert res[0]["built"] == ["train", [0, 2]] and res[1]["built"] == ["train", [1, 3]]
+    assert res[0]["url"] == res[1]["url"] == res[0]["again"]
+    assert_same(assemble(RayCache.open(res[0]["url"])), expected_rays(make_scene()))

@@ -142,7 +142,7 @@ def load_blender(data_cfg: DataConfig, split: str) -> Scene:
 
     bg = background_of(data_cfg)
     f = data_cfg.downscale
-    images, (h0, w0) = load_images(files, f, bg, path)
+    images, (h0, w0) = load_images(files, f, bg, path, keep)
     n, H, W = images.shape[:3]
     focal = 0.5 * w0 / math.tan(0.5 * float(angle)) / f
     K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])

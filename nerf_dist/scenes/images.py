@@ -122,29 +122,32 @@ def _workers() -> int:
     return max(1, min(8, 2 * (os.cpu_count() or 1)))
 
 
-def drop_missing(paths: Sequence[str], skip_missing: bool, source: str) -> list[int]:
-    """Indices of the frames whose image file exists.
+def drop_missing(paths: Sequence[str], skip_missing: bool, source: str,
+                 frame_ids: Sequence[int] | None = None) -> list[int]:
+    """Positions (into paths) of the frames whose image file exists.
 
-    A missing file raises SceneError naming the file, the frame index and ``source`` (the
-    transforms/poses file that lists it) unless skip_missing; then the missing frames are dropped
-    and one warning lists them all.
+    A missing file raises SceneError naming the file, the frame index (frame_ids[k], default k)
+    and ``source`` (the transforms/poses file that lists it) unless skip_missing; then the
+    missing frames are dropped and one warning lists them all.
     """
-    missing = [i for i, p in enumerate(paths) if not os.path.isfile(p)]
+    ids = list(frame_ids) if frame_ids is not None else list(range(len(paths)))
+    missing = [k for k, p in enumerate(paths) if not os.path.isfile(p)]
     if missing and not skip_missing:
-        i = missing[0]
+        k = missing[0]
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise SceneError(f"{source}: frame {i}: image file not found: {paths[i]}{more} "
+        raise SceneError(f"{source}: frame {ids[k]}: image file not found: {paths[k]}{more} "
                          f"(set data.skip_missing=true to drop missing frames)")
     if missing:
-        listed = ", ".join(f"{i}:{paths[i]}" for i in missing[:20])
+        listed = ", ".join(f"frame {ids[k]}: {paths[k]}" for k in missing[:20])
         tail = " ..." if len(missing) > 20 else ""
         warnings.warn(f"{source}: skipping {len(missing)} frame(s) with missing images: {listed}{tail}",
                       stacklevel=3)
-    return [i for i in range(len(paths)) if i not in set(missing)]
+    gone = set(missing)
+    return [k for k in range(len(paths)) if k not in gone]
 
 
 def load_images(paths: Sequence[str], factor: int, background: Sequence[float],
-                source: str) -> tuple[np.ndarray, tuple]:
+                source: str, frame_ids: Sequence[int] | None = None) -> tuple[np.ndarray, tuple]:
     """Decode, composite and downscale many images in a thread pool.
 
     paths: n image files (all must exist, see :func:`drop_missing`). Returns (images:
@@ -154,6 +157,7 @@ def load_images(paths: Sequence[str], factor: int, background: Sequence[float],
     """
     if len(paths) == 0:
         raise SceneError(f"{source}: no frames to load")
+    ids = list(frame_ids) if frame_ids is not None else list(range(len(paths)))
     first, size0 = load_image(paths[0], factor, background)
     out = np.empty((len(paths),) + first.shape, dtype=np.float32)
     out[0] = first
@@ -162,8 +166,8 @@ def load_images(paths: Sequence[str], factor: int, background: Sequence[float],
         img, size = load_image(paths[i], factor, background)
         if size != size0:
             raise SceneError(
-                f"{source}: frame {i}: image {paths[i]} is {size[1]}x{size[0]} (W x H) but "
-                f"frame 0 ({paths[0]}) is {size0[1]}x{size0[0]}; all images must have one size")
+                f"{source}: frame {ids[i]}: image {paths[i]} is {size[1]}x{size[0]} (W x H) but "
+                f"frame {ids[0]} ({paths[0]}) is {size0[1]}x{size0[0]}; all images must have one size")
         out[i] = img
 
     if len(paths) > 1:

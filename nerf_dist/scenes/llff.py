@@ -124,7 +124,7 @@ def load_llff(data_cfg: DataConfig, split: str) -> Scene:
                          f"llff_hold={data_cfg.llff_hold})")
     files = [files[i] for i in idx]
     bg = background_of(data_cfg)
-    images, _ = load_images(files, factor, bg, pb_path)
+    images, _ = load_images(files, factor, bg, pb_path, idx)
     n, H, W = images.shape[:3]
     focal = float(focal0) * W / float(w0)
     K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])

@@ -105,19 +105,25 @@ def _entries(root: str, split: str, hold: int) -> tuple[list, list, str]:
     frames = get_frames(data, path)
     all_poses = [frame_pose(fr, i, path) for i, fr in enumerate(frames)]
     lists = {s: data.get(f"{s}_filenames") for s in SPLITS}
-    if split == "test" and lists["test"] is None and lists["val"] is not None:
-        lists["test"] = lists["val"]
-    if lists[split] is not None:
-        wanted = lists[split]
-        if not isinstance(wanted, list):
-            raise SceneError(f"{path}: field '{split}_filenames' must be a list")
-        keys = {_norm_name(str(n)) for n in wanted}
-        chosen = [(path, fr, i, data) for i, fr in enumerate(frames)
-                  if _norm_name(str(fr.get("file_path", ""))) in keys]
+    for s, v in lists.items():
+        if v is not None and not isinstance(v, list):
+            raise SceneError(f"{path}: field '{s}_filenames' must be a list")
+    keys = {s: {_norm_name(str(n)) for n in v} for s, v in lists.items() if v is not None}
+    other = {"val": "test", "test": "val"}
+    if keys:
+        names = [_norm_name(str(fr.get("file_path", ""))) for fr in frames]
+        if split in keys:
+            member = [n in keys[split] for n in names]
+        elif split != "train" and other[split] in keys:
+            member = [n in keys[other[split]] for n in names]
+        elif split != "train":  # only train_filenames: evaluate on the rest
+            member = [n not in keys["train"] for n in names]
+        else:  # only val/test lists: train on the rest
+            held = set().union(*keys.values())
+            member = [n not in held for n in names]
     else:
-        test = [i % hold == 0 for i in range(len(frames))]
-        chosen = [(path, fr, i, data) for i, fr in enumerate(frames)
-                  if test[i] == (split != "train")]
+        member = [(i % hold == 0) == (split != "train") for i in range(len(frames))]
+    chosen = [(path, fr, i, data) for i, fr in enumerate(frames) if member[i]]
     return chosen, all_poses, path
 
 
@@ -144,7 +150,8 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
         poses.append(frame_pose(fr, i, p))
         intr.append(frame_intrinsics(glob, fr, where))
 
-    keep = drop_missing(files, data_cfg.skip_missing, source)
+    ids = [i for _, _, i, _ in chosen]
+    keep = drop_missing(files, data_cfg.skip_missing, source, ids)
     if not keep:
         raise SceneError(f"{source}: split '{split}' is empty: every image is missing")
     files = [files[k] for k in keep]
@@ -153,7 +160,7 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
 
     bg = background_of(data_cfg)
     f = data_cfg.downscale
-    images, (h0, w0) = load_images(files, f, bg, source)
+    images, (h0, w0) = load_images(files, f, bg, source, [ids[k] for k in keep])
     n, H, W = images.shape[:3]
 
     K = np.zeros((n, 3, 3))
