@@ -52,8 +52,8 @@ def stream_positions(n: int, start: int, count: int, seed: int, stream: int, sha
             perm = torch.randperm(n, generator=g)
             if _perms is not None:
                 # NOTE: keep only the newest epochs of each (stream, shard): positions only move forward.
-                for k in [k for k in _perms if k[:2] == key[:2] and k[2] < epoch - 1]:
-                    del _perms[k]
+                for k in [k for k in list(_perms) if k[:2] == key[:2] and k[2] < epoch - 1]:
+                    _perms.pop(k, None)
                 _perms[key] = perm
         out.append(perm[within:within + take])
         pos += take
@@ -69,7 +69,8 @@ class RayLoader:
     """
 
     def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
-                 precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu"):
+                 precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu",
+                 prefetch: bool = False):
         S = cache.n_shards
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")
@@ -99,6 +100,13 @@ class RayLoader:
             self._check_crop_coverage()
         self._step = 0
         self._perms: dict = {}
+        # NOTE: one worker thread builds every batch (batch_at is pure in the step), so prefetching
+        # cannot change the sequence and the permutation cache is never touched concurrently.
+        self._pool = None
+        self._pending = None  # (step, Future) of the batch being prefetched
+        if prefetch:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ray-loader-{rank}")
         self._data: dict[int, dict[str, torch.Tensor]] = {}
         self._crop_idx: dict[int, torch.Tensor] = {}
         for s in self.shards:
@@ -155,9 +163,22 @@ class RayLoader:
 
     def next(self) -> dict:
         """The local batch of the current step; then advance to the next step."""
-        batch = self.batch_at(self._step)
+        if self._pool is None:
+            batch = self.batch_at(self._step)
+        else:
+            if self._pending is not None and self._pending[0] == self._step:
+                batch = self._pending[1].result()
+            else:
+                batch = self._pool.submit(self.batch_at, self._step).result()
+            self._pending = (self._step + 1, self._pool.submit(self.batch_at, self._step + 1))
         self._step += 1
         return batch
+
+    def close(self) -> None:
+        """Stop the prefetch thread (if any)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pending = None, None
 
     __next__ = next
 
@@ -175,3 +196,4 @@ class RayLoader:
                 raise ValueError(f"loader state has {k}={sd[k]}, this run has {getattr(self, k)}: "
                                  f"resuming would not continue the same ray sequence")
         self._step = int(sd["step"])
+        self._pending = None  # a prefetched batch of the old cursor is stale

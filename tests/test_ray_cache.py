@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import nerf_dist.scenes
-from nerf_dist import ray_cache, storage
+from nerf_dist import ray_cache
 from nerf_dist.config import DataConfig
 from nerf_dist.ray_cache import RayCache, RayCacheError, build_shards, cache_key, ensure_cache
 from nerf_dist.rays import scene_rays
