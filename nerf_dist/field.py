@@ -53,9 +53,9 @@ class NeRFMLP(nn.Module):
         for i, layer in enumerate(self.trunk):
             if i == self.skip + 1:
                 h = torch.cat([h, ex], -1)
-            h = F.relu(layer(h))
+            h = F.relu(layer(h), inplace=True)
         sigma = self.sigma_head(h).squeeze(-1)
         feat = self.feature(h)
-        h = F.relu(self.view(torch.cat([feat, ed], -1)))
+        h = F.relu(self.view(torch.cat([feat, ed], -1)), inplace=True)
         rgb = torch.sigmoid(self.rgb_head(h))
         return rgb, sigma
