@@ -146,7 +146,8 @@ class _InterpGather(torch.autograd.Function):
         ctx.table_dtype = table.dtype
         # NOTE: a batch of [1, 8] x [8, F] products is ~4x faster than a broadcast multiply + sum.
         n, L = idx.shape[:2]
-        return torch.bmm(wc.view(n * L, 1, 8), feats.view(n * L, 8, Fdim)).view(n, L, Fdim)
+        with torch.autocast(device_type=idx.device.type, enabled=False):    # stay fp32
+            return torch.bmm(wc.view(n * L, 1, 8), feats.view(n * L, 8, Fdim)).view(n, L, Fdim)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -229,14 +229,14 @@ def build_shards(scene, url: str, n_shards: int, rank: int = 0, world_size: int 
         raise RayCacheError(f"scene has {n_rays} rays, fewer than data.cache_shards={n_shards}")
     storage.makedirs(url)
     mine = list(range(rank, n_shards, world_size))
-    step = max(1, len(mine) // 10)
+    step = max(1, len(mine) // 4)
     for j, s in enumerate(mine):
         buf = io.BytesIO()
         torch.save(shard_rays(scene, s, n_shards), buf)
         storage.write_bytes(storage.join(url, shard_name(s)), buf.getvalue())
         if rank == 0 and ((j + 1) % step == 0 or j + 1 == len(mine)):
-            log(f"ray cache: wrote {j + 1}/{len(mine)} shards of rank 0 "
-                f"({world_size} rank(s), {n_shards} shards total) to {storage.redact(url)}")
+            log(f"ray cache: rank 0 wrote {j + 1}/{len(mine)} of its shards "
+                f"({n_shards} shards over {world_size} rank(s))")
     return mine
 
 

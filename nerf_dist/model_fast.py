@@ -1,0 +1,184 @@
+"""Fast path: occupancy-grid ray marching -> hash-grid field -> volume rendering.
+
+Same interface as :class:`nerf_dist.model.VanillaNeRF` (see :mod:`nerf_dist.model`):
+model(rays_o, rays_d, viewdirs, near, far, train=, generator=, background=) -> dict(rgb, depth, acc,
+samples_per_ray). Plus ``update_step(step, generator)``, which the trainer calls every step before
+the forward pass to keep the occupancy grid up to date.
+
+Marching: each ray is cut into steps of length aabb diagonal / march_steps over
+[near, far] ∩ aabb (start offset jittered in training); steps whose midpoint lies in an unoccupied
+cell are dropped, at most max_samples are kept per ray, and only kept samples reach the field (as one
+packed batch; results are scattered back into [n_rays, n_samples] with zero-length padding).
+Early termination: in training a no-grad density pass finds where each ray's transmittance falls
+below early_stop_eps and the samples behind are dropped before the differentiable pass; at
+inference rays are evaluated in segments and opaque rays stop being evaluated.
+
+NOTE (DDP): the occupancy grid lives in buffers. update_step is a deterministic function of the
+parameters (identical on all ranks after each all-reduce), the step and the generator (seed it from
+(seed, step), the same on every rank), so all ranks keep identical grids without communication.
+DDP's broadcast_buffers can be left on (rank 0's grid is then copied each forward, which is
+harmless); turning it off saves that traffic (res^3 floats + bools). Call update_step on the
+un-wrapped module (ddp.module).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .field_fast import HashField
+from .model import autocast_context
+from .occupancy import OccupancyGrid
+from . import volrend
+
+# Columns (samples per ray) rendered at a time at inference, between early-termination checks.
+_EVAL_SEGMENT = 32
+
+
+class FastNeRF(nn.Module):
+    """Hash-grid NeRF with an occupancy grid. aabb: [2, 3] scene box (min, max)."""
+
+    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
+        self.register_buffer("aabb", aabb.clone())
+        self.field = HashField(aabb, cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
+                               cfg.hash_base_res, cfg.hash_max_res, cfg.hidden, cfg.geo_features)
+        self.step_size = float((aabb[1] - aabb[0]).norm()) / cfg.march_steps
+        self.grid = OccupancyGrid(aabb, cfg.grid_res, self.step_size, cfg.grid_threshold,
+                                  cfg.grid_update_every)
+        # NOTE: a plain dict, so compiled wrappers are not registered as submodules (state_dict
+        # keys stay the same with and without compile).
+        self._fns = {"field": self.field, "density": self.field.density}
+        if cfg.compile:
+            self._fns = {"field": torch.compile(self.field, dynamic=True),
+                         "density": torch.compile(self.field.density, dynamic=True)}
+
+    # ------------------------------------------------------------------ occupancy grid
+    def update_step(self, step: int, generator: torch.Generator | None = None) -> bool:
+        """Update the occupancy grid if `step` is an update step (else a no-op); True if updated."""
+        if step % self.cfg.grid_update_every != 0:
+            return False
+        dev = self.aabb.device
+
+        def density_fn(pts):
+            with autocast_context(dev, self.cfg.precision):
+                return self._fns["density"](pts).float()
+
+        with torch.no_grad():
+            return self.grid.update(step, density_fn, generator)
+
+    # ------------------------------------------------------------------ marching
+    @torch.no_grad()
+    def march(self, rays_o, rays_d, near, far, jitter: bool,
+              generator: torch.Generator | None = None):
+        """Samples in occupied cells, packed.
+
+        rays_o, rays_d: [n_rays, 3]; near, far: floats or [n_rays].
+        Returns ray [m], col [m] (sample's ray and its slot in that ray, slots 0, 1, ... in order),
+        t_starts, t_ends [m] (along rays_d, in its units), n_samples (max slots used, an int).
+        """
+        n, dev = rays_o.shape[0], rays_o.device
+        near = torch.as_tensor(near, dtype=torch.float32, device=dev).reshape(-1).expand(n)
+        far = torch.as_tensor(far, dtype=torch.float32, device=dev).reshape(-1).expand(n)
+        d = torch.where(rays_d.abs() < 1e-10, torch.full_like(rays_d, 1e-10), rays_d)
+        ta, tb = (self.aabb[0] - rays_o) / d, (self.aabb[1] - rays_o) / d
+        t_lo = torch.maximum(torch.minimum(ta, tb).amax(-1), near)
+        t_hi = torch.minimum(torch.maximum(ta, tb).amin(-1), far)
+        step_t = self.step_size / rays_d.norm(dim=-1)                                # [n_rays]
+        n_steps = int(((t_hi - t_lo) / step_t).ceil().clamp(min=0).max()) if n else 0
+        if jitter:
+            gdev = generator.device if generator is not None else dev
+            u = torch.rand(n, generator=generator, device=gdev).to(dev)
+        else:
+            u = torch.zeros(n, device=dev)
+        k = torch.arange(n_steps, device=dev, dtype=torch.float32)
+        ts = t_lo[:, None] + (k + u[:, None]) * step_t[:, None]                       # [n, S]
+        te = torch.minimum(ts + step_t[:, None], t_hi[:, None])
+        valid = ts < t_hi[:, None]
+        mid = 0.5 * (ts + te)
+        pts = rays_o[:, None, :] + rays_d[:, None, :] * mid[..., None]
+        valid &= self.grid.query(pts.reshape(-1, 3)).view(n, n_steps)
+        rank = valid.cumsum(1)
+        keep = valid & (rank <= self.cfg.max_samples)
+        ray, si = keep.nonzero(as_tuple=True)
+        col = rank[ray, si] - 1
+        n_samples = int(col.max()) + 1 if col.numel() else 0
+        return ray, col, ts[ray, si], te[ray, si], n_samples
+
+    # ------------------------------------------------------------------ rendering
+    def _field(self, pts, dirs):
+        with autocast_context(pts.device, self.cfg.precision):
+            rgb, sigma = self._fns["field"](pts, dirs)
+        return rgb.float(), sigma.float()
+
+    def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
+                generator: torch.Generator | None = None, background: torch.Tensor | None = None):
+        n, dev = rays_o.shape[0], rays_o.device
+        ray, col, ts, te, K = self.march(rays_o, rays_d, near, far, jitter=train,
+                                         generator=generator)
+        scale = rays_d.norm(dim=-1)                                                # metric / t
+        if not train:
+            return self._render_segments(rays_o, rays_d, viewdirs, ray, col, ts, te, K, scale,
+                                         background)
+        pts = rays_o[ray] + rays_d[ray] * (0.5 * (ts + te))[:, None]
+        if ray.numel() and self.cfg.early_stop_eps > 0:
+            # NOTE: transmittance only falls along a ray, so dropping the samples behind the point
+            # where it passes early_stop_eps keeps a prefix of every ray: slots stay valid.
+            with torch.no_grad(), autocast_context(dev, self.cfg.precision):
+                sigma0 = self._fns["density"](pts).float()
+            tau = torch.zeros(n, K, device=dev).index_put_((ray, col), sigma0 * (te - ts) * scale[ray])
+            trans = torch.exp(-(tau.cumsum(1) - tau))[ray, col]
+            live = trans > self.cfg.early_stop_eps
+            ray, col, ts, te, pts = ray[live], col[live], ts[live], te[live], pts[live]
+            K = int(col.max()) + 1 if col.numel() else 0
+        rgb_p, sigma_p = self._field(pts, viewdirs[ray])
+        zeros = torch.zeros(n, K, device=dev)
+        sigma = zeros.index_put((ray, col), sigma_p)
+        rgb = torch.zeros(n, K, 3, device=dev).index_put((ray, col), rgb_p)
+        t_starts, t_ends = zeros.index_put((ray, col), ts), zeros.index_put((ray, col), te)
+        out = volrend.render_rays(sigma, rgb, t_starts * scale[:, None], t_ends * scale[:, None],
+                                  background)
+        out["depth"] = (out["weights"] * 0.5 * (t_starts + t_ends)).sum(-1)
+        return {"rgb": out["rgb"], "depth": out["depth"], "acc": out["acc"],
+                "samples_per_ray": torch.tensor(ray.numel() / max(n, 1))}
+
+    def _render_segments(self, rays_o, rays_d, viewdirs, ray, col, ts, te, K, scale, background):
+        """Inference: evaluate slots [c, c + segment) of rays still transparent enough, composite
+        front to back, and stop evaluating a ray once its transmittance < early_stop_eps."""
+        n, dev = rays_o.shape[0], rays_o.device
+        valid = torch.zeros(n, K, dtype=torch.bool, device=dev).index_put_((ray, col), torch.ones_like(col, dtype=torch.bool))
+        t_starts = torch.zeros(n, K, device=dev).index_put_((ray, col), ts)
+        t_ends = torch.zeros(n, K, device=dev).index_put_((ray, col), te)
+        trans = torch.ones(n, device=dev)
+        rgb_acc, depth, acc = torch.zeros(n, 3, device=dev), torch.zeros(n, device=dev), torch.zeros(n, device=dev)
+        n_eval = 0
+        for c0 in range(0, K, _EVAL_SEGMENT):
+            c1 = min(K, c0 + _EVAL_SEGMENT)
+            alive = trans > self.cfg.early_stop_eps
+            m = valid[:, c0:c1] & alive[:, None]
+            r, c = m.nonzero(as_tuple=True)
+            if r.numel() == 0:
+                if not bool(alive.any()):
+                    break
+                continue
+            n_eval += r.numel()
+            s, e = t_starts[r, c0 + c], t_ends[r, c0 + c]
+            mid = 0.5 * (s + e)
+            rgb_p, sigma_p = self._field(rays_o[r] + rays_d[r] * mid[:, None], viewdirs[r])
+            w_ = c1 - c0
+            sigma = torch.zeros(n, w_, device=dev).index_put_((r, c), sigma_p)
+            delta = torch.zeros(n, w_, device=dev).index_put_((r, c), (e - s) * scale[r])
+            rgb = torch.zeros(n, w_, 3, device=dev).index_put_((r, c), rgb_p)
+            tmid = torch.zeros(n, w_, device=dev).index_put_((r, c), mid)
+            w, _, _ = volrend.render_weights(sigma, delta)
+            w = w * trans[:, None]
+            rgb_acc += (w[..., None] * rgb).sum(1)
+            depth += (w * tmid).sum(1)
+            acc += w.sum(1)
+            trans = trans * torch.exp(-(sigma * delta).sum(1))
+        if background is not None:
+            rgb_acc = rgb_acc + (1.0 - acc)[:, None] * background.to(rgb_acc)
+        return {"rgb": rgb_acc, "depth": depth, "acc": acc,
+                "samples_per_ray": torch.tensor(n_eval / max(n, 1))}

@@ -1,0 +1,152 @@
+"""Rank-parallel tiled rendering: tiles -> rays -> chunked model calls -> gathered frames.
+
+Every rank renders its share of each batch of frames (see :func:`..tiles.plan_tiles`) in chunks
+of ``chunk`` rays, then rank 0 gathers the tiles and assembles whole frames. Without a process
+group (or world_size 1) it is a plain single-process loop.
+
+Equality across rank counts and tile sizes: a pixel's ray and samples do not depend on its tile,
+so outputs differ only by float reassociation inside batched matrix products (BLAS picks kernels by
+batch size). Stated tolerance: max |difference| <= 1e-5 for rgb and acc and <= 1e-5 * far for
+depth, in float32 before quantisation (see tests/test_renderer.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as tdist
+
+from ..model import render_chunked
+from ..rays import rays_from_pixels, to_ndc
+from .paths import CameraPath
+from .tiles import Tile, frame_batches, frame_tiles, plan_tiles
+
+
+@dataclass
+class RenderSetup:
+    """Everything besides the cameras that a ray needs to become a pixel.
+
+    background: [3]. ndc: convert rays to NDC with ndc_focal and ndc_size (H, W) of the training
+    cameras (forward-facing scenes); depth is then NDC t in [0, 1].
+    """
+
+    model: torch.nn.Module
+    near: float
+    far: float
+    background: torch.Tensor
+    chunk: int = 8192
+    device: torch.device = torch.device("cpu")
+    ndc: bool = False
+    ndc_focal: float = 0.0
+    ndc_size: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_scene(cls, model, scene, chunk: int, device) -> "RenderSetup":
+        return cls(model, float(scene.near), float(scene.far), scene.background.float(), chunk,
+                   torch.device(device), bool(scene.ndc), float(scene.ndc_focal),
+                   tuple(scene.ndc_size))
+
+
+def tile_rays(setup: RenderSetup, cams: CameraPath, t: Tile) -> dict:
+    """rays_o, rays_d, viewdirs: [t.h * t.w, 3] through the pixel centres of tile t, row-major."""
+    j, i = torch.meshgrid(torch.arange(t.y0, t.y0 + t.h, dtype=torch.float32) + 0.5,
+                          torch.arange(t.x0, t.x0 + t.w, dtype=torch.float32) + 0.5, indexing="ij")
+    uv = torch.stack([i, j], -1).reshape(-1, 2)
+    rays_o, rays_d = rays_from_pixels(uv, cams.K[t.frame], cams.c2w[t.frame])
+    viewdirs = rays_d
+    if setup.ndc:
+        H, W = setup.ndc_size
+        rays_o, rays_d = to_ndc(rays_o, rays_d, H, W, setup.ndc_focal, 1.0)
+    return {"rays_o": rays_o, "rays_d": rays_d, "viewdirs": viewdirs}
+
+
+@torch.no_grad()
+def render_tile(setup: RenderSetup, cams: CameraPath, t: Tile) -> dict:
+    """Render one tile in chunks of setup.chunk rays -> rgb [h, w, 3], depth [h, w], acc [h, w]
+    (float32, CPU)."""
+    rays = {k: v.to(setup.device) for k, v in tile_rays(setup, cams, t).items()}
+    out = render_chunked(setup.model, rays, setup.near, setup.far, setup.chunk,
+                         background=setup.background.to(setup.device))
+    return {"rgb": out["rgb"].float().reshape(t.h, t.w, 3).cpu(),
+            "depth": out["depth"].float().reshape(t.h, t.w).cpu(),
+            "acc": out["acc"].float().reshape(t.h, t.w).cpu()}
+
+
+def _gather_to_main(obj, rank: int, world_size: int) -> list | None:
+    """[obj of rank 0, obj of rank 1, ...] on rank 0, None elsewhere (identity when single)."""
+    if world_size == 1:
+        return [obj]
+    if not (tdist.is_available() and tdist.is_initialized()):
+        raise RuntimeError(f"world_size={world_size} but no torch.distributed process group")
+    box = [None] * world_size if rank == 0 else None
+    tdist.gather_object(obj, box, dst=0)
+    return box
+
+
+def _broadcast(obj, world_size: int):
+    if world_size == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank: int = 0,
+                  world_size: int = 1, tile: int = 64, balance: str = "time",
+                  stats: dict | None = None) -> Iterator[tuple[int, dict]]:
+    """Render `frames` of `cams` across ranks; yields (frame, {rgb, depth, acc}) on rank 0.
+
+    Every rank must iterate to the end (the loop holds collectives); ranks other than 0 yield
+    nothing. Frames come in batches (:func:`frame_batches`), in order. balance: 'pixels' plans
+    each batch by pixel count; 'time' weights tiles by the seconds per pixel measured at the same
+    tile position in the previous batch (neighbouring frames cost alike), so cheap empty regions
+    and expensive detailed ones even out across ranks.
+    stats: if given, accumulates 'rays' and 'render_s' of this rank and 'rank_s' per rank (rank 0).
+    """
+    if balance not in ("time", "pixels"):
+        raise ValueError(f"balance must be 'time' or 'pixels', got {balance!r}")
+    setup.model.eval()
+    H, W = cams.H, cams.W
+    per_frame = len(frame_tiles(0, H, W, tile))
+    cost_map: dict[tuple[int, int], float] = {}
+    for batch in frame_batches(frames, per_frame, world_size):
+        cost = None
+        if balance == "time" and cost_map:
+            mean = sum(cost_map.values()) / len(cost_map)
+            cost = lambda t: t.pixels * cost_map.get((t.y0, t.x0), mean)  # noqa: E731
+        plan = plan_tiles(batch, H, W, tile, world_size, cost)
+        mine = []
+        t_rank = time.perf_counter()
+        for t in plan[rank]:
+            t0 = time.perf_counter()
+            out = render_tile(setup, cams, t)
+            mine.append((tuple(t), out, time.perf_counter() - t0))
+        t_rank = time.perf_counter() - t_rank
+        if stats is not None:
+            stats["rays"] = stats.get("rays", 0) + sum(Tile(*t).pixels for t, _, _ in mine)
+            stats["render_s"] = stats.get("render_s", 0.0) + t_rank
+        parts = _gather_to_main(mine, rank, world_size)
+        assembled = {}
+        if rank == 0:
+            new_cost: dict[tuple[int, int], list[float]] = {}
+            for r, part in enumerate(parts):
+                if stats is not None:
+                    rank_s = stats.setdefault("rank_s", [0.0] * world_size)
+                    rank_s[r] += sum(dt for _, _, dt in part)
+                for tt, out, dt in part:
+                    t = Tile(*tt)
+                    if t.frame not in assembled:
+                        assembled[t.frame] = {"rgb": torch.zeros(H, W, 3),
+                                              "depth": torch.zeros(H, W),
+                                              "acc": torch.zeros(H, W)}
+                    for k, v in out.items():
+                        assembled[t.frame][k][t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] = v
+                    new_cost.setdefault((t.y0, t.x0), []).append(dt / max(t.pixels, 1))
+            cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}
+        if balance == "time":
+            cost_map = _broadcast(cost_map, world_size)
+        if rank == 0:
+            for f in batch:
+                yield f, assembled.pop(f)

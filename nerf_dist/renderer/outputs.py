@@ -1,0 +1,140 @@
+"""What a render writes, atomically, so an interrupted render resumes and never looks complete.
+
+Layout of a render folder::
+
+    render.json          settings, camera path, depth scale; "complete": true only at the end
+    rgb/00000.png        8-bit RGB
+    depth/00000.png      colourised depth (near = bright, far = dark, no surface = black)
+    depth16/00000.png    raw depth, 16-bit grey: depth = value * depth_scale (render.json)
+    acc/00000.png        accumulated opacity, 8-bit grey (255 = opaque)
+    float/00000.npz      (--save-float) rgb [H, W, 3], depth [H, W], acc [H, W] as float32
+    video.mp4, video.gif the sequence, made from rgb/ at the end
+
+Every file is written under a temporary name and moved into place with ``os.replace``; a frame
+counts as done only when all of its files exist.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+DEPTH16_MAX = 65535
+
+
+def depth16_scale(far: float) -> float:
+    """Scene units per 16-bit step, so depths up to `far` fit (depth = value * scale)."""
+    return max(float(far), 1e-6) / DEPTH16_MAX
+
+
+def to_uint8(img) -> np.ndarray:
+    a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+    return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _tmp(path: str) -> str:
+    d, b = os.path.split(path)
+    return os.path.join(d, f".{b}.tmp")
+
+
+def write_png(path: str, arr: np.ndarray) -> None:
+    """Write a PNG atomically (temp name, then os.replace)."""
+    import imageio.v3 as iio
+    tmp = _tmp(path)
+    iio.imwrite(tmp, arr, extension=".png")
+    os.replace(tmp, path)
+
+
+def clean_temp(folder: str) -> int:
+    """Remove leftovers of interrupted writes (``.NAME.tmp``) under folder; returns how many."""
+    n = 0
+    if not os.path.isdir(folder):
+        return 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.startswith(".") and ".tmp" in name:
+                os.remove(os.path.join(dirpath, name))
+                n += 1
+    return n
+
+
+class FrameWriter:
+    """Writes and recognises the per-frame files of a render folder (rank 0 only)."""
+
+    def __init__(self, out_dir: str, near: float, far: float, save_float: bool = False):
+        self.out_dir = out_dir
+        self.near, self.far = float(near), float(far)
+        self.depth_scale = depth16_scale(far)
+        self.kinds = ("rgb", "depth", "depth16", "acc") + (("float",) if save_float else ())
+
+    def files(self, frame: int) -> dict[str, str]:
+        return {k: os.path.join(self.out_dir, k, f"{frame:05d}.{'npz' if k == 'float' else 'png'}")
+                for k in self.kinds}
+
+    def done(self, frame: int) -> bool:
+        return all(os.path.exists(p) for p in self.files(frame).values())
+
+    def write(self, frame: int, out: dict) -> None:
+        """out: rgb [H, W, 3], depth [H, W], acc [H, W] (float tensors, CPU)."""
+        from ..evaluation import colourise_depth
+        files = self.files(frame)
+        for k in self.kinds:
+            os.makedirs(os.path.dirname(files[k]), exist_ok=True)
+        rgb, depth, acc = out["rgb"].clamp(0, 1), out["depth"], out["acc"]
+        raw = torch.round(depth.clamp(min=0) / self.depth_scale).clamp(max=DEPTH16_MAX)
+        write_png(files["depth16"], raw.numpy().astype(np.uint16))
+        write_png(files["depth"], to_uint8(colourise_depth(depth, self.near, self.far)))
+        write_png(files["acc"], to_uint8(acc))
+        if "float" in files:
+            tmp = _tmp(files["float"])
+            with open(tmp, "wb") as f:
+                np.savez(f, rgb=rgb.numpy().astype(np.float32),
+                         depth=depth.numpy().astype(np.float32), acc=acc.numpy().astype(np.float32))
+            os.replace(tmp, files["float"])
+        # NOTE: rgb last: a listing of rgb/ then shows only frames whose other files exist too.
+        write_png(files["rgb"], to_uint8(rgb))
+
+
+def read_depth16(path: str, scale: float) -> np.ndarray:
+    """A depth16 PNG -> depth [H, W] float32 in scene units."""
+    import imageio.v3 as iio
+    return iio.imread(path).astype(np.float32) * scale
+
+
+def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) -> dict[str, str]:
+    """MP4 (needs imageio-ffmpeg; skipped with a warning without it) and GIF of the rgb frames.
+
+    Returns {'mp4': path, 'gif': path} for those written. Written under temporary names first.
+    """
+    import imageio.v3 as iio
+    frames = [iio.imread(p)[..., :3] for p in frame_files]
+    if not frames:
+        return {}
+    written = {}
+    gif = os.path.join(out_dir, "video.gif")
+    tmp = os.path.join(out_dir, ".video.tmp.gif")
+    iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=int(round(1000.0 / fps)), loop=0)
+    os.replace(tmp, gif)
+    written["gif"] = gif
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        warnings.warn("imageio-ffmpeg is not installed (pip install 'nerf_dist[video]'): "
+                      "no MP4 written, only the GIF", stacklevel=2)
+        return written
+    import imageio.v2 as iio2
+    H, W = frames[0].shape[:2]
+    # NOTE: H.264 (yuv420p) needs even sides: pad by one edge row/column rather than resample.
+    ph, pw = H % 2, W % 2
+    mp4 = os.path.join(out_dir, "video.mp4")
+    tmp = os.path.join(out_dir, ".video.tmp.mp4")
+    with iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                         macro_block_size=1, quality=8, pixelformat="yuv420p",
+                         ffmpeg_log_level="error") as w:
+        for f in frames:
+            w.append_data(np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else f)
+    os.replace(tmp, mp4)
+    written["mp4"] = mp4
+    return written

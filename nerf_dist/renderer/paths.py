@@ -1,0 +1,368 @@
+"""Camera paths: a 360-degree orbit, a forward-facing spiral, a dataset split, a JSON file.
+
+A :class:`CameraPath` is n pinhole cameras of one image size: K [n, 3, 3] and c2w [n, 3, 4]
+(OpenGL / Blender: x right, y up, looking down -z), in the scene's world coordinates (the ones
+the training cameras use after the scene reader's normalisation).
+
+Camera-path JSON, our format (a Blender/instant-ngp ``transforms.json`` is also accepted)::
+
+    {
+      "camera_model": "pinhole",           # optional; only "pinhole" is supported
+      "width": 800, "height": 600,         # image size in pixels (or "w", "h")
+      "fl_x": 1111.1, "fl_y": 1111.1,      # focal lengths in pixels (fl_y defaults to fl_x);
+                                           #   or "camera_angle_x" (horizontal FOV, radians)
+      "cx": 400.0, "cy": 300.0,            # principal point (default: image centre)
+      "frames": [                          # one entry per output frame, in order
+        {"transform_matrix": [[r, r, r, tx], [r, r, r, ty], [r, r, r, tz], [0, 0, 0, 1]]},
+        ...                                # a frame may override fl_x, fl_y, cx, cy (zoom)
+      ]
+    }
+
+nerfstudio's ``camera_path.json`` (as written by its viewer / ``ns-render``) is read too::
+
+    {"render_width": W, "render_height": H, "camera_type": "perspective",
+     "camera_path": [{"camera_to_world": [16 numbers, row-major 4x4], "fov": 50.0,
+                      "aspect": 1.333}, ...], "seconds": 4, "fps": 24}
+
+``fov`` is the vertical field of view in degrees; ``render_width`` defaults to
+``render_height * aspect``. Poses are taken as given (nerfstudio's own world normalisation is not
+undone). Any other camera_type is refused. Errors name the file and the frame / field.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+class CameraPathError(ValueError):
+    """A malformed camera-path file or unusable cameras; the message names the file and field."""
+
+
+@dataclass
+class CameraPath:
+    """n cameras of one image size. K: [n, 3, 3]; c2w: [n, 3, 4]; name: where it came from."""
+
+    K: torch.Tensor
+    c2w: torch.Tensor
+    H: int
+    W: int
+    name: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.c2w.shape[0])
+
+    def resized(self, W: int, H: int) -> "CameraPath":
+        """The same cameras at another image size (intrinsics scaled per axis)."""
+        K = self.K.clone()
+        K[:, 0] *= W / self.W
+        K[:, 1] *= H / self.H
+        return CameraPath(K, self.c2w.clone(), H, W, self.name, dict(self.meta))
+
+    def first(self, n: int) -> "CameraPath":
+        return CameraPath(self.K[:n].clone(), self.c2w[:n].clone(), self.H, self.W, self.name,
+                          dict(self.meta))
+
+    def to_json(self) -> dict:
+        """Our camera-path JSON format (per-frame intrinsics)."""
+        frames = []
+        for K, c2w in zip(self.K.tolist(), self.c2w.tolist()):
+            frames.append({"transform_matrix": [*c2w, [0.0, 0.0, 0.0, 1.0]],
+                           "fl_x": K[0][0], "fl_y": K[1][1], "cx": K[0][2], "cy": K[1][2]})
+        K0 = self.K[0].tolist()
+        return {"camera_model": "pinhole", "width": self.W, "height": self.H, "fl_x": K0[0][0],
+                "fl_y": K0[1][1], "cx": K0[0][2], "cy": K0[1][2], "frames": frames}
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'WxH' (or 'N' for N x N) -> (W, H); ValueError for anything else or a zero side."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2:
+        raise ValueError(f"--resolution must look like WxH (e.g. 800x600), got {text!r}")
+    W, H = nums
+    if W < 1 or H < 1:
+        raise ValueError(f"--resolution must be at least 1x1, got {text!r}")
+    return W, H
+
+
+# ------------------------------------------------------------------------------ geometry
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v)
+    return v / n if n > 1e-12 else v
+
+
+def look_at(pos: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """c2w [3, 4] (OpenGL) of a camera at pos looking at target with the given up direction."""
+    z = _normalise(pos - target)
+    x = np.cross(up, z)
+    if np.linalg.norm(x) < 1e-9:  # looking straight along up: pick any perpendicular x
+        x = np.cross(np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]), z)
+    x = _normalise(x)
+    y = np.cross(z, x)
+    return np.stack([x, y, z, pos], 1)
+
+
+def orbit_params(c2w: torch.Tensor | np.ndarray) -> dict:
+    """Centre, up, radius and elevation of an object-centred camera rig.
+
+    c2w: [n, 3|4, 4]. centre: the point nearest (least squares) to every optical axis; up: the
+    mean camera up vector; radius: the median camera distance to the centre; elevation: the
+    median angle (radians) of the camera above the plane through the centre normal to up.
+    azimuth0: the direction (unit, normal to up) of the first camera, where the orbit starts.
+    """
+    m = np.asarray(c2w, dtype=np.float64)[:, :3, :4]
+    pos, axis = m[:, :, 3], -m[:, :, 2]
+    axis = axis / np.linalg.norm(axis, axis=1, keepdims=True)
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for p, d in zip(pos, axis):
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ p
+    if np.linalg.cond(A) < 1e6:
+        centre = np.linalg.solve(A, b)
+    else:  # parallel axes (one camera, or a forward-facing rig): look at the origin
+        centre = np.zeros(3)
+    up = _normalise(m[:, :, 1].mean(0))
+    if np.linalg.norm(m[:, :, 1].mean(0)) < 1e-6:
+        up = np.array([0.0, 0.0, 1.0])
+    off = pos - centre
+    dist = np.linalg.norm(off, axis=1)
+    elev = np.arcsin(np.clip((off @ up) / np.maximum(dist, 1e-12), -1.0, 1.0))
+    flat = off[0] - (off[0] @ up) * up
+    if np.linalg.norm(flat) < 1e-9:
+        flat = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    return {"centre": centre, "up": up, "radius": float(np.median(dist)),
+            "elevation": float(np.median(elev)), "azimuth0": _normalise(flat)}
+
+
+def orbit_path(train_c2w, K: torch.Tensor, H: int, W: int, n_frames: int,
+               radius: float | None = None, elevation_deg: float | None = None) -> CameraPath:
+    """A full 360-degree turn around the training cameras' centre (object-centred scenes).
+
+    Radius and elevation default to :func:`orbit_params` of the training cameras; intrinsics K
+    [3, 3] (the first training camera's) are used for every frame. The last frame stops one step
+    short of the first, so the video loops seamlessly.
+    """
+    if n_frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {n_frames}")
+    p = orbit_params(train_c2w)
+    r = p["radius"] if radius is None else float(radius)
+    el = p["elevation"] if elevation_deg is None else math.radians(elevation_deg)
+    e1, up = p["azimuth0"], p["up"]
+    e2 = np.cross(up, e1)
+    poses = []
+    for k in range(n_frames):
+        a = 2.0 * math.pi * k / n_frames
+        pos = p["centre"] + r * (math.cos(el) * (math.cos(a) * e1 + math.sin(a) * e2)
+                                 + math.sin(el) * up)
+        poses.append(look_at(pos, p["centre"], up))
+    c2w = torch.from_numpy(np.stack(poses).astype(np.float32))
+    Ks = torch.as_tensor(K, dtype=torch.float32).reshape(1, 3, 3).repeat(n_frames, 1, 1)
+    meta = {"kind": "orbit", "radius": r, "elevation_deg": math.degrees(el),
+            "centre": p["centre"].tolist(), "up": p["up"].tolist()}
+    return CameraPath(Ks, c2w, H, W, "orbit", meta)
+
+
+def spiral_path(train_c2w, K: torch.Tensor, H: int, W: int, n_frames: int,
+                bounds: tuple[float, float], rotations: float = 2.0, zrate: float = 0.5,
+                ) -> CameraPath:
+    """A spiral in front of a forward-facing rig (LLFF-style), looking at a focus plane.
+
+    The spiral is centred on the average pose; its radii are the 90th percentile of the camera
+    offsets along the average pose's axes; it looks at a point at the focus depth computed from
+    the scene bounds (near, far) as in the NeRF paper's spiral renders.
+    """
+    if n_frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {n_frames}")
+    m = np.asarray(train_c2w, dtype=np.float64)[:, :3, :4]
+    centre = m[:, :, 3].mean(0)
+    z = _normalise(m[:, :, 2].sum(0))
+    up = _normalise(m[:, :, 1].sum(0))
+    x = _normalise(np.cross(up, z))
+    y = np.cross(z, x)
+    R = np.stack([x, y, z], 1)
+    local = (m[:, :, 3] - centre) @ R                      # offsets in the average camera's axes
+    rads = np.percentile(np.abs(local), 90, axis=0)
+    near, far = float(bounds[0]), float(bounds[1])
+    close, inf = 0.9 * near, 5.0 * far
+    dt = 0.75
+    focus = 1.0 / ((1.0 - dt) / max(close, 1e-6) + dt / max(inf, 1e-6))
+    target = centre - focus * z
+    poses = []
+    for k in range(n_frames):
+        th = 2.0 * math.pi * rotations * k / n_frames
+        off = np.array([math.cos(th), -math.sin(th), -math.sin(th * zrate)]) * rads
+        pos = centre + R @ off
+        poses.append(look_at(pos, target, up))
+    c2w = torch.from_numpy(np.stack(poses).astype(np.float32))
+    Ks = torch.as_tensor(K, dtype=torch.float32).reshape(1, 3, 3).repeat(n_frames, 1, 1)
+    meta = {"kind": "spiral", "focus_depth": focus, "radii": rads.tolist(),
+            "rotations": rotations}
+    return CameraPath(Ks, c2w, H, W, "spiral", meta)
+
+
+def split_path(scene) -> CameraPath:
+    """The cameras of a loaded Scene split (distortion, if any, is not applied)."""
+    return CameraPath(scene.K.clone().float(), scene.c2w[:, :3, :4].clone().float(), scene.H,
+                      scene.W, scene.split, {"kind": "split", "split": scene.split,
+                                             "files": list(scene.files)})
+
+
+# ------------------------------------------------------------------------------ JSON files
+
+def _num(v, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise CameraPathError(f"{where}: expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _size(v, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or int(v) < 1:
+        raise CameraPathError(f"{where}: expected a positive whole number of pixels, got {v!r}")
+    return int(v)
+
+
+def _pose(raw, where: str) -> np.ndarray:
+    """A 4x4 / 3x4 nested list or a flat list of 16 (row-major) -> c2w [3, 4], validated."""
+    try:
+        a = np.array(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CameraPathError(f"{where}: expected a 4x4 matrix of numbers") from None
+    if a.shape == (16,):
+        a = a.reshape(4, 4)
+    if a.shape not in ((4, 4), (3, 4)):
+        raise CameraPathError(f"{where}: expected a 4x4 (or 3x4) matrix, got shape {list(a.shape)}")
+    if not np.all(np.isfinite(a)):
+        raise CameraPathError(f"{where}: matrix holds non-finite values")
+    R = a[:3, :3]
+    if not np.allclose(R.T @ R, np.eye(3), atol=1e-3) or np.linalg.det(R) < 0:
+        raise CameraPathError(f"{where}: the rotation part is not a rotation (orthonormal, det +1)"
+                              f"; scaled or mirrored poses are not supported")
+    return a[:3, :4]
+
+
+def load_camera_path(path: str) -> CameraPath:
+    """Read a camera-path JSON file (our format, transforms.json or nerfstudio camera_path.json)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CameraPathError(f"camera path file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CameraPathError(f"camera path {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CameraPathError(f"camera path {path}: top level must be an object")
+    if "camera_path" in data:
+        return _nerfstudio(data, path)
+    return _ours(data, path)
+
+
+def _ours(data: dict, path: str) -> CameraPath:
+    model = data.get("camera_model", "pinhole")
+    if str(model).lower() not in ("pinhole", "opencv", "perspective"):
+        raise CameraPathError(f"camera path {path}: camera_model {model!r} is not supported "
+                              f"(only pinhole)")
+    W = data.get("width", data.get("w"))
+    H = data.get("height", data.get("h"))
+    if W is None or H is None:
+        raise CameraPathError(f"camera path {path}: missing 'width'/'height' (image size)")
+    W, H = _size(W, f"camera path {path}: width"), _size(H, f"camera path {path}: height")
+    frames = data.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise CameraPathError(f"camera path {path}: 'frames' must be a non-empty list")
+
+    def intr(src: dict, base: dict | None, where: str) -> tuple[float, float, float, float]:
+        if "fl_x" in src:
+            fx = _num(src["fl_x"], f"{where}: fl_x")
+        elif "camera_angle_x" in src:
+            ang = _num(src["camera_angle_x"], f"{where}: camera_angle_x")
+            if not 0 < ang < math.pi:
+                raise CameraPathError(f"{where}: camera_angle_x must be in (0, pi) radians")
+            fx = 0.5 * W / math.tan(0.5 * ang)
+        elif base is not None:
+            fx = base[0]
+        else:
+            raise CameraPathError(f"{where}: missing focal length ('fl_x' or 'camera_angle_x')")
+        own = "fl_x" in src or "camera_angle_x" in src
+        fy = _num(src["fl_y"], f"{where}: fl_y") if "fl_y" in src else (
+            fx if own or base is None else base[1])
+        cx = _num(src["cx"], f"{where}: cx") if "cx" in src else (base[2] if base else W / 2.0)
+        cy = _num(src["cy"], f"{where}: cy") if "cy" in src else (base[3] if base else H / 2.0)
+        if fx <= 0 or fy <= 0:
+            raise CameraPathError(f"{where}: focal lengths must be > 0")
+        return fx, fy, cx, cy
+
+    has_global = "fl_x" in data or "camera_angle_x" in data
+    base = intr(data, None, f"camera path {path}") if has_global else None
+    Ks, poses = [], []
+    for i, fr in enumerate(frames):
+        where = f"camera path {path}: frame {i}"
+        if not isinstance(fr, dict):
+            raise CameraPathError(f"{where}: expected an object")
+        if "transform_matrix" not in fr:
+            raise CameraPathError(f"{where}: missing 'transform_matrix'")
+        poses.append(_pose(fr["transform_matrix"], f"{where}: transform_matrix"))
+        fx, fy, cx, cy = intr(fr, base, where)
+        Ks.append([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    return CameraPath(torch.tensor(Ks, dtype=torch.float32),
+                      torch.from_numpy(np.stack(poses).astype(np.float32)), H, W,
+                      os.path.basename(path), {"kind": "file", "file": path, "format": "nerf_dist"})
+
+
+def _nerfstudio(data: dict, path: str) -> CameraPath:
+    where0 = f"camera path {path}"
+    ctype = data.get("camera_type", "perspective")
+    if ctype != "perspective":
+        raise CameraPathError(f"{where0}: camera_type {ctype!r} is not supported (perspective only)")
+    frames = data["camera_path"]
+    if not isinstance(frames, list) or not frames:
+        raise CameraPathError(f"{where0}: 'camera_path' must be a non-empty list")
+    if "render_height" not in data:
+        raise CameraPathError(f"{where0}: missing 'render_height'")
+    H = _size(data["render_height"], f"{where0}: render_height")
+    if "render_width" in data:
+        W = _size(data["render_width"], f"{where0}: render_width")
+    else:
+        first = frames[0] if isinstance(frames[0], dict) else {}
+        if "aspect" not in first:
+            raise CameraPathError(f"{where0}: missing 'render_width' (and no 'aspect' to derive it)")
+        W = max(1, round(H * _num(first["aspect"], f"{where0}: frame 0: aspect")))
+    Ks, poses = [], []
+    for i, fr in enumerate(frames):
+        where = f"{where0}: camera_path[{i}]"
+        if not isinstance(fr, dict):
+            raise CameraPathError(f"{where}: expected an object")
+        for key in ("camera_to_world", "fov"):
+            if key not in fr:
+                raise CameraPathError(f"{where}: missing '{key}'")
+        poses.append(_pose(fr["camera_to_world"], f"{where}: camera_to_world"))
+        fov = _num(fr["fov"], f"{where}: fov")
+        if not 0 < fov < 180:
+            raise CameraPathError(f"{where}: fov must be in (0, 180) degrees, got {fov}")
+        f = 0.5 * H / math.tan(math.radians(fov) / 2.0)
+        Ks.append([[f, 0.0, W / 2.0], [0.0, f, H / 2.0], [0.0, 0.0, 1.0]])
+    return CameraPath(torch.tensor(Ks, dtype=torch.float32),
+                      torch.from_numpy(np.stack(poses).astype(np.float32)), H, W,
+                      os.path.basename(path), {"kind": "file", "file": path, "format": "nerfstudio"})
+
+
+def write_camera_path(path: CameraPath, file: str) -> None:
+    """Write `path` in our JSON format (atomically)."""
+    tmp = file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(path.to_json(), f, indent=1)
+    os.replace(tmp, file)
