@@ -8,9 +8,15 @@ _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="${NERF_DIST_VENV:-$_root/.venv}"
 _extras="${1:-}"
 if [ ! -x "$_venv/bin/python" ]; then
-  echo "[setup] creating virtual environment $_venv" >&2
-  # NOTE: --system-site-packages keeps a preinstalled CUDA torch visible on GPU machines.
-  python3 -m venv --system-site-packages "$_venv"
+  # NOTE: where the system Python already has torch (e.g. a GPU machine's CUDA build), the venv
+  # sees it through --system-site-packages and keeps it; otherwise the venv is isolated.
+  if python3 -c "import torch" >/dev/null 2>&1; then
+    echo "[setup] creating virtual environment $_venv (keeping the system's torch)" >&2
+    python3 -m venv --system-site-packages "$_venv"
+  else
+    echo "[setup] creating virtual environment $_venv" >&2
+    python3 -m venv "$_venv"
+  fi
 fi
 _py="$_venv/bin/python"
 if ! "$_py" -c "import torch" >/dev/null 2>&1; then
