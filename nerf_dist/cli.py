@@ -1,6 +1,6 @@
 """`nerf-dist` command line: thin entry points that parse, build, run and always clean up.
 
-Commands: train, eval, cache, demo, demo-scene, keys. Run `nerf-dist COMMAND --help`.
+Commands: train, render, eval, cache, demo, demo-scene, keys. Run `nerf-dist COMMAND --help`.
 Config overrides are `section.key=value` arguments after the options.
 """
 from __future__ import annotations
@@ -30,9 +30,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n"
                "  train        train a model (torchrun-aware): --config FILE key=value ...\n"
+               "  render       render a camera path (orbit, spiral, split, JSON) to frames + video\n"
                "  eval         render a split of a trained run, write images + report.json\n"
                "  cache        build the sharded ray cache for a config (also done by train)\n"
-               "  demo         the quick start: make the demo scene, train, evaluate\n"
+               "  demo         the quick start: demo scene, train, evaluate, orbit video\n"
                "  demo-scene   write the procedural demo scene (Blender format)\n"
                "  keys         list every config key with its default and meaning\n")
     p.add_argument("--version", action="version", version=f"nerf-dist {__version__}")
@@ -45,12 +46,56 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config file (keys below)")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
+    r = sub.add_parser(
+        "render", help="render a camera path to frames and a video", formatter_class=fmt,
+        description="Render novel views of a trained model, alone or under torchrun: frames are "
+                    "cut into tiles spread over the ranks; rank 0 writes rgb/, depth/ "
+                    "(colourised), depth16/ (16-bit, scale in render.json), acc/, video.mp4 and "
+                    "video.gif. Re-running the same command resumes (finished frames are "
+                    "skipped).",
+        epilog="paths:\n"
+               "  auto     spiral for forward-facing (NDC) scenes, orbit otherwise\n"
+               "  orbit    360 deg around the training cameras' centre (their radius, elevation)\n"
+               "  spiral   LLFF-style spiral in front of a forward-facing rig\n"
+               "  train|val|test   the poses of a dataset split\n"
+               "  FILE.json        camera-path file: ours ({width, height, fl_x, fl_y, cx, cy,\n"
+               "                   frames: [{transform_matrix: 4x4 c2w}]}), transforms.json, or\n"
+               "                   nerfstudio's camera_path.json (see nerf_dist/renderer/paths.py)")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", "--run-dir", dest="run",
+                     help="run folder (newest checkpoint; holds config.yaml). Under torchrun "
+                          "write --run-dir: torchrun's own parser reads --run as its --run-path")
+    src.add_argument("--checkpoint", help="one checkpoint: step folder or state.pt (path or URL)")
+    r.add_argument("--path", default="auto",
+                   help="auto | orbit | spiral | train | val | test | FILE.json (default: auto)")
+    r.add_argument("--frames", type=int, default=None,
+                   help="frames of an orbit/spiral (default 36); first N cameras of a split/file")
+    r.add_argument("--resolution", default=None,
+                   help="WxH output size (default: the training / split / file size)")
+    r.add_argument("--out", default=None,
+                   help="output folder (default: RUN_DIR/render_PATH, or ./render_PATH)")
+    r.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
+    r.add_argument("--balance", choices=("time", "pixels"), default="time",
+                   help="spread tiles by measured cost (time) or pixel count (default: time)")
+    r.add_argument("--fps", type=float, default=24.0, help="video frame rate (default 24)")
+    r.add_argument("--no-video", action="store_true", help="write frames only")
+    r.add_argument("--save-float", action="store_true",
+                   help="also write float/NNNNN.npz (rgb, depth, acc as float32)")
+    r.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0: default)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
+
     e = sub.add_parser("eval", help="evaluate a trained run on a split", formatter_class=fmt,
                        description="Render every view of a split with the newest checkpoint of "
-                                   "RUN_DIR; write rgb/depth PNGs and report.json (PSNR, SSIM).")
-    e.add_argument("--run", required=True, help="run folder (holds config.yaml)")
+                                   "RUN_DIR (tiles spread over the ranks under torchrun); write "
+                                   "rgb/depth PNGs, contact_sheet.png and report.json (PSNR, "
+                                   "SSIM) once, and the sheet rows to TensorBoard.")
+    e.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder (holds config.yaml); under torchrun write --run-dir")
     e.add_argument("--split", default=None, help="split to evaluate (default: eval.test_split)")
     e.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval_SPLIT)")
+    e.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
+    e.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0: default)")
     e.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
 
     c = sub.add_parser("cache", help="build the sharded ray cache", formatter_class=fmt,
@@ -58,12 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="YAML config file")
     c.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
-    d = sub.add_parser("demo", help="quick start: demo scene, train, evaluate", formatter_class=fmt,
+    d = sub.add_parser("demo", help="quick start: demo scene, train, evaluate, video", formatter_class=fmt,
                        description="Generate the demo scene at data.root when absent, train with "
                                    "configs/demo.yaml, evaluate the test split and print where "
                                    "the report and images are.")
     d.add_argument("--config", default=None,
                    help="config file (default: configs/demo.yaml when present, else built-in)")
+    d.add_argument("--video-frames", type=int, default=30,
+                   help="frames of the closing orbit video (default 30)")
+    d.add_argument("--no-video", action="store_true", help="skip the closing orbit video")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
     s = sub.add_parser("demo-scene", help="write the procedural demo scene")
@@ -127,42 +175,79 @@ def cmd_cache(args) -> int:
 
 def load_run(run_dir: str, overrides: list[str]):
     """(cfg, model, step, elapsed) of a run folder's newest checkpoint, on the CPU."""
-    from .checkpoint import Checkpointer
-    from .config import ConfigError, load_config
-    from .model import build_model
-    from .trainer import run_paths
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.exists(cfg_path):
-        raise ConfigError(f"{cfg_path} not found: is {run_dir} a nerf-dist run folder?")
-    cfg = load_config(cfg_path, overrides)
-    url = run_paths(cfg)["checkpoints"]
-    loaded = Checkpointer(url, cfg.checkpoint.keep, is_main=False).load()
-    if loaded is None:
-        raise RuntimeError(f"no complete checkpoint in {url}")
-    step, state = loaded
-    model = build_model(cfg.model, state["scene"]["aabb"])
-    model.load_state_dict(state["model"])
-    return cfg, model, step, float(state.get("elapsed", 0.0))
+    from .renderer.job import load_model
+    loaded = load_model(run_dir=run_dir, overrides=overrides)
+    return loaded.cfg, loaded.model, loaded.step, loaded.elapsed
+
+
+def _set_threads(n: int) -> None:
+    if n < 0:
+        raise ValueError(f"--threads must be >= 0, got {n}")
+    if n:
+        import torch
+        torch.set_num_threads(n)
+
+
+def cmd_render(args) -> int:
+    from . import dist
+    from .renderer.job import PATH_KINDS, build_path, load_model, render_to_dir
+    from .renderer.paths import parse_resolution
+    # NOTE: everything that can be refused is checked before the process group or any file.
+    res = parse_resolution(args.resolution) if args.resolution is not None else None
+    if args.tile < 1:
+        raise ValueError(f"--tile must be >= 1, got {args.tile}")
+    _set_threads(args.threads)
+    loaded = load_model(run_dir=args.run, checkpoint=args.checkpoint, overrides=args.overrides)
+    cams, setup = build_path(loaded, args.path, args.frames, res)
+    name = args.path if args.path in PATH_KINDS else os.path.splitext(os.path.basename(args.path))[0]
+    out = args.out or os.path.join(args.run or ".", f"render_{name}")
+    _terminate_as_interrupt()
+    info = dist.init()
+    try:
+        if info.is_main:
+            print(f"rendering {cams.n} frame(s) of {cams.name} at {cams.W}x{cams.H} from step "
+                  f"{loaded.step} on {info.world_size} rank(s) -> {out}", flush=True)
+        summary = render_to_dir(loaded, cams, setup, out, info.rank, info.world_size,
+                                info.device, args.tile, args.balance, args.fps, args.save_float,
+                                not args.no_video, not args.no_progress)
+        if info.is_main:
+            print(f"done: {summary['rendered']} frame(s) rendered, {summary['skipped']} already "
+                  f"there; {summary['frames_per_s']:.2f} frames/s, {summary['rays_per_s']:.0f} "
+                  f"rays/s", flush=True)
+            for kind, path in summary["videos"].items():
+                print(f"video ({kind}): {path}")
+            print(f"frames: {out}/rgb/")
+    finally:
+        dist.close()
+    return 0
 
 
 def cmd_eval(args) -> int:
     from . import dist
     from .evaluation import evaluate_split
     from .scenes import load_scene
+    from .trainer import run_paths
+    _set_threads(getattr(args, "threads", 0))
     cfg, model, step, elapsed = load_run(args.run, args.overrides)
+    split = args.split or cfg.eval.test_split
+    scene = load_scene(cfg.data, split)
     info = dist.init()
     try:
-        split = args.split or cfg.eval.test_split
         model = model.to(info.device)
-        scene = load_scene(cfg.data, split)
         out = args.out or os.path.join(args.run, f"eval_{split}")
+        log = print if info.is_main else (lambda *_: None)
+        log(f"evaluating step {step} on {scene.n} {split} view(s) of {cfg.data.root} "
+            f"with {info.world_size} rank(s)")
+        rep = evaluate_split(model, scene, out, cfg.model.chunk, info.device,
+                             extra={"step": step, "train_seconds": elapsed}, log=log,
+                             rank=info.rank, world_size=info.world_size,
+                             tile=getattr(args, "tile", 64), tb_dir=run_paths(cfg)["tb"],
+                             step=step)
         if info.is_main:
-            print(f"evaluating step {step} on {scene.n} {split} view(s) of {cfg.data.root}")
-            rep = evaluate_split(model, scene, out, cfg.model.chunk, info.device,
-                                 extra={"step": step, "train_seconds": elapsed})
             print(f"{split}: PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.3f}"
                   + (f", depth error {rep['depth_abs_err']:.3f}" if "depth_abs_err" in rep else ""))
-            print(f"report: {os.path.join(out, 'report.json')}\nimages: {out}/")
+            print(f"report: {os.path.join(out, 'report.json')}\nimages: {out}/ "
+                  f"(contact sheet: {os.path.join(out, 'contact_sheet.png')})")
     finally:
         dist.close()
     return 0
@@ -190,8 +275,15 @@ def cmd_demo(args) -> int:
     rc = cmd_train(argparse.Namespace(config=path, overrides=args.overrides))
     if rc:
         return rc
-    return cmd_eval(argparse.Namespace(run=cfg.run.dir, split=None, out=None,
-                                       overrides=args.overrides))
+    rc = cmd_eval(argparse.Namespace(run=cfg.run.dir, split=None, out=None, tile=64, threads=0,
+                                     overrides=args.overrides))
+    if rc or args.no_video:
+        return rc
+    # NOTE: the quick start ends with a short orbit video at the training resolution.
+    return cmd_render(argparse.Namespace(
+        run=cfg.run.dir, checkpoint=None, path="auto", frames=args.video_frames, resolution=None,
+        out=None, tile=64, balance="time", fps=12.0, no_video=False, save_float=False,
+        threads=0, no_progress=not cfg.log.progress, overrides=args.overrides))
 
 
 def cmd_demo_scene(args) -> int:
@@ -211,7 +303,7 @@ def cmd_keys(_args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "cache": cmd_cache, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "render": cmd_render, "eval": cmd_eval, "cache": cmd_cache, "demo": cmd_demo,
             "demo-scene": cmd_demo_scene, "keys": cmd_keys}
 
 

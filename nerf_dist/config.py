@@ -102,6 +102,8 @@ class ModelConfig:
     """Fast: occupancy grid resolution per axis."""
     grid_update_every: int = 16
     """Fast: steps between occupancy-grid updates."""
+    grid_ema_decay: float = 0.95
+    """Fast: occupancy-grid density EMA decay per update (lower = empty space is found sooner)."""
     grid_threshold: float = 0.01
     """Fast: occupancy threshold on opacity (1 - exp(-sigma * step))."""
     march_steps: int = 1024
@@ -122,6 +124,7 @@ class ModelConfig:
         _check(self.n_importance >= 0, "model.n_importance", "must be >= 0")
         _check(self.pos_freqs >= 0 and self.dir_freqs >= 0, "model.pos_freqs", "must be >= 0")
         _check(10 <= self.hash_log2_size <= 24, "model.hash_log2_size", "must be in [10, 24]")
+        _check(0.0 <= self.grid_ema_decay < 1.0, "model.grid_ema_decay", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

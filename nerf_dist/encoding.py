@@ -89,6 +89,33 @@ class HashGridEncoding(nn.Module):
         return torch.cat([dense, hashed & (self.size - 1)], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx, wc = self.corners(x)
+        L, Fdim = self.n_levels, self.n_features
+        out = _InterpGather.apply(idx, wc, self.table.view(L * self.size, Fdim))  # [n, L, F]
+        return out.reshape(x.shape[0], L * Fdim)
+
+    def encode_detached(self, x: torch.Tensor):
+        """No-grad encoding that can be re-attached to the table later (see :meth:`attach`).
+
+        x: [n, 3] -> (features [n, L*F] without grad, idx [n, L, 8] table rows, wc [n, L, 8]
+        corner weights). Lets a caller evaluate many points once and back-propagate through a
+        subset of them without gathering from the table twice.
+        """
+        idx, wc = self.corners(x)
+        L, Fdim = self.n_levels, self.n_features
+        with torch.no_grad():
+            out = _InterpGather.forward(None, idx, wc, self.table.view(L * self.size, Fdim))
+        return out.reshape(x.shape[0], L * Fdim), idx, wc
+
+    def attach(self, feats: torch.Tensor, idx: torch.Tensor, wc: torch.Tensor) -> torch.Tensor:
+        """feats [m, L*F] from encode_detached (rows subset with their idx, wc) -> the same values,
+        now differentiable with respect to the table."""
+        return _Attach.apply(feats, idx, wc, self.table.view(self.n_levels * self.size,
+                                                             self.n_features))
+
+    def corners(self, x: torch.Tensor):
+        """x: [n, 3] -> idx [n, L, 8] int64 rows of the flat [L * 2^T, F] table, wc [n, L, 8]
+        trilinear weights of the 8 corners (corner c = 4 ox + 2 oy + oz)."""
         n, L, Fdim, d = x.shape[0], self.n_levels, self.n_features, self.n_dense
         # NOTE: interpolation stays in fp32 under autocast (bf16 would quantise the cell fraction).
         pos = x.float().clamp(0.0, 1.0)[:, None, :] * self.res_f[:, None]         # [n, L, 3]
@@ -118,8 +145,7 @@ class HashGridEncoding(nn.Module):
         wy = torch.stack([w0[..., 1], w1[..., 1]], -1)
         wz = torch.stack([w0[..., 2], w1[..., 2]], -1)
         wc = ((wx[..., :, None] * wy[..., None, :])[..., None] * wz[..., None, None, :]).reshape(n, L, 8)
-        out = _InterpGather.apply(idx, wc, self.table.view(L * self.size, Fdim))  # [n, L, F]
-        return out.reshape(n, L * Fdim)
+        return idx, wc
 
 
 class _InterpGather(torch.autograd.Function):
@@ -141,9 +167,10 @@ class _InterpGather(torch.autograd.Function):
         else:
             feats = table.index_select(0, flat)
         feats = feats.view(*idx.shape, Fdim)                                       # [n, L, 8, F]
-        ctx.save_for_backward(idx, wc)
-        ctx.table_shape = (rows, Fdim)
-        ctx.table_dtype = table.dtype
+        if ctx is not None:
+            ctx.save_for_backward(idx, wc)
+            ctx.table_shape = (rows, Fdim)
+            ctx.table_dtype = table.dtype
         # NOTE: a batch of [1, 8] x [8, F] products is ~4x faster than a broadcast multiply + sum.
         n, L = idx.shape[:2]
         with torch.autocast(device_type=idx.device.type, enabled=False):    # stay fp32
@@ -152,11 +179,31 @@ class _InterpGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         idx, wc = ctx.saved_tensors
-        rows, Fdim = ctx.table_shape
-        flat = idx.reshape(-1)
-        grad_out = grad_out.float()
-        cols = []
-        for f in range(Fdim):
-            g = (grad_out[:, :, f, None] * wc).reshape(-1)                        # [n * L * 8]
-            cols.append(torch.zeros(rows, dtype=g.dtype, device=g.device).scatter_add_(0, flat, g))
-        return None, None, torch.stack(cols, 1).to(ctx.table_dtype)
+        return None, None, _scatter_grad(grad_out, idx, wc, ctx.table_shape, ctx.table_dtype)
+
+
+def _scatter_grad(grad_out, idx, wc, table_shape, table_dtype):
+    """Table gradient of out[n, l] = sum_c wc[n, l, c] table[idx[n, l, c]]; grad_out: [n, L, F]."""
+    rows, Fdim = table_shape
+    flat = idx.reshape(-1)
+    grad_out = grad_out.float().reshape(idx.shape[0], idx.shape[1], Fdim)
+    cols = []
+    for f in range(Fdim):
+        g = (grad_out[:, :, f, None] * wc).reshape(-1)                            # [n * L * 8]
+        cols.append(torch.zeros(rows, dtype=g.dtype, device=g.device).scatter_add_(0, flat, g))
+    return torch.stack(cols, 1).to(table_dtype)
+
+
+class _Attach(torch.autograd.Function):
+    """Identity on precomputed features [m, L*F] whose backward scatters into the table."""
+
+    @staticmethod
+    def forward(ctx, feats, idx, wc, table):
+        ctx.save_for_backward(idx, wc)
+        ctx.table_shape, ctx.table_dtype = tuple(table.shape), table.dtype
+        return feats.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        idx, wc = ctx.saved_tensors
+        return None, None, None, _scatter_grad(grad_out, idx, wc, ctx.table_shape, ctx.table_dtype)

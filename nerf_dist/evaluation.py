@@ -45,20 +45,62 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict | None = None,
-                   log=print) -> dict:
-    """Render every frame of `scene`, write rgb/depth PNGs and report.json into out_dir.
+def error_map(rgb: torch.Tensor, gt: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
+    """[H, W, 3] grey image of the mean absolute colour error, amplified by `gain` (0 = black)."""
+    e = ((rgb.cpu() - gt.cpu()).abs().mean(-1) * gain).clamp(0, 1)
+    return e[..., None].expand(*e.shape, 3)
 
-    Returns the report: mean and per-image PSNR and SSIM (and depth error when the scene has
-    ground-truth depth), plus `extra` (steps, training wall-clock, ...).
+
+def _shrink(img: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Integer-factor area downscale of [H, W, C] so its longer side is <= max_side."""
+    f = max(1, -(-max(img.shape[0], img.shape[1]) // max_side))
+    if f == 1:
+        return img
+    x = img.permute(2, 0, 1)[None]
+    return torch.nn.functional.avg_pool2d(x, f, ceil_mode=True)[0].permute(1, 2, 0)
+
+
+def contact_sheet(rows: list[tuple], near: float, far: float, max_side: int = 256) -> torch.Tensor:
+    """rows of (gt, rgb, depth) -> [sum H, 4W, 3]: ground truth | render | depth | error per row."""
+    out = []
+    for gt, rgb, depth in rows:
+        cells = [gt.cpu(), rgb.cpu(), colourise_depth(depth.cpu(), near, far), error_map(rgb, gt)]
+        out.append(torch.cat([_shrink(c, max_side) for c in cells], 1))
+    return torch.cat(out, 0)
+
+
+def sheet_views(n: int, max_views: int = 16) -> list[int]:
+    """Up to max_views view indices spread evenly over n views."""
+    if n <= max_views:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (max_views - 1)) for i in range(max_views)})
+
+
+def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict | None = None,
+                   log=print, rank: int = 0, world_size: int = 1, tile: int = 64,
+                   tb_dir: str | None = None, step: int | None = None) -> dict | None:
+    """Render every frame of `scene` with the tiled renderer across ranks; rank 0 writes.
+
+    Every rank must call this (it holds collectives); ranks other than 0 return None. Rank 0
+    writes rgb_NNN.png and depth_NNN.png per view, contact_sheet.png (ground truth | render |
+    depth | error, up to 16 views) and report.json, and adds the contact-sheet rows to TensorBoard
+    under tb_dir when given. Returns the report: mean and per-image PSNR and SSIM (and depth error
+    when the scene has ground-truth depth), plus `extra` (steps, training wall-clock, ...).
     """
-    import imageio.v3 as iio
-    os.makedirs(out_dir, exist_ok=True)
-    model.eval()
+    from .renderer.core import RenderSetup, render_frames
+    from .renderer.outputs import write_png
+    from .renderer.paths import split_path
+    setup = RenderSetup.from_scene(model, scene, chunk, device)
+    setup.model = model.to(setup.device)
+    cams = split_path(scene)
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
     per_image = []
+    keep = set(sheet_views(scene.n))
+    rows = []
     t0 = time.time()
-    for i in range(scene.n):
-        out = render_view(model, scene, i, chunk, device)
+    for i, out in render_frames(setup, cams, list(range(scene.n)), rank, world_size, tile):
+        out["rgb"] = out["rgb"].clamp(0, 1)
         gt = scene.images[i]
         entry = {"index": i, "file": scene.files[i], "psnr": psnr(out["rgb"], gt),
                  "ssim": ssim(out["rgb"], gt)}
@@ -68,21 +110,40 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
             if mask.any():
                 entry["depth_abs_err"] = float((out["depth"][mask] - gt_d[mask]).abs().mean())
         per_image.append(entry)
-        iio.imwrite(os.path.join(out_dir, f"rgb_{i:03d}.png"), to_uint8(out["rgb"]))
-        iio.imwrite(os.path.join(out_dir, f"depth_{i:03d}.png"),
-                    to_uint8(colourise_depth(out["depth"], scene.near, scene.far)))
+        write_png(os.path.join(out_dir, f"rgb_{i:03d}.png"), to_uint8(out["rgb"]))
+        write_png(os.path.join(out_dir, f"depth_{i:03d}.png"),
+                  to_uint8(colourise_depth(out["depth"], scene.near, scene.far)))
+        if i in keep:  # NOTE: keep the shrunk row only, so memory stays small for big images
+            rows.append((i, contact_sheet([(gt, out["rgb"], out["depth"])], scene.near, scene.far)))
         log(f"  view {i + 1}/{scene.n}: PSNR {entry['psnr']:.2f} dB, SSIM {entry['ssim']:.3f}")
+    if rank != 0:
+        return None
     report = {
         "split": scene.split, "n_images": scene.n,
         "psnr": float(np.mean([e["psnr"] for e in per_image])),
         "ssim": float(np.mean([e["ssim"] for e in per_image])),
         "render_seconds": time.time() - t0,
+        "world_size": world_size,
         **(extra or {}),
+        "contact_sheet": "contact_sheet.png (rows: views "
+                         f"{[i for i, _ in rows]}; columns: ground truth | render | depth | "
+                         "error x4)",
         "per_image": per_image,
     }
     errs = [e["depth_abs_err"] for e in per_image if "depth_abs_err" in e]
     if errs:
         report["depth_abs_err"] = float(np.mean(errs))
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
+    write_png(os.path.join(out_dir, "contact_sheet.png"), to_uint8(torch.cat([r for _, r in rows])))
+    if tb_dir:
+        from .logger import Logger
+        tb = Logger(tb_dir, progress=False)
+        for i, row in rows:
+            tb.image(int(step or 0), f"eval_{scene.split}/view_{i:03d}", row)
+        tb.scalars(int(step or 0), {f"eval_{scene.split}/psnr": report["psnr"],
+                                    f"eval_{scene.split}/ssim": report["ssim"]})
+        tb.close()
+    tmp = os.path.join(out_dir, ".report.json.tmp")
+    with open(tmp, "w") as f:
         json.dump(report, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "report.json"))
     return report

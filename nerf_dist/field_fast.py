@@ -76,21 +76,37 @@ class HashField(nn.Module):
         self.color_mlp = nn.Sequential(nn.Linear(geo_features + 16, hidden), nn.ReLU(),
                                        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 3))
 
-    def _density_features(self, x: torch.Tensor):
+    def normalise(self, x: torch.Tensor):
+        """x: [n, 3] world points -> u [n, 3] in the unit cube (aabb), inside [n] bool."""
         u = (x.float() - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
-        inside = ((u >= 0) & (u <= 1)).all(-1)
-        h = self.density_mlp(self.encoding(u))
+        return u, ((u >= 0) & (u <= 1)).all(-1)
+
+    def heads(self, feats: torch.Tensor, inside: torch.Tensor, d: torch.Tensor | None = None):
+        """feats [n, L*F] encoded points, inside [n], d [n, 3] or None -> (rgb [n, 3] or None,
+        sigma [n])."""
+        h = self.density_mlp(feats)
         # NOTE: the activation runs in fp32 even under autocast: exp of a bf16 logit is too coarse.
         sigma = trunc_exp(h[:, 0].float()) * inside
-        return sigma, h[:, 1:]
+        if d is None:
+            return None, sigma
+        sh = spherical_harmonics(d.float()).to(h.dtype)
+        rgb = torch.sigmoid(self.color_mlp(torch.cat([h[:, 1:], sh], -1)).float())
+        return rgb, sigma
+
+    def encode_detached(self, x: torch.Tensor):
+        """No-grad encoding of world points, for a cheap first pass whose survivors are later
+        re-attached with ``self.encoding.attach(feats[keep], idx[keep], wc[keep])``.
+        x: [n, 3] -> feats [n, L*F], idx, wc [n, L, 8], inside [n]."""
+        u, inside = self.normalise(x)
+        feats, idx, wc = self.encoding.encode_detached(u)
+        return feats, idx, wc, inside
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """x: [n, 3] world points -> sigma [n] (fp32)."""
-        return self._density_features(x)[0]
+        u, inside = self.normalise(x)
+        return self.heads(self.encoding(u), inside)[1]
 
     def forward(self, x: torch.Tensor, d: torch.Tensor):
         """x: [n, 3] world points, d: [n, 3] unit directions -> rgb [n, 3], sigma [n]."""
-        sigma, geo = self._density_features(x)
-        sh = spherical_harmonics(d.float()).to(geo.dtype)
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, sh], -1)).float())
-        return rgb, sigma
+        u, inside = self.normalise(x)
+        return self.heads(self.encoding(u), inside, d)

@@ -47,13 +47,12 @@ class FastNeRF(nn.Module):
                                cfg.hash_base_res, cfg.hash_max_res, cfg.hidden, cfg.geo_features)
         self.step_size = float((aabb[1] - aabb[0]).norm()) / cfg.march_steps
         self.grid = OccupancyGrid(aabb, cfg.grid_res, self.step_size, cfg.grid_threshold,
-                                  cfg.grid_update_every)
+                                  cfg.grid_update_every, cfg.grid_ema_decay)
         # NOTE: a plain dict, so compiled wrappers are not registered as submodules (state_dict
         # keys stay the same with and without compile).
-        self._fns = {"field": self.field, "density": self.field.density}
+        self._fns = {"field": self.field, "density": self.field.density, "heads": self.field.heads}
         if cfg.compile:
-            self._fns = {"field": torch.compile(self.field, dynamic=True),
-                         "density": torch.compile(self.field.density, dynamic=True)}
+            self._fns = {k: torch.compile(v, dynamic=True) for k, v in self._fns.items()}
 
     # ------------------------------------------------------------------ occupancy grid
     def update_step(self, step: int, generator: torch.Generator | None = None) -> bool:
@@ -124,16 +123,24 @@ class FastNeRF(nn.Module):
                                          background)
         pts = rays_o[ray] + rays_d[ray] * (0.5 * (ts + te))[:, None]
         if ray.numel() and self.cfg.early_stop_eps > 0:
-            # NOTE: transmittance only falls along a ray, so dropping the samples behind the point
-            # where it passes early_stop_eps keeps a prefix of every ray: slots stay valid.
+            # NOTE: one no-grad pass over every sample gives the transmittance; samples behind the
+            # point where it passes early_stop_eps are dropped, and the survivors' hash features are
+            # re-attached to the table rather than gathered again (the gather dominates on CPU).
+            # Transmittance only falls along a ray, so survivors are a prefix: slots stay valid.
             with torch.no_grad(), autocast_context(dev, self.cfg.precision):
-                sigma0 = self._fns["density"](pts).float()
+                feats, idx, wc, inside = self.field.encode_detached(pts)
+                sigma0 = self._fns["heads"](feats, inside)[1].float()
             tau = torch.zeros(n, K, device=dev).index_put_((ray, col), sigma0 * (te - ts) * scale[ray])
             trans = torch.exp(-(tau.cumsum(1) - tau))[ray, col]
-            live = trans > self.cfg.early_stop_eps
-            ray, col, ts, te, pts = ray[live], col[live], ts[live], te[live], pts[live]
+            live = (trans > self.cfg.early_stop_eps).nonzero().squeeze(-1)
+            ray, col, ts, te = ray[live], col[live], ts[live], te[live]
             K = int(col.max()) + 1 if col.numel() else 0
-        rgb_p, sigma_p = self._field(pts, viewdirs[ray])
+            with autocast_context(dev, self.cfg.precision):
+                f = self.field.encoding.attach(feats[live], idx[live], wc[live])
+                rgb_p, sigma_p = self._fns["heads"](f, inside[live], viewdirs[ray])
+            rgb_p, sigma_p = rgb_p.float(), sigma_p.float()
+        else:
+            rgb_p, sigma_p = self._field(pts, viewdirs[ray])
         zeros = torch.zeros(n, K, device=dev)
         sigma = zeros.index_put((ray, col), sigma_p)
         rgb = torch.zeros(n, K, 3, device=dev).index_put((ray, col), rgb_p)

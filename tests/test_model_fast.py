@@ -52,15 +52,11 @@ def test_forward_backward_interface():
     out["rgb"].sum().backward()
     assert model.field.encoding.table.grad is not None
     assert bool((model.field.encoding.table.grad != 0).any())
-    # inference (segmented, early-stopping) agrees with the training path without jitter
+    ray, col, ts, te, k = model.march(o, d, 2.0, 4.5, jitter=False)
+    assert 0 < k <= SMALL["max_samples"] and bool((col < k).all()) and bool((te > ts).all())
     with torch.no_grad():
         ev = model(o, d, d, 2.0, 4.5, train=False, background=torch.ones(3))
-        model.cfg = ModelConfig(**{**SMALL, "early_stop_eps": 0.0})
-        ref = model(o, d, d, 2.0, 4.5, train=True, generator=None, background=torch.ones(3))
-    # (the training path jitters; compare with the eval path on a no-jitter march instead)
-    ray, col, ts, te, k = model.march(o, d, 2.0, 4.5, jitter=False)
-    assert k <= SMALL["max_samples"] and ref["rgb"].shape == ev["rgb"].shape
-    torch.testing.assert_close(ev["acc"], ev["acc"].clamp(0, 1))
+    assert ev["rgb"].shape == (256, 3) and bool(((ev["acc"] >= 0) & (ev["acc"] <= 1 + 1e-5)).all())
 
 
 def test_eval_matches_dense_render_and_stops_early():
@@ -98,27 +94,28 @@ def test_state_dict_has_grid_and_no_compiled_duplicates():
 
 
 def test_quick_fit_sphere():
-    model = make()
+    model = make(grid_update_every=4, grid_ema_decay=0.8)
     o, d = camera_rays(4096, 3)
     target, hit = sphere_target(o, d)
     bg = torch.ones(3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, eps=1e-15)
     t0 = time.time()
     losses, spr = [], []
-    for step in range(200):
+    # NOTE: kept small (~100 steps of 512 rays) so it runs in well under a minute on 2 busy cores.
+    for step in range(100):
         g = torch.Generator().manual_seed(step)
         model.update_step(step, g)
-        sel = torch.randint(0, 4096, (1024,), generator=g)
+        sel = torch.randint(0, 4096, (512,), generator=g)
         out = model(o[sel], d[sel], d[sel], 2.0, 4.5, train=True, generator=g, background=bg)
         loss = ((out["rgb"] - target[sel]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         spr.append(float(out["samples_per_ray"]))
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < first / 10, (first, last)
-    assert sum(spr[-10:]) / 10 < 0.6 * sum(spr[:10]) / 10, spr[::20]
+    assert sum(spr[-10:]) / 10 < 0.6 * sum(spr[:10]) / 10, spr[::10]
     with torch.no_grad():
         ev = model(o[:512], d[:512], d[:512], 2.0, 4.5, train=False, background=bg)
     psnr = -10 * math.log10(float(((ev["rgb"] - target[:512]) ** 2).mean()))

@@ -1,0 +1,181 @@
+"""Camera paths: orbit/spiral geometry, split poses, camera-path JSON (ours and nerfstudio's)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nerf_dist.renderer.paths import (CameraPath, CameraPathError, load_camera_path, orbit_params,
+                                      orbit_path, parse_resolution, spiral_path, write_camera_path)
+from nerf_dist.scenes.demo import look_at as demo_look_at
+
+K = torch.tensor([[40.0, 0.0, 16.0], [0.0, 40.0, 16.0], [0.0, 0.0, 1.0]])
+
+
+def _rig(radius=3.0, elev_deg=30.0, n=12, shift=(0.0, 0.0, 0.0)):
+    c2w = np.stack([demo_look_at(math.radians(elev_deg), 0.3 + 2 * math.pi * i / n, radius)
+                    for i in range(n)])
+    c2w[:, :3, 3] += np.asarray(shift)
+    return torch.from_numpy(c2w.astype(np.float32))
+
+
+def _check_rotations(c2w):
+    R = c2w[:, :3, :3].double()
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R)
+    assert torch.allclose(R.transpose(1, 2) @ R, eye, atol=1e-5)
+    assert torch.all(torch.det(R) > 0)
+
+
+@pytest.mark.parametrize("text,expect", [("64x48", (64, 48)), ("32", (32, 32)), ("8X4", (8, 4))])
+def test_parse_resolution(text, expect):
+    assert parse_resolution(text) == expect
+
+
+@pytest.mark.parametrize("text", ["0x10", "10x0", "0", "axb", "10x10x3", "-4x4", ""])
+def test_parse_resolution_rejects(text):
+    with pytest.raises(ValueError, match="resolution"):
+        parse_resolution(text)
+
+
+def test_orbit_params_from_cameras():
+    p = orbit_params(_rig(radius=3.0, elev_deg=30.0, shift=(0.5, -0.2, 0.1)))
+    assert p["radius"] == pytest.approx(3.0, abs=1e-4)
+    assert math.degrees(p["elevation"]) == pytest.approx(30.0, abs=1e-3)
+    np.testing.assert_allclose(p["centre"], [0.5, -0.2, 0.1], atol=1e-4)
+    np.testing.assert_allclose(p["up"], [0, 0, 1], atol=1e-4)
+
+
+def test_orbit_path_geometry():
+    rig = _rig(radius=4.0, elev_deg=40.0)
+    path = orbit_path(rig, K, 32, 32, 8)
+    assert path.n == 8 and path.c2w.shape == (8, 3, 4) and path.K.shape == (8, 3, 3)
+    _check_rotations(path.c2w)
+    pos = path.c2w[:, :, 3].double()
+    assert torch.allclose(pos.norm(dim=1), torch.full((8,), 4.0, dtype=torch.float64), atol=1e-4)
+    elev = torch.rad2deg(torch.asin(pos[:, 2] / pos.norm(dim=1)))
+    assert torch.allclose(elev, torch.full((8,), 40.0, dtype=torch.float64), atol=1e-3)
+    # every camera looks at the centre: -z axis points from the camera to the origin
+    fwd = -path.c2w[:, :, 2].double()
+    assert torch.allclose(fwd, -pos / pos.norm(dim=1, keepdim=True), atol=1e-5)
+    # starts at the first training camera's azimuth and turns a full circle in equal steps
+    az = torch.atan2(pos[:, 1], pos[:, 0])
+    first = math.atan2(float(rig[0, 1, 3]), float(rig[0, 0, 3]))
+    assert float(az[0]) == pytest.approx(first, abs=1e-4)
+    steps = torch.remainder(az[1:] - az[:-1], 2 * math.pi)
+    assert torch.allclose(steps, torch.full((7,), 2 * math.pi / 8, dtype=torch.float64), atol=1e-4)
+    assert path.meta["radius"] == pytest.approx(4.0, abs=1e-4)
+
+
+def test_orbit_overrides_and_bad_frames():
+    path = orbit_path(_rig(), K, 32, 32, 4, radius=2.0, elevation_deg=10.0)
+    assert float(path.c2w[0, :, 3].norm()) == pytest.approx(2.0, abs=1e-4)
+    with pytest.raises(ValueError, match="frames"):
+        orbit_path(_rig(), K, 32, 32, 0)
+
+
+def test_spiral_path_faces_forward():
+    # a forward-facing rig: cameras on a small grid in the z=0 plane looking down -z
+    c2w = torch.zeros(9, 3, 4)
+    c2w[:, :3, :3] = torch.eye(3)
+    c2w[:, 0, 3] = torch.tensor([-1, 0, 1] * 3, dtype=torch.float32) * 0.1
+    c2w[:, 1, 3] = torch.tensor([-1] * 3 + [0] * 3 + [1] * 3, dtype=torch.float32) * 0.1
+    c2w[:, 2, 3] = torch.tensor([-1, 1, 0] * 3, dtype=torch.float32) * 0.05
+    path = spiral_path(c2w, K, 32, 32, 20, bounds=(1.0, 10.0))
+    assert path.n == 20
+    _check_rotations(path.c2w)
+    assert torch.all(path.c2w[:, 2, 2] > 0.95)               # still looking down -z
+    assert float(path.c2w[:, :2, 3].abs().max()) <= 0.1 + 1e-6  # within the rig's spread
+    assert len({tuple(np.round(p.numpy(), 5)) for p in path.c2w[:, :, 3]}) >= 15
+
+
+def test_resized_scales_intrinsics():
+    p = CameraPath(K[None].clone(), _rig(n=1), 32, 32, "x").resized(64, 16)
+    assert p.W == 64 and p.H == 16
+    assert p.K[0].tolist() == [[80.0, 0.0, 32.0], [0.0, 20.0, 8.0], [0.0, 0.0, 1.0]]
+
+
+def test_our_json_round_trip(tmp_path):
+    path = orbit_path(_rig(), K, 24, 32, 5)  # H=24, W=32
+    f = tmp_path / "path.json"
+    write_camera_path(path, str(f))
+    back = load_camera_path(str(f))
+    assert (back.W, back.H, back.n) == (32, 24, 5)
+    assert torch.allclose(back.c2w, path.c2w, atol=1e-6) and torch.allclose(back.K, path.K)
+
+
+def test_our_json_global_intrinsics_and_fov(tmp_path):
+    f = tmp_path / "p.json"
+    pose = np.eye(4).tolist()
+    f.write_text(json.dumps({"width": 40, "height": 20, "camera_angle_x": math.pi / 2,
+                             "frames": [{"transform_matrix": pose},
+                                        {"transform_matrix": pose, "fl_x": 10.0, "cx": 5.0}]}))
+    p = load_camera_path(str(f))
+    assert p.K[0, 0, 0] == pytest.approx(20.0) and p.K[0, 1, 1] == pytest.approx(20.0)
+    assert p.K[0, 0, 2] == 20.0 and p.K[0, 1, 2] == 10.0
+    assert p.K[1, 0, 0] == 10.0 and p.K[1, 1, 1] == 10.0 and p.K[1, 0, 2] == 5.0
+
+
+def test_nerfstudio_camera_path(tmp_path):
+    c2w = _rig(n=3)[:, :3, :4]
+    frames = [{"camera_to_world": [*m.tolist(), [0, 0, 0, 1]], "fov": 60.0, "aspect": 1.5}
+              for m in c2w]
+    for fr in frames:
+        fr["camera_to_world"] = [v for row in fr["camera_to_world"] for v in row]  # flat 16
+    f = tmp_path / "camera_path.json"
+    f.write_text(json.dumps({"camera_type": "perspective", "render_height": 20,
+                             "render_width": 30, "camera_path": frames, "seconds": 1, "fps": 3}))
+    p = load_camera_path(str(f))
+    assert (p.W, p.H, p.n) == (30, 20, 3)
+    assert torch.allclose(p.c2w, c2w, atol=1e-6)
+    focal = 10.0 / math.tan(math.radians(30.0))
+    assert p.K[0, 0, 0] == pytest.approx(focal, rel=1e-5) and p.K[0, 1, 1] == pytest.approx(focal, rel=1e-5)
+    assert p.K[0, 0, 2] == 15.0 and p.K[0, 1, 2] == 10.0
+    # width from the aspect when render_width is absent
+    f.write_text(json.dumps({"render_height": 20, "camera_path": frames}))
+    assert load_camera_path(str(f)).W == 30
+
+
+POSE = np.eye(4).tolist()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "top level"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": 8}), "'frames'"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": 8, "frames": []}), "'frames'"),
+    (json.dumps({"width": 0, "height": 8, "fl_x": 8, "frames": [{"transform_matrix": POSE}]}),
+     "width"),
+    (json.dumps({"height": 8, "fl_x": 8, "frames": [{"transform_matrix": POSE}]}), "width"),
+    (json.dumps({"width": 8, "height": 8, "frames": [{"transform_matrix": POSE}]}), "focal"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": 8,
+                 "frames": [{"transform_matrix": POSE}, {"transform_matrix": POSE}, {}]}),
+     "frame 2: missing 'transform_matrix'"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": 8,
+                 "frames": [{"transform_matrix": [[1, 0, 0], [0, 1, 0]]}]}), "frame 0"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": 8,
+                 "frames": [{"transform_matrix": (np.eye(4) * 2).tolist()}]}), "not a rotation"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": "wide", "frames": [{"transform_matrix": POSE}]}),
+     "fl_x"),
+    (json.dumps({"width": 8, "height": 8, "fl_x": 8, "camera_model": "fisheye",
+                 "frames": [{"transform_matrix": POSE}]}), "fisheye"),
+    (json.dumps({"render_height": 8, "render_width": 8,
+                 "camera_path": [{"camera_to_world": [0] * 16, "fov": 50}]}), "camera_path[0]"),
+    (json.dumps({"render_height": 8, "render_width": 8,
+                 "camera_path": [{"camera_to_world": sum(POSE, []), "fov": 190}]}), "fov"),
+    (json.dumps({"render_height": 8, "render_width": 8, "camera_type": "equirectangular",
+                 "camera_path": [{"camera_to_world": sum(POSE, []), "fov": 50}]}), "equirect"),
+    (json.dumps({"render_width": 8, "camera_path": [{"camera_to_world": sum(POSE, []),
+                                                     "fov": 50}]}), "render_height"),
+])
+def test_malformed_camera_path_is_named(tmp_path, content, needle):
+    f = tmp_path / "bad_path.json"
+    f.write_text(content)
+    with pytest.raises(CameraPathError) as e:
+        load_camera_path(str(f))
+    assert str(f) in str(e.value) and needle in str(e.value)
+
+
+def test_missing_camera_path_file(tmp_path):
+    with pytest.raises(CameraPathError, match="not found"):
+        load_camera_path(str(tmp_path / "nope.json"))
