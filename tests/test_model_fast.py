@@ -122,3 +122,14 @@ def test_quick_fit_sphere():
     assert psnr > 20, psnr
     print(f"fit: {time.time() - t0:.1f}s loss {first:.4f}->{last:.5f} psnr {psnr:.1f} "
           f"samples/ray {spr[0]:.1f}->{spr[-1]:.1f}")
+
+
+def test_bf16_forward_backward():
+    model = make(precision="bf16")
+    o, d = camera_rays(128, 4)
+    out = model(o, d, d, 2.0, 4.5, train=True, generator=torch.Generator().manual_seed(0),
+                background=torch.ones(3))
+    assert out["rgb"].dtype == torch.float32 and bool(torch.isfinite(out["rgb"]).all())
+    out["rgb"].sum().backward()
+    assert model.field.encoding.table.grad.dtype == torch.float32
+    assert model.field.density_mlp[0].weight.grad is not None
