@@ -23,8 +23,24 @@ def render_view(model, scene, index: int, chunk: int, device) -> dict:
             "depth": out["depth"].reshape(H, W).cpu(), "acc": out["acc"].reshape(H, W).cpu()}
 
 
-def colourise_depth(depth: torch.Tensor, near: float, far: float) -> torch.Tensor:
-    """depth [H, W] -> [H, W, 3] in [0, 1] (near = bright yellow, far = dark purple, 0 = black)."""
+def depth_range(depth: torch.Tensor, near: float, far: float) -> tuple[float, float]:
+    """Display range of a depth map: 2nd-98th percentile of its non-zero values (else near-far)."""
+    v = depth[depth > 0].float()
+    if v.numel() < 2:
+        return near, far
+    lo, hi = torch.quantile(v, torch.tensor([0.02, 0.98])).tolist()
+    return (lo, hi) if hi > lo else (near, far)
+
+
+def colourise_depth(depth: torch.Tensor, near: float, far: float,
+                    acc: torch.Tensor | None = None) -> torch.Tensor:
+    """depth [H, W] -> [H, W, 3] in [0, 1] (near = bright yellow, far = dark purple, 0 = black).
+
+    With acc [H, W] the depth is normalised by the opacity (the depth of what the ray hits) and
+    pixels with acc < 0.5 are black, so soft silhouette edges do not read as 'very near'.
+    """
+    if acc is not None:
+        depth = torch.where(acc > 0.5, depth / acc.clamp(min=1e-6), torch.zeros_like(depth))
     d = ((depth - near) / max(far - near, 1e-9)).clamp(0, 1)
     x = 1.0 - d
     # NOTE: a compact viridis-like ramp; avoids a matplotlib dependency.
@@ -38,7 +54,8 @@ def colourise_depth(depth: torch.Tensor, near: float, far: float) -> torch.Tenso
 def side_by_side(gt: torch.Tensor, rgb: torch.Tensor, depth: torch.Tensor, near: float,
                  far: float) -> torch.Tensor:
     """[H, 3W, 3]: ground truth | render | colourised depth."""
-    return torch.cat([gt.cpu(), rgb.cpu(), colourise_depth(depth.cpu(), near, far)], 1)
+    return torch.cat([gt.cpu(), rgb.cpu(),
+                      colourise_depth(depth.cpu(), *depth_range(depth.cpu(), near, far))], 1)
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -64,7 +81,9 @@ def contact_sheet(rows: list[tuple], near: float, far: float, max_side: int = 25
     """rows of (gt, rgb, depth) -> [sum H, 4W, 3]: ground truth | render | depth | error per row."""
     out = []
     for gt, rgb, depth in rows:
-        cells = [gt.cpu(), rgb.cpu(), colourise_depth(depth.cpu(), near, far), error_map(rgb, gt)]
+        d = depth.cpu()
+        cells = [gt.cpu(), rgb.cpu(), colourise_depth(d, *depth_range(d, near, far)),
+                 error_map(rgb, gt)]
         out.append(torch.cat([_shrink(c, max_side) for c in cells], 1))
     return torch.cat(out, 0)
 
@@ -104,17 +123,21 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
         gt = scene.images[i]
         entry = {"index": i, "file": scene.files[i], "psnr": psnr(out["rgb"], gt),
                  "ssim": ssim(out["rgb"], gt)}
+        # NOTE: the depth of what a ray hits is the expected depth over its opacity.
+        hit_depth = torch.where(out["acc"] > 0.5, out["depth"] / out["acc"].clamp(min=1e-6),
+                                torch.zeros_like(out["depth"]))
         if scene.depths is not None:
             gt_d = scene.depths[i]
-            mask = (gt_d > 0) & (out["acc"] > 0.5)
+            mask = (gt_d > 0) & (hit_depth > 0)
             if mask.any():
-                entry["depth_abs_err"] = float((out["depth"][mask] - gt_d[mask]).abs().mean())
+                entry["depth_abs_err"] = float((hit_depth[mask] - gt_d[mask]).abs().mean())
         per_image.append(entry)
         write_png(os.path.join(out_dir, f"rgb_{i:03d}.png"), to_uint8(out["rgb"]))
         write_png(os.path.join(out_dir, f"depth_{i:03d}.png"),
-                  to_uint8(colourise_depth(out["depth"], scene.near, scene.far)))
+                  to_uint8(colourise_depth(hit_depth, *depth_range(hit_depth, scene.near,
+                                                                   scene.far))))
         if i in keep:  # NOTE: keep the shrunk row only, so memory stays small for big images
-            rows.append((i, contact_sheet([(gt, out["rgb"], out["depth"])], scene.near, scene.far)))
+            rows.append((i, contact_sheet([(gt, out["rgb"], hit_depth)], scene.near, scene.far)))
         log(f"  view {i + 1}/{scene.n}: PSNR {entry['psnr']:.2f} dB, SSIM {entry['ssim']:.3f}")
     if rank != 0:
         return None

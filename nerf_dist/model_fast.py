@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .field_fast import HashField
 from .model import autocast_context
 from .occupancy import OccupancyGrid
-from . import volrend
+from . import sampling, volrend
 
 # Columns (samples per ray) rendered at a time at inference, between early-termination checks.
 _EVAL_SEGMENT = 32
@@ -71,7 +71,7 @@ class FastNeRF(nn.Module):
     # ------------------------------------------------------------------ marching
     @torch.no_grad()
     def march(self, rays_o, rays_d, near, far, jitter: bool,
-              generator: torch.Generator | None = None):
+              generator=None):
         """Samples in occupied cells, packed.
 
         rays_o, rays_d: [n_rays, 3]; near, far: floats or [n_rays].
@@ -88,8 +88,7 @@ class FastNeRF(nn.Module):
         step_t = self.step_size / rays_d.norm(dim=-1)                                # [n_rays]
         n_steps = int(((t_hi - t_lo) / step_t).ceil().clamp(min=0).max()) if n else 0
         if jitter:
-            gdev = generator.device if generator is not None else dev
-            u = torch.rand(n, generator=generator, device=gdev).to(dev)
+            u = sampling.uniform(n, 1, generator, dev)[:, 0]
         else:
             u = torch.zeros(n, device=dev)
         k = torch.arange(n_steps, device=dev, dtype=torch.float32)
@@ -113,7 +112,7 @@ class FastNeRF(nn.Module):
         return rgb.float(), sigma.float()
 
     def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
-                generator: torch.Generator | None = None, background: torch.Tensor | None = None):
+                generator=None, background: torch.Tensor | None = None):
         n, dev = rays_o.shape[0], rays_o.device
         ray, col, ts, te, K = self.march(rays_o, rays_d, near, far, jitter=train,
                                          generator=generator)

@@ -132,6 +132,12 @@ class Trainer:
     def _maybe_resume(self) -> None:
         mode = self.cfg.train.resume
         if mode == "none":
+            existing = self.ckpt.list()
+            if existing:
+                raise RuntimeError(
+                    f"checkpoint.dir {storage.redact(self.paths['checkpoints'])} already holds "
+                    f"checkpoints (newest: step {existing[-1]}) and train.resume=none: continue with "
+                    f"train.resume=auto, or use another run.dir / checkpoint.dir")
             return
         loaded = self.ckpt.load() if mode == "auto" else self.ckpt.load_url(mode)
         if loaded is None:

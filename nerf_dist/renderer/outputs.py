@@ -85,7 +85,7 @@ class FrameWriter:
         rgb, depth, acc = out["rgb"].clamp(0, 1), out["depth"], out["acc"]
         raw = torch.round(depth.clamp(min=0) / self.depth_scale).clamp(max=DEPTH16_MAX)
         write_png(files["depth16"], raw.numpy().astype(np.uint16))
-        write_png(files["depth"], to_uint8(colourise_depth(depth, self.near, self.far)))
+        write_png(files["depth"], to_uint8(colourise_depth(depth, self.near, self.far, acc)))
         write_png(files["acc"], to_uint8(acc))
         if "float" in files:
             tmp = _tmp(files["float"])
