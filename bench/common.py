@@ -44,7 +44,7 @@ def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n
             torch.cuda.synchronize()
         train_s += time.perf_counter() - t0
         rays += out["n_global"]
-        if train_s >= next_eval or train_s >= budget_s:
+        if train_s >= next_eval or train_s >= budget_s or trainer.step >= cfg.train.steps:
             next_eval += eval_every_s
             trainer.model.eval()
             p = sum(psnr(render_view(trainer.model, val, i, cfg.model.chunk, dev)["rgb"],

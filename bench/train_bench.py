@@ -20,6 +20,13 @@ from nerf_dist.config import ModelConfig
 from nerf_dist.model import VanillaNeRF, render_chunked
 
 
+# The fast path sized for 2 CPU cores (as configs/demo.yaml); lego's box is [-1.5, 1.5]^3.
+FAST_CPU = ["model.kind=fast", "model.hash_log2_size=17", "model.hash_max_res=512", "model.grid_res=64",
+            "model.grid_update_every=4", "model.grid_ema_decay=0.8", "model.march_steps=256",
+            "model.max_samples=128", "train.lr=1e-2", "train.lr_final=1e-3",
+            "train.lr_decay_steps=6000"]
+
+
 def speed(precision: str, steps: int, device: str, n_rays: int = 1024, compile: bool = False) -> dict:
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -71,6 +78,8 @@ def main() -> None:
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between evaluations")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="speed: torch.compile the fields")
+    ap.add_argument("--fast", action="store_true", help="lego: the fast path with CPU-sized settings")
+    ap.add_argument("--batch", type=int, default=1024, help="lego: rays per batch")
     ap.add_argument("--extra", nargs="*", default=[], help="more config overrides")
     a = ap.parse_args()
     print(f"torch {torch.__version__}, device {a.device}, threads {torch.get_num_threads()}")
@@ -82,10 +91,13 @@ def main() -> None:
         return
     if not LEGO.exists():
         raise SystemExit(f"lego not found at {LEGO} (set NERF_DIST_LEGO)")
+    fast = FAST_CPU if a.fast else []
     for p in a.precision:
-        print(f"lego 100x100, vanilla paper config, {p}, {a.minutes} min:")
-        res = timed_training([f"data.root={LEGO}", "data.downscale=8", "train.rays_per_batch=1024",
-                              f"model.precision={p}", "run.dir=/tmp/nerf_dist_bench/lego_" + p,
+        print(f"lego 100x100, {'fast path (CPU settings)' if a.fast else 'vanilla paper config'}, "
+              f"{p}, {a.minutes} min, {a.batch} rays/batch:")
+        res = timed_training([f"data.root={LEGO}", "data.downscale=8", *fast,
+                              f"train.rays_per_batch={a.batch}",
+                              f"model.precision={p}", f"run.dir=/tmp/nerf_dist_bench/lego_{'fast_' if a.fast else ''}{p}",
                               "data.cache_dir=/tmp/nerf_dist_bench/cache", "train.steps=1000000",
                               "model.chunk=8192", *a.extra],
                              budget_s=a.minutes * 60, eval_every_s=a.eval_every, target_psnr=a.target,

@@ -35,7 +35,8 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
         self.register_buffer("density", torch.zeros(res ** 3))
         # NOTE: everything is occupied until the first update, so early rays are sampled everywhere.
-        self.register_buffer("occupied", torch.ones(res ** 3, dtype=torch.bool))
+        # NOTE: uint8, not bool: gloo cannot broadcast bool tensors (DDP syncs buffers at start).
+        self.register_buffer("occupied", torch.ones(res ** 3, dtype=torch.uint8))
         r = torch.arange(res)
         ijk = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("cells", ijk.to(torch.int16 if res < 2 ** 15 else torch.int32),
@@ -56,7 +57,7 @@ class OccupancyGrid(nn.Module):
     def query(self, pts: torch.Tensor) -> torch.Tensor:
         """pts: [n, 3] world points -> [n] bool: inside the aabb and in an occupied cell."""
         flat, inside = self.cell_index(pts)
-        return self.occupied[flat] & inside
+        return self.occupied[flat].bool() & inside
 
     @torch.no_grad()
     def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor],

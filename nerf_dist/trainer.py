@@ -101,14 +101,22 @@ class Trainer:
         self.model = build_model(cfg.model, aabb).to(self.device)
         self.comm = _CommTimer()
         if dist.distributed:
+            # NOTE: buffers (occupancy grid, hash-grid index tables) are constants or deterministic
+            # functions of (parameters, seed, step), identical on every rank: DDP need not broadcast
+            # them (saves the grid's traffic every step; gloo also cannot send bool/int16 buffers).
+            DDP._set_params_and_buffers_to_ignore_for_model(
+                self.model, [n for n, _ in self.model.named_buffers()])
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                           else None)
+                           else None, broadcast_buffers=False)
             self.ddp.register_comm_hook(None, self.comm.hook)
         else:
             self.ddp = self.model
         eps = 1e-15 if cfg.model.kind == "fast" else 1e-8
         self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, eps=eps,
                                       weight_decay=cfg.train.weight_decay)
+        # NOTE: fp16 autocast needs loss scaling (its range underflows small gradients); bf16 does not.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.model.precision == "fp16"
+                                                             and self.device.type == "cuda"))
         self.step = 0
         self.elapsed = 0.0          # training seconds accumulated over all sessions of this run
         self.val_scene = None
@@ -161,6 +169,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optim.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
             "scheduler": {"lr": lr_at(self.cfg, self.step), "kind": "exponential"},
             "loader": self.loader.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.seed},
@@ -173,6 +182,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optimizer"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         self.step = int(state["step"])
@@ -210,8 +221,9 @@ class Trainer:
         if "rgb_coarse" in out:
             loss = loss + ((out["rgb_coarse"] - batch["rgb"]) ** 2).sum() * scale
         self.optim.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optim.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optim)
+        self.scaler.update()
         t2 = time.perf_counter()
         self.step += 1
         return {"sse": sse.detach(), "n_local": batch["rgb"].shape[0], "n_global": n_global,
