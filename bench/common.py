@@ -20,7 +20,7 @@ from nerf_dist.scenes import load_scene  # noqa: E402
 from nerf_dist.trainer import Trainer  # noqa: E402
 
 
-def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n_eval_views: int = 3,
+def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n_eval_views: int = 2,
                    target_psnr: float | None = None, device: str = "cpu", log=print) -> dict:
     """Train in-process for budget_s seconds of training time (evaluation time excluded).
 

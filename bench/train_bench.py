@@ -18,6 +18,7 @@ import torch
 from common import LEGO, timed_training
 from nerf_dist.config import ModelConfig
 from nerf_dist.model import VanillaNeRF, render_chunked
+from nerf_dist.trainer import make_adam
 
 
 # The fast path sized for 2 CPU cores (as configs/demo.yaml); lego's box is [-1.5, 1.5]^3.
@@ -31,7 +32,7 @@ def speed(precision: str, steps: int, device: str, n_rays: int = 1024, compile: 
     torch.manual_seed(0)
     dev = torch.device(device)
     model = VanillaNeRF(ModelConfig(precision=precision, compile=compile)).to(dev)
-    opt = torch.optim.Adam(model.parameters(), 5e-4)
+    opt = make_adam(model.parameters(), 5e-4, 1e-8, 0.0)  # as the trainer does
     g = torch.Generator().manual_seed(0)
     rays_o = torch.tensor([0.0, 0.0, 4.0], device=dev).expand(n_rays, 3).contiguous()
     rays_d = torch.nn.functional.normalize(

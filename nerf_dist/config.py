@@ -64,7 +64,7 @@ class ModelConfig:
     width: int = 256
     """Vanilla: trunk width."""
     skip: int = 4
-    """Vanilla: the input is concatenated to the output of this layer (0-based; 4 = 5th layer's input)."""
+    """Vanilla: 0-based layer whose output is joined with the encoded input (4 = the 5th, as in the paper)."""
     pos_freqs: int = 10
     """Frequency bands for xyz (the input itself is included)."""
     dir_freqs: int = 4

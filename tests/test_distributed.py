@@ -56,10 +56,12 @@ def test_s3_checkpoints_two_ranks_resume_exact(demo_scene, tmp_path, s3_server):
     env = s3_server["env"]
     url = f"s3://{s3_server['bucket']}/e2e-{tmp_path.name}"
     run = tmp_path / "s3run"
-    _train(demo_scene, run, "train.steps=10", f"checkpoint.dir={url}", nproc=2, env=env)
+    cache = f"data.cache_dir=s3://{s3_server['bucket']}/cache-{tmp_path.name}"
+    _train(demo_scene, run, "train.steps=10", f"checkpoint.dir={url}", cache, nproc=2, env=env)
     res = _train(demo_scene, run, "train.steps=20", f"checkpoint.dir={url}", "train.resume=auto",
-                 nproc=2, env=env)
+                 cache, nproc=2, env=env)
     assert "resumed from step 10" in res.stdout
+    assert "ray cache: reusing s3://" in res.stdout  # the ray cache lives in the object store too
     assert "testing" not in (run / "config.yaml").read_text()  # no credentials saved
     ref = tmp_path / "ref"
     _train(demo_scene, ref, "train.steps=20", nproc=2)
@@ -107,3 +109,46 @@ def test_fast_path_under_ddp_resumes_exactly(demo_scene, tmp_path):
     # NOTE: the occupancy grid thresholds densities, so float-level differences between 1 and 2
     # ranks can flip a cell; parameters still agree closely after 20 steps.
     assert _max_diff({k: v for k, v in a.items() if not k.startswith("grid.")}, c) <= 1e-2
+
+
+def test_ctrl_c_tears_down_and_resume_continues(demo_scene, tmp_path):
+    """SIGINT to torchrun (Ctrl-C): both ranks stop, destroy the process group and exit within
+    seconds; the newest complete checkpoint survives and train.resume=auto continues from it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, free_port
+    run = tmp_path / "ctrlc"
+    log = tmp_path / "out.txt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(free_port()), "-m", "nerf_dist", "train",
+           f"data.root={demo_scene}", f"run.dir={run}", "train.rays_per_batch=256",
+           "log.progress=false", "checkpoint.every=5", "train.steps=100000", "train.threads=1",
+           *TINY_MODEL]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
+                                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 120
+            while time.time() < deadline and "checkpoint step 10 " not in log.read_text():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGINT)     # what a terminal's Ctrl-C does
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc != 0
+    assert "interrupted at step" in text, text[-3000:]
+    # no rank is left behind
+    left = subprocess.run(["pgrep", "-f", f"run.dir={run}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+    steps = Checkpointer(str(run / "checkpoints"), keep=10, is_main=False).list()
+    assert steps and steps[-1] >= 10
+    res = _train(demo_scene, run, f"train.steps={steps[-1] + 5}", "train.resume=auto", nproc=2)
+    assert f"resumed from step {steps[-1]}" in res.stdout
