@@ -60,7 +60,9 @@ def worker(args) -> None:
                "allreduce_s_per_step": ar / args.steps, "fwd_bwd_s_per_step": fb / args.steps,
                "data_s_per_step": data / args.steps, "peak_rss_mib": hwm,
                "local_rays": len(tr.loader.shards) and sum(tr.cache.shard_sizes[s] for s in tr.loader.shards)}
-        print("BENCH " + json.dumps(rep), flush=True)
+        # NOTE: one file per rank: torchrun interleaves the ranks' stdout.
+        with open(os.path.join(cfg.run.dir, f"bench_rank{info.rank}.json"), "w") as f:
+            json.dump(rep, f)
         tr.close()
     finally:
         dist.close()
@@ -95,8 +97,9 @@ def main() -> None:
                f"run.dir={tmp}/r{nproc}", *common, f"train.threads={threads}"]
         out = subprocess.run(cmd, capture_output=True, text=True,
                              env={**env, "OMP_NUM_THREADS": str(threads)}, cwd=REPO)
-        reps = [json.loads(l[6:]) for l in out.stdout.splitlines() if l.startswith("BENCH ")]
-        if out.returncode != 0 or not reps:
+        files = [os.path.join(tmp, f"r{nproc}", f"bench_rank{r}.json") for r in range(nproc)]
+        reps = [json.load(open(f)) for f in files if os.path.exists(f)]
+        if out.returncode != 0 or len(reps) != nproc:
             print(out.stdout[-2000:], out.stderr[-4000:])
             raise SystemExit(f"{nproc} rank(s) failed")
         reps.sort(key=lambda r: r["rank"])
