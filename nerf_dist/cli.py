@@ -148,6 +148,9 @@ def cmd_train(args) -> int:
     info = dist.init()
     try:
         res = train(cfg, info)
+        # NOTE: all ranks reach the teardown together (rank 0 may still be writing its last
+        # checkpoint); tearing gloo down under a peer that is still busy can abort the process.
+        dist.barrier()
         if info.is_main:
             print(f"done: step {res['step']}, {res['elapsed']:.1f} s of training; "
                   f"run folder {cfg.run.dir}", flush=True)
@@ -279,10 +282,15 @@ def cmd_demo(args) -> int:
                                      overrides=args.overrides))
     if rc or args.no_video:
         return rc
-    # NOTE: the quick start ends with a short orbit video at the training resolution.
+    # NOTE: the quick start ends with a short orbit video at the training resolution; the folder
+    # is named by the step so a re-run (which resumes and trains on) never clashes with it.
+    from .checkpoint import Checkpointer
+    from .trainer import run_paths
+    steps = Checkpointer(run_paths(cfg)["checkpoints"], cfg.checkpoint.keep, is_main=False).list()
+    out = os.path.join(cfg.run.dir, f"render_orbit_step{steps[-1] if steps else 0}")
     return cmd_render(argparse.Namespace(
         run=cfg.run.dir, checkpoint=None, path="auto", frames=args.video_frames, resolution=None,
-        out=None, tile=64, balance="time", fps=12.0, no_video=False, save_float=False,
+        out=out, tile=64, balance="time", fps=12.0, no_video=False, save_float=False,
         threads=0, no_progress=not cfg.log.progress, overrides=args.overrides))
 
 

@@ -119,8 +119,11 @@ class Trainer:
             # them (saves the grid's traffic every step; gloo also cannot send bool/int16 buffers).
             DDP._set_params_and_buffers_to_ignore_for_model(
                 self.model, [n for n, _ in self.model.named_buffers()])
+            import inspect
+            sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                    inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False})
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                           else None, broadcast_buffers=False)
+                           else None, **sync)
             self.ddp.register_comm_hook(None, self.comm.hook)
         else:
             self.ddp = self.model
