@@ -23,8 +23,8 @@ from nerf_dist.trainer import make_adam
 
 # The fast path sized for 2 CPU cores (as configs/demo.yaml); lego's box is [-1.5, 1.5]^3.
 FAST_CPU = ["model.kind=fast", "model.hash_log2_size=17", "model.hash_max_res=512", "model.grid_res=64",
-            "model.grid_update_every=4", "model.grid_ema_decay=0.8", "model.march_steps=256",
-            "model.max_samples=128", "train.lr=1e-2", "train.lr_final=1e-3",
+            "model.grid_update_every=4", "model.grid_ema_decay=0.8", "model.march_steps=128",
+            "model.max_samples=96", "train.lr=1e-2", "train.lr_final=1e-3",
             "train.lr_decay_steps=6000"]
 
 
