@@ -71,11 +71,3 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     tdist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if tdist.is_available() and tdist.is_initialized():
-        t = t.clone()
-        tdist.all_reduce(t)
-        t /= tdist.get_world_size()
-    return t

@@ -116,7 +116,7 @@ class HashGridEncoding(nn.Module):
     def corners(self, x: torch.Tensor):
         """x: [n, 3] -> idx [n, L, 8] int64 rows of the flat [L * 2^T, F] table, wc [n, L, 8]
         trilinear weights of the 8 corners (corner c = 4 ox + 2 oy + oz)."""
-        n, L, Fdim, d = x.shape[0], self.n_levels, self.n_features, self.n_dense
+        n, L, d = x.shape[0], self.n_levels, self.n_dense
         # NOTE: interpolation stays in fp32 under autocast (bf16 would quantise the cell fraction).
         pos = x.float().clamp(0.0, 1.0)[:, None, :] * self.res_f[:, None]         # [n, L, 3]
         i0 = torch.minimum(pos.floor(), (self.res_f - 1)[:, None])                 # keep x=1 in range

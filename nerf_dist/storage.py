@@ -5,12 +5,10 @@ them from the environment or their own configuration files.
 """
 from __future__ import annotations
 
-import io
 import os
 import posixpath
 import shutil
 import uuid
-from typing import IO
 
 
 class StorageError(OSError):
@@ -164,17 +162,6 @@ def remove(path: str, recursive: bool = False) -> None:
         os.remove(p)
 
 
-def open_file(path: str, mode: str = "rb") -> IO:
-    if is_url(path):
-        fs, p = _fs(path)
-        if "r" in mode:
-            _fresh(fs, p)
-        return fs.open(p, mode)
-    if "w" in mode:
-        os.makedirs(os.path.dirname(os.path.abspath(_local(path))), exist_ok=True)
-    return open(_local(path), mode)
-
-
 def check_writable(path: str) -> None:
     """Write and delete a probe object under path; raise StorageError naming path if that fails."""
     probe = join(path, f".write-probe-{uuid.uuid4().hex[:8]}")
@@ -185,7 +172,3 @@ def check_writable(path: str) -> None:
     except Exception as e:  # noqa: BLE001 - any backend error means unusable
         raise StorageError(f"storage location {redact(path)} is not writable or not reachable: "
                            f"{type(e).__name__}: {e}") from e
-
-
-def buffer() -> io.BytesIO:
-    return io.BytesIO()

@@ -2,7 +2,6 @@
 import math
 import time
 
-import pytest
 import torch
 
 from nerf_dist.config import ModelConfig
