@@ -4,5 +4,6 @@
 # Extra arguments are config overrides, e.g. train.max_seconds=60.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launch/setup_env.sh
+# NOTE: pass the extras explicitly: a bare `source` would hand it this script's arguments.
+source launch/setup_env.sh video
 exec nerf-dist demo --config configs/demo.yaml "$@"
