@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import storage
 from .checkpoint import Checkpointer
 from .config import Config, ConfigError, diff_keys, dump_yaml, from_dict, to_dict
-from .dist import DistInfo
+from .dist import DistInfo, broadcast_object
 from .loader import RayLoader
 from .logger import make_logger
 from .metrics import mse_to_psnr
@@ -133,6 +133,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.model.precision == "fp16"
                                                              and self.device.type == "cuda"))
         self.step = 0
+        self.saved_step = -1        # newest checkpoint this run wrote or resumed from
         self.elapsed = 0.0          # training seconds accumulated over all sessions of this run
         self.val_scene = None
         if dist.is_main:
@@ -148,7 +149,7 @@ class Trainer:
                 self.ckpt.check_writable()
             except Exception as e:  # noqa: BLE001 - reported on every rank below
                 err = str(e)
-        err = _broadcast(err, self.dist)
+        err = broadcast_object(err)
         if err:
             raise RuntimeError(f"checkpoint.dir: {err}")
 
@@ -202,10 +203,12 @@ class Trainer:
         self.loader.load_state_dict(state["loader"])
         torch.set_rng_state(state["rng"]["torch"])
         self.step = int(state["step"])
+        self.saved_step = self.step
         self.elapsed = float(state.get("elapsed", 0.0))
 
     def save(self) -> None:
         url = self.ckpt.save(self.step, self.state_dict())
+        self.saved_step = self.step
         self.log.info(f"checkpoint step {self.step} -> {storage.redact(url)}")
 
     # ------------------------------------------------------------------ training
@@ -297,14 +300,12 @@ class Trainer:
                 self.evaluate_val()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save()
-        if self.step > 0 and (not cfg.checkpoint.every or self.step % cfg.checkpoint.every != 0
-                              or stopped_by_budget):
-            if not self.ckpt.list() or self.ckpt.list()[-1] != self.step:
-                self.save()
+        if self.step > 0 and self.saved_step != self.step:
+            self.save()
         self.log.close()
-        if stopped_by_budget:
+        if stopped_by_budget and self.dist.is_main:
             print(f"train.max_seconds={cfg.train.max_seconds:g} spent: stopped at step {self.step}",
-                  flush=True) if self.dist.is_main else None
+                  flush=True)
         return {"step": self.step, "elapsed": self.elapsed, "stopped_by_budget": stopped_by_budget}
 
     # ------------------------------------------------------------------ validation
@@ -340,11 +341,6 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
-
-
-def _broadcast(obj, dist: DistInfo):
-    from .dist import broadcast_object
-    return broadcast_object(obj) if dist.distributed else obj
 
 
 def train(cfg: Config, dist: DistInfo) -> dict:

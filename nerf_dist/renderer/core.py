@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 import torch.distributed as tdist
 
+from .. import dist
 from ..model import render_chunked
 from ..rays import rays_from_pixels, to_ndc
 from .paths import CameraPath
@@ -85,14 +86,6 @@ def _gather_to_main(obj, rank: int, world_size: int) -> list | None:
     return box
 
 
-def _broadcast(obj, world_size: int):
-    if world_size == 1:
-        return obj
-    box = [obj]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank: int = 0,
                   world_size: int = 1, tile: int = 64, balance: str = "time",
                   stats: dict | None = None) -> Iterator[tuple[int, dict]]:
@@ -146,7 +139,7 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
                     new_cost.setdefault((t.y0, t.x0), []).append(dt / max(t.pixels, 1))
             cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}
         if balance == "time":
-            cost_map = _broadcast(cost_map, world_size)
+            cost_map = dist.broadcast_object(cost_map)
         if rank == 0:
             for f in batch:
                 yield f, assembled.pop(f)
