@@ -8,6 +8,7 @@ naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -44,6 +45,8 @@ class DataConfig:
     """Ray cache location (path or fsspec URL); empty = <run.dir>/ray_cache."""
     cache_shards: int = 64
     """Number of ray-cache shards; a multiple of every world size you use."""
+    allow_outside_root: bool = False
+    """Allow scene files (a file_path with ../ or an absolute path) outside data.root."""
 
     def __post_init__(self) -> None:
         _check(self.format in ("auto", "blender", "llff", "ngp"), "data.format",
@@ -151,12 +154,21 @@ class TrainConfig:
     """none | auto | <checkpoint URL>. auto = newest complete checkpoint in checkpoint.dir."""
     threads: int = 0
     """torch intra-op threads per rank (0 = leave torch's default)."""
+    on_nonfinite: str = "stop"
+    """stop | skip: on a non-finite loss or gradient, stop (no optimiser step, no checkpoint) or skip the step."""
+    max_nonfinite: int = 10
+    """on_nonfinite=skip: stop after this many non-finite steps in a row."""
+    allow_finished: bool = False
+    """Resuming a checkpoint already at (or past) train.steps is an error unless true."""
 
     def __post_init__(self) -> None:
+        _check(self.on_nonfinite in ("stop", "skip"), "train.on_nonfinite",
+               f"must be stop|skip, got {self.on_nonfinite!r}")
+        _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
         _check(self.steps >= 0, "train.steps", f"must be >= 0, got {self.steps}")
         _check(self.max_seconds >= 0, "train.max_seconds", "must be >= 0")
         _check(self.rays_per_batch >= 1, "train.rays_per_batch", "must be >= 1")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(0 < self.lr <= 10, "train.lr", f"must be in (0, 10], got {self.lr}")
         _check(self.lr_final > 0, "train.lr_final", "must be > 0")
         _check(self.lr_decay_steps >= 1, "train.lr_decay_steps", "must be >= 1")
         _check(0 < self.precrop_frac <= 1, "train.precrop_frac", "must be in (0, 1]")
@@ -213,6 +225,34 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    timeout_s: float = 300.0
+    """Process-group timeout: a collective that waits longer fails (a frozen or dead rank). NCCL jobs
+    with slow checkpoints or first-step compilation may need more (e.g. 1800)."""
+    stall_warn_s: float = 60.0
+    """A rank waiting longer than this on a collective or on storage logs what it waits for (0 = never)."""
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "dist.timeout_s", f"must be > 0, got {self.timeout_s}")
+        _check(self.stall_warn_s >= 0, "dist.stall_warn_s", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    timeout_s: float = 60.0
+    """Timeout of one storage call (connect/read) on fsspec URLs, in seconds."""
+    retries: int = 3
+    """Retries of a failed storage call (with exponential backoff) before it is an error."""
+    backoff_s: float = 1.0
+    """First retry delay in seconds; doubled each retry."""
+
+    def __post_init__(self) -> None:
+        _check(self.timeout_s > 0, "storage.timeout_s", f"must be > 0, got {self.timeout_s}")
+        _check(self.retries >= 0, "storage.retries", "must be >= 0")
+        _check(self.backoff_s >= 0, "storage.backoff_s", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     """Seed of every random generator (per epoch, shard and rank streams derive from it)."""
@@ -223,6 +263,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -273,12 +315,14 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not value.is_integer()):
+                isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return int(value)
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}")
         return float(value)
     if typ is str:
         if value is None:
@@ -421,5 +465,5 @@ def diff_keys(a: Config, b: Config, prefixes: tuple[str, ...] = MODEL_DATA_KEYS)
 
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "EvalConfig", "RunConfig",
-           "CheckpointConfig", "LogConfig", "ConfigError", "load_config", "from_dict", "to_dict",
+           "CheckpointConfig", "LogConfig", "DistConfig", "StorageConfig", "ConfigError", "load_config", "from_dict", "to_dict",
            "dump_yaml", "describe_keys", "parse_overrides", "with_overrides", "diff_keys", "replace"]
