@@ -94,6 +94,12 @@ class Checkpointer:
         folder = self.step_url(step)
         if not self.is_main:
             return folder
+        bad = nonfinite_entries(state)
+        if bad:
+            raise CheckpointError(
+                f"refusing to commit checkpoint {storage.redact(folder)}: non-finite values in "
+                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (the newest good checkpoint "
+                f"is kept)")
         data = _serialise(state, storage.redact(folder))
         marker = {"version": FORMAT_VERSION, "step": step, "file": STATE_FILE, "size": len(data),
                   "sha256": hashlib.sha256(data).hexdigest(), "torch": torch.__version__}
@@ -247,6 +253,21 @@ def load_url(url: str) -> tuple[int, dict]:
         return int(state["step"]), state
     raise CheckpointError(f"cannot tell the step of checkpoint {storage.redact(url)}: no marker, "
                           f"no step-XXXXXXXX folder name and no integer 'step' entry")
+
+
+def nonfinite_entries(obj, prefix: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors (or floats) in a nested state holding NaN/inf."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.numel() and not bool(torch.isfinite(obj).all()):
+            return [prefix.rstrip(".") or "<tensor>"]
+        return []
+    if isinstance(obj, float):
+        return [] if obj == obj and abs(obj) != float("inf") else [prefix.rstrip(".") or "<float>"]
+    if isinstance(obj, dict):
+        return [n for k, v in obj.items() for n in nonfinite_entries(v, f"{prefix}{k}.")]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in nonfinite_entries(v, f"{prefix}{i}.")]
+    return []
 
 
 def _serialise(state: dict, name: str) -> bytes:

@@ -10,8 +10,7 @@ import os
 import sys
 
 from . import __version__
-
-EXIT_USAGE = 2
+from .lifecycle import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_RESUME, EXIT_USAGE
 
 
 def _keys_help() -> str:
@@ -35,14 +34,20 @@ def _parser() -> argparse.ArgumentParser:
                "  cache        build the sharded ray cache for a config (also done by train)\n"
                "  demo         the quick start: demo scene, train, evaluate, orbit video\n"
                "  demo-scene   write the procedural demo scene (Blender format)\n"
-               "  keys         list every config key with its default and meaning\n")
+               "  status       how a run ended (exit 0 finished, 75 stopped to be resumed, 1 other)\n"
+               "  keys         list every config key with its default and meaning\n"
+               "\nexit codes of train: 0 finished, 1 error, 2 usage, 75 stopped by SIGTERM/SIGUSR1 "
+               "at a step\nboundary with a checkpoint (resume with train.resume=auto), 130 Ctrl-C\n")
     p.add_argument("--version", action="version", version=f"nerf-dist {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 
     t = sub.add_parser("train", help="train a model", formatter_class=fmt, epilog=_keys_help(),
                        description="Train on data.root with the given config and overrides. "
-                                   "The same command runs under torchrun for DDP.")
+                                   "The same command runs under torchrun for DDP. SIGTERM or "
+                                   "SIGUSR1 on any rank stops every rank at the same step, writes "
+                                   "a checkpoint there and exits 75 (resume with "
+                                   "train.resume=auto); RUN_DIR/status.json says how a run ended.")
     t.add_argument("--config", help="YAML config file (keys below)")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
@@ -99,8 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
 
     c = sub.add_parser("cache", help="build the sharded ray cache", formatter_class=fmt,
+                       description="Build the ray cache of a config's training split (train does "
+                                   "it too) and verify every shard's size and sha256 against the "
+                                   "manifest. Works alone or under torchrun (shards split over "
+                                   "the ranks).",
                        epilog=_keys_help())
     c.add_argument("--config", help="YAML config file")
+    c.add_argument("--rebuild", action="store_true",
+                   help="rebuild the cache even when a valid one exists (after a damaged-shard "
+                        "error, or when in doubt)")
     c.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
     d = sub.add_parser("demo", help="quick start: demo scene, train, evaluate, video", formatter_class=fmt,
@@ -119,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
     s.add_argument("--views", type=int, default=40, help="training views (default 40)")
     s.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+
+    st = sub.add_parser("status", help="how a run ended (exit code 0 / 75 / 1)",
+                        formatter_class=fmt,
+                        description="Print RUN_DIR/status.json (written by train on rank 0) and "
+                                    "exit 0 when the run finished, 75 when it was stopped to be "
+                                    "resumed (requeue it), 1 otherwise (failed, still running, or "
+                                    "no status). Scripts use it after torchrun, whose own exit "
+                                    "code does not carry the trainer's.")
+    src = st.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", "--run", dest="run", help="run folder")
+    src.add_argument("--config", help="config file whose run.dir (after overrides) is the run")
+    st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
     sub.add_parser("keys", help="list config keys")
     return p
@@ -140,37 +164,59 @@ def _terminate_as_interrupt() -> None:
 
 
 def cmd_train(args) -> int:
+    # NOTE: the stop handlers go in before torch is imported (seconds on a busy node): a
+    # SIGTERM/SIGUSR1 that early is recorded, and training stops after its first step with a
+    # checkpoint and exit 75 instead of the process dying of the signal.
+    from .lifecycle import StopSignals
+    stop = StopSignals()
     from . import dist
     from .config import load_config
     from .trainer import train
     cfg = load_config(args.config, args.overrides)
-    _terminate_as_interrupt()
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
-        res = train(cfg, info)
+        res = train(cfg, info, stop)
         # NOTE: all ranks reach the teardown together (rank 0 may still be writing its last
         # checkpoint); tearing gloo down under a peer that is still busy can abort the process.
         dist.barrier()
-        if info.is_main:
+        if info.is_main and not res["stopped_by_signal"]:
             print(f"done: step {res['step']}, {res['elapsed']:.1f} s of training; "
                   f"run folder {cfg.run.dir}", flush=True)
     finally:
         dist.close()
-    return 0
+    return EXIT_RESUME if res["stopped_by_signal"] else 0
+
+
+def cmd_status(args) -> int:
+    import json
+
+    from .config import load_config
+    from .lifecycle import STATUS_FILE, read_status, status_exit_code
+    run = args.run or load_config(args.config, args.overrides).run.dir
+    doc = read_status(run)
+    if doc is None:
+        print(f"no readable {STATUS_FILE} in {run} (the run never started training there)")
+        return EXIT_ERROR
+    print(json.dumps(doc, indent=1))
+    return status_exit_code(doc)
 
 
 def cmd_cache(args) -> int:
     from . import dist
     from .config import load_config
-    from .ray_cache import ensure_cache
+    from .ray_cache import ensure_cache, verify_shards
+    from .storage import redact
     from .trainer import run_paths
     cfg = load_config(args.config, args.overrides)
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
         log = print if info.is_main else (lambda *_: None)
-        cache = ensure_cache(cfg.data, run_paths(cfg)["cache"], info.rank, info.world_size, log=log)
+        cache = ensure_cache(cfg.data, run_paths(cfg)["cache"], info.rank, info.world_size, log=log,
+                             rebuild=args.rebuild)
+        verify_shards(cache, info.rank, info.world_size)
         if info.is_main:
-            print(f"ray cache ready: {cache.n_rays} rays in {cache.n_shards} shards at {cache.url}")
+            print(f"ray cache ready: {cache.n_rays} rays in {cache.n_shards} shards (sizes and "
+                  f"sha256 verified) at {redact(cache.url)}")
     finally:
         dist.close()
     return 0
@@ -205,7 +251,7 @@ def cmd_render(args) -> int:
     name = args.path if args.path in PATH_KINDS else os.path.splitext(os.path.basename(args.path))[0]
     out = args.out or os.path.join(args.run or ".", f"render_{name}")
     _terminate_as_interrupt()
-    info = dist.init()
+    info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
     try:
         if info.is_main:
             print(f"rendering {cams.n} frame(s) of {cams.name} at {cams.W}x{cams.H} from step "
@@ -234,7 +280,7 @@ def cmd_eval(args) -> int:
     cfg, model, step, elapsed = load_run(args.run, args.overrides)
     split = args.split or cfg.eval.test_split
     scene = load_scene(cfg.data, split)
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
         model = model.to(info.device)
         out = args.out or os.path.join(args.run, f"eval_{split}")
@@ -312,7 +358,7 @@ def cmd_keys(_args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "render": cmd_render, "eval": cmd_eval, "cache": cmd_cache, "demo": cmd_demo,
-            "demo-scene": cmd_demo_scene, "keys": cmd_keys}
+            "demo-scene": cmd_demo_scene, "status": cmd_status, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,22 +367,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    # NOTE: no torch import on this path: `nerf-dist status` (run by SLURM scripts between a
+    # stop and a requeue) must answer in a fraction of a second. SceneError, CheckpointError,
+    # MemoryBudgetError, ... are ValueError or RuntimeError subclasses.
     from .config import ConfigError
-    from .scenes.base import SceneError
-    from .storage import StorageError
-    known = (ConfigError, SceneError, StorageError, FileNotFoundError, ValueError, RuntimeError)
+    from .storage import StorageError, scrub
+    known = (ConfigError, StorageError, FileNotFoundError, ValueError, RuntimeError)
     try:
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except known as e:
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
-        print(f"{prefix}nerf-dist {args.command}: error: {e}", file=sys.stderr)
+        print(f"{prefix}nerf-dist {args.command}: error: {scrub(str(e))}", file=sys.stderr)
         if os.environ.get("NERF_DIST_DEBUG"):
             raise
-        return 1
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

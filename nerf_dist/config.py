@@ -8,6 +8,7 @@ naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -269,21 +270,32 @@ class Config:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _field_doc(cls: type, name: str) -> str:
-    """The docstring literal written under a dataclass field (parsed from source)."""
+@functools.lru_cache(maxsize=None)
+def _class_docs(cls: type) -> dict[str, str]:
+    """{field: the docstring literal written under it} of a dataclass, parsed from its source once.
+
+    NOTE: cached: every CLI start builds `--help` epilogs from these, and parsing the source per
+    field cost seconds of start-up on every rank (and every torchrun restart).
+    """
     import ast
     import inspect
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):
-        return ""
+        return {}
     body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
     for i, node in enumerate(body):
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if i + 1 < len(body) and isinstance(body[i + 1], ast.Expr) and isinstance(
                     getattr(body[i + 1], "value", None), ast.Constant):
-                return str(body[i + 1].value.value).strip()
-    return ""
+                docs[node.target.id] = str(body[i + 1].value.value).strip()
+    return docs
+
+
+def _field_doc(cls: type, name: str) -> str:
+    """The docstring literal written under a dataclass field (parsed from source)."""
+    return _class_docs(cls).get(name, "")
 
 
 def describe_keys(cfg: Config | None = None) -> list[tuple[str, Any, str]]:

@@ -35,7 +35,7 @@ def pick_device(local_rank: int = 0, prefer: str = "auto") -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
-def init(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+def init(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     """Initialise the process group when launched by torchrun (or SLURM via torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

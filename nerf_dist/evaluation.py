@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -106,10 +107,11 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
     under tb_dir when given. Returns the report: mean and per-image PSNR and SSIM (and depth error
     when the scene has ground-truth depth), plus `extra` (steps, training wall-clock, ...).
     """
-    from .renderer.core import RenderSetup, render_frames
+    from .renderer.core import RenderSetup, check_memory, render_frames
     from .renderer.outputs import write_png
     from .renderer.paths import split_path
     setup = RenderSetup.from_scene(model, scene, chunk, device)
+    check_memory(setup, scene.W, scene.H, tile, rank, world_size, evaluate=True)
     setup.model = model.to(setup.device)
     cams = split_path(scene)
     if rank == 0:
@@ -141,6 +143,13 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
         log(f"  view {i + 1}/{scene.n}: PSNR {entry['psnr']:.2f} dB, SSIM {entry['ssim']:.3f}")
     if rank != 0:
         return None
+    bad = [e["index"] for e in per_image if not (math.isfinite(e["psnr"]) and math.isfinite(e["ssim"]))]
+    if bad:
+        raise RuntimeError(
+            f"evaluation of {scene.split}: the model rendered non-finite pixels in view(s) {bad} "
+            f"(PSNR/SSIM is NaN): the checkpoint diverged or is damaged; no report is written. "
+            f"Evaluate an earlier checkpoint (nerf-dist render --checkpoint URL) or retrain with a "
+            f"lower train.lr")
     report = {
         "split": scene.split, "n_images": scene.n,
         "psnr": float(np.mean([e["psnr"] for e in per_image])),

@@ -17,7 +17,7 @@ import hashlib
 
 import torch
 
-from .ray_cache import RayCache, pixel_crop
+from .ray_cache import RayCache, RayCacheError, all_gather, pixel_crop
 
 BATCH_FIELDS = ("rays_o", "rays_d", "viewdirs", "rgb")
 _FULL, _CROP = 0, 1
@@ -109,11 +109,24 @@ class RayLoader:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ray-loader-{rank}")
         self._data: dict[int, dict[str, torch.Tensor]] = {}
         self._crop_idx: dict[int, torch.Tensor] = {}
-        for s in self.shards:
-            d = cache.read_shard(s)
-            self._data[s] = {k: d[k] for k in BATCH_FIELDS}
-            if self.precrop_steps > 0:
-                self._crop_idx[s] = torch.nonzero(d["crop"].float() < self.precrop_frac).flatten()
+        err = ""
+        try:
+            for s in self.shards:
+                d = cache.read_shard(s)  # verified against the manifest's size + sha256
+                self._data[s] = {k: d[k] for k in BATCH_FIELDS}
+                if self.precrop_steps > 0:
+                    self._crop_idx[s] = torch.nonzero(d["crop"].float() < self.precrop_frac).flatten()
+        except RayCacheError as e:
+            err = str(e)
+        # NOTE: collective (every rank builds its loader at the same point): a damaged shard is
+        # found only by the rank that owns it, and its peers must fail with it rather than wait
+        # for it in the first collective until the process-group timeout.
+        errs = all_gather(err, rank, world_size) if world_size > 1 else [err]
+        if err:
+            raise RayCacheError(err)
+        bad = [(r, e) for r, e in enumerate(errs) if e]
+        if bad:
+            raise RayCacheError(f"rank {bad[0][0]} found a damaged ray cache: {bad[0][1]}")
 
     def _check_crop_coverage(self) -> None:
         """ValueError unless every shard that feeds batches holds a centre-crop ray.

@@ -3,7 +3,12 @@
 Layout of one cache (``{base_url}/{key[:16]}/``)::
 
     shard-00000.pt ... shard-{S-1:05d}.pt   torch.save'd dict of tensors (load with weights_only)
-    manifest.json                           written last: its presence marks the cache complete
+    manifest.json                           written last: its presence marks the cache complete;
+                                            records each shard's size and sha256 (computed from
+                                            the bytes before they were written), checked on load
+
+The folder name is a hash (:func:`cache_key`) of every file the scene reader reads (resolved
+path, size and mtime_ns of images; contents of metadata) and every setting that changes rays.
 
 Global ray index ``i = image * H*W + row*W + col``. Shard ``s`` of ``S`` holds the rays
 ``{i : i % S == s}`` in increasing ``i``, so every shard covers every image evenly and shard sizes
@@ -29,14 +34,13 @@ import torch
 from . import dist, storage
 from .config import DataConfig
 from .rays import scene_rays
+from .scenes.base import SceneError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-shard size + sha256 in the manifest; key over the files the reader reads
 MANIFEST = "manifest.json"
 FIELDS = {"rays_o": (torch.float32, 3), "rays_d": (torch.float32, 3),
           "viewdirs": (torch.float32, 3), "rgb": (torch.float32, 3),
           "crop": (torch.float16, 0), "img": (torch.int32, 0)}
-_META_FILES = ("poses_bounds.npy",)
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff", ".bmp", ".webp")
 
 
 class RayCacheError(RuntimeError):
@@ -52,43 +56,69 @@ def shard_sizes(n_rays: int, n_shards: int) -> list[int]:
     return [max(0, (n_rays - s + n_shards - 1) // n_shards) for s in range(n_shards)]
 
 
+def rebuild_hint(url: str) -> str:
+    """What to do about a damaged cache folder (ends every such error)."""
+    return (f"delete the cache folder {storage.redact(url)} or run `nerf-dist cache --rebuild` "
+            f"with the same config and overrides")
+
+
 # ----------------------------------------------------------------------------- key
 
-def _is_meta(name: str) -> bool:
-    return name in _META_FILES or (name.startswith("transforms") and name.endswith(".json"))
+def _file_entry(path: str, real_root: str, content: bool) -> list:
+    """[label, size, mtime_ns or sha256 of the contents] of one scene file.
+
+    label: the resolved path (symlinks followed) relative to the resolved data.root, or absolute
+    when it lies outside (so moving a whole scene folder keeps its cache, and repointing a
+    symlink does not).
+    """
+    real = os.path.realpath(path)
+    rel = os.path.relpath(real, real_root)
+    label = rel.replace(os.sep, "/") if rel != ".." and not rel.startswith(".." + os.sep) else real
+    try:
+        st = os.stat(real)
+        if content:
+            with open(real, "rb") as f:
+                return [label, st.st_size, hashlib.sha256(f.read()).hexdigest()]
+    except OSError as e:
+        raise SceneError(f"cannot key the ray cache: cannot read scene file {path}: {e}") from e
+    return [label, st.st_size, st.st_mtime_ns]
+
+
+def key_inputs(data_cfg: DataConfig, split: str = "train") -> dict:
+    """What :func:`cache_key` hashes: the settings that change rays, the reader's format, and one
+    entry per file the scene reader reads for split (``meta``: contents; ``data``: size and
+    mtime_ns), in reading order. Parses only metadata (no image is decoded).
+
+    NOTE: data.allow_outside_root is not a setting here: it only admits files, and those enter the
+    key through the file list.
+    """
+    from .scenes import scene_sources
+    return _key_inputs(data_cfg, split, scene_sources(data_cfg, split))
+
+
+def _key_inputs(data_cfg: DataConfig, split: str, files) -> dict:
+    """key_inputs for the SceneFiles files."""
+    from .scenes import scene_format
+    real_root = os.path.realpath(str(data_cfg.root))
+    return {"version": CACHE_VERSION, "format": scene_format(data_cfg),
+            "downscale": data_cfg.downscale, "white_background": data_cfg.white_background,
+            "skip_missing": data_cfg.skip_missing, "llff_hold": data_cfg.llff_hold,
+            "ndc": str(data_cfg.ndc).lower(), "cache_shards": data_cfg.cache_shards, "split": split,
+            "meta": [_file_entry(f, real_root, True) for f in files.meta],
+            "data": [_file_entry(f, real_root, False) for f in files.data]}
 
 
 def cache_key(data_cfg: DataConfig, split: str = "train") -> str:
-    """sha256 (hex) identifying the rays a scene + settings produce, without decoding images.
+    """sha256 (hex) identifying the rays a scene + settings produce (see :func:`key_inputs`).
 
-    Hashes the contents of the metadata files (transforms*.json, poses_bounds.npy), the relative
-    path, size and mtime of every image file under data_cfg.root, the settings that change rays,
-    and the cache format version.
+    SceneError (naming the file) when the scene cannot be indexed: missing folder or files, a
+    file_path outside data.root without data.allow_outside_root, broken metadata.
     """
-    root = str(data_cfg.root)
-    if not os.path.isdir(root):
-        raise RayCacheError(f"cannot key the ray cache: scene folder not found: {root}")
-    h = hashlib.sha256()
-    settings = {"version": CACHE_VERSION, "format": data_cfg.format, "downscale": data_cfg.downscale,
-                "white_background": data_cfg.white_background, "skip_missing": data_cfg.skip_missing,
-                "llff_hold": data_cfg.llff_hold, "ndc": str(data_cfg.ndc).lower(),
-                "cache_shards": data_cfg.cache_shards, "split": split}
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        # NOTE: hidden folders (.git, editor state) never hold scene data; sort for a stable order.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            if _is_meta(name):
-                with open(path, "rb") as f:
-                    entries.append(("meta", rel, hashlib.sha256(f.read()).hexdigest()))
-            elif name.lower().endswith(_IMAGE_EXTS):
-                st = os.stat(path)
-                entries.append(("image", rel, st.st_size, st.st_mtime_ns))
-    h.update(json.dumps(sorted(entries)).encode())
-    return h.hexdigest()
+    return _digest(key_inputs(data_cfg, split))
+
+
+def _digest(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -96,8 +126,9 @@ def cache_key(data_cfg: DataConfig, split: str = "train") -> str:
 class RayCache:
     """A complete ray cache on storage (opened from its manifest).
 
-    Attributes: url, key, n_shards, n_rays, shard_sizes (list[int]), H, W, n_images, and meta
-    (near, far, aabb, background, ndc, ndc_focal, ndc_size, split, files).
+    Attributes: url, key, n_shards, n_rays, shard_sizes (list[int]), checksums (per shard
+    {"bytes": int, "sha256": hex}), H, W, n_images, and meta (near, far, aabb, background, ndc,
+    ndc_focal, ndc_size, split, files).
     """
 
     def __init__(self, url: str, manifest: dict):
@@ -107,6 +138,7 @@ class RayCache:
         self.n_shards: int = int(manifest["n_shards"])
         self.n_rays: int = int(manifest["n_rays"])
         self.shard_sizes: list[int] = [int(x) for x in manifest["shard_sizes"]]
+        self.checksums: list[dict] = [dict(c) for c in manifest["shards"]]
         self.H: int = int(manifest["H"])
         self.W: int = int(manifest["W"])
         self.n_images: int = int(manifest["n_images"])
@@ -115,7 +147,7 @@ class RayCache:
     @classmethod
     def open(cls, url: str) -> "RayCache":
         """Open the cache folder at url; RayCacheError naming the URL if it is not a complete,
-        valid cache of this version."""
+        valid cache of this version (shards are verified when read, not here)."""
         path = storage.join(url, MANIFEST)
         where = storage.redact(path)
         try:
@@ -128,37 +160,61 @@ class RayCache:
         try:
             manifest = json.loads(text)
         except json.JSONDecodeError as e:
-            raise RayCacheError(f"corrupt ray cache manifest {where}: {e}") from e
+            raise RayCacheError(f"corrupt ray cache manifest {where}: {e}; {rebuild_hint(url)}") from e
         problem = _manifest_problem(manifest)
         if problem:
-            raise RayCacheError(f"invalid ray cache manifest {where}: {problem}")
+            raise RayCacheError(f"invalid ray cache manifest {where}: {problem}; {rebuild_hint(url)}")
         return cls(url, manifest)
 
     def shard_url(self, s: int) -> str:
         return storage.join(self.url, shard_name(s))
 
-    def read_shard(self, s: int) -> dict[str, torch.Tensor]:
-        """Shard s as a dict of tensors (see the module docstring); RayCacheError names the URL."""
+    def check_bytes(self, s: int, raw: bytes) -> None:
+        """RayCacheError naming the shard unless raw has the size and sha256 the manifest records."""
+        want = self.checksums[s]
+        where = storage.redact(self.shard_url(s))
+        if len(raw) != int(want["bytes"]):
+            raise RayCacheError(f"ray cache shard {where} is damaged: {len(raw)} bytes, the manifest "
+                                f"records {want['bytes']} (truncated or overwritten); "
+                                f"{rebuild_hint(self.url)}")
+        got = hashlib.sha256(raw).hexdigest()
+        if got != want["sha256"]:
+            raise RayCacheError(f"ray cache shard {where} is damaged: sha256 {got[:16]}... differs "
+                                f"from the manifest's {str(want['sha256'])[:16]}...; "
+                                f"{rebuild_hint(self.url)}")
+
+    def read_shard(self, s: int, verify: bool = True) -> dict[str, torch.Tensor]:
+        """Shard s as a dict of tensors (see the module docstring), its bytes checked against the
+        manifest first (verify); RayCacheError names the URL and says how to rebuild."""
         if not 0 <= s < self.n_shards:
             raise IndexError(f"shard {s} out of range [0, {self.n_shards}) in {storage.redact(self.url)}")
         url = self.shard_url(s)
         where = storage.redact(url)
         try:
-            data = torch.load(io.BytesIO(storage.read_bytes(url)), weights_only=True, map_location="cpu")
+            raw = storage.read_bytes(url)
         except FileNotFoundError as e:
-            raise RayCacheError(f"ray cache shard not found: {where}") from e
-        except Exception as e:  # noqa: BLE001 - storage or unpickling error: name the URL
+            raise RayCacheError(f"ray cache shard not found: {where} (the cache is incomplete); "
+                                f"{rebuild_hint(self.url)}") from e
+        except Exception as e:  # noqa: BLE001 - storage error: name the URL
             raise RayCacheError(f"cannot read ray cache shard {where}: {type(e).__name__}: {e}") from e
+        if verify:
+            self.check_bytes(s, raw)
+        try:
+            data = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - unpickling error: name the URL
+            raise RayCacheError(f"cannot load ray cache shard {where}: {type(e).__name__}: {e}; "
+                                f"{rebuild_hint(self.url)}") from e
         n = self.shard_sizes[s]
         if not isinstance(data, dict):
-            raise RayCacheError(f"corrupt ray cache shard {where}: expected a dict of tensors")
+            raise RayCacheError(f"corrupt ray cache shard {where}: expected a dict of tensors; "
+                                f"{rebuild_hint(self.url)}")
         for name, (dtype, width) in FIELDS.items():
             t = data.get(name)
             shape = (n, width) if width else (n,)
             if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
                 got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise RayCacheError(f"corrupt ray cache shard {where}: field '{name}' should be "
-                                    f"{dtype} {shape}, got {got}")
+                                    f"{dtype} {shape}, got {got}; {rebuild_hint(self.url)}")
         return data
 
     def __repr__(self) -> str:
@@ -171,15 +227,22 @@ def _manifest_problem(m) -> str:
     if not isinstance(m, dict):
         return "not a JSON object"
     if m.get("version") != CACHE_VERSION:
-        return f"format version {m.get('version')!r}, this code reads version {CACHE_VERSION} (rebuild it)"
-    for k in ("key", "n_shards", "n_rays", "shard_sizes", "H", "W", "n_images", "meta"):
+        old = " (an older format without shard checksums)" if m.get("version") == 1 else ""
+        return (f"format version {m.get('version')!r}{old}, this code reads version "
+                f"{CACHE_VERSION}")
+    for k in ("key", "n_shards", "n_rays", "shard_sizes", "shards", "H", "W", "n_images", "meta"):
         if k not in m:
             return f"missing field '{k}'"
     try:
         if list(m["shard_sizes"]) != shard_sizes(int(m["n_rays"]), int(m["n_shards"])):
             return "shard_sizes do not match n_rays and n_shards"
+        sums = m["shards"]
+        if len(sums) != int(m["n_shards"]) or not all(
+                isinstance(c, dict) and isinstance(c.get("bytes"), int)
+                and isinstance(c.get("sha256"), str) and len(c["sha256"]) == 64 for c in sums):
+            return "'shards' must hold one {bytes, sha256} entry per shard"
     except (TypeError, ValueError):
-        return "bad n_rays / n_shards / shard_sizes"
+        return "bad n_rays / n_shards / shard_sizes / shards"
     return ""
 
 
@@ -219,10 +282,12 @@ def shard_rays(scene, s: int, n_shards: int) -> dict[str, torch.Tensor]:
 
 
 def build_shards(scene, url: str, n_shards: int, rank: int = 0, world_size: int = 1,
-                 log: Callable[[str], None] = print) -> list[int]:
-    """Write the shards this rank owns (s % world_size == rank) under url; returns their indices.
+                 log: Callable[[str], None] = print) -> dict[int, dict]:
+    """Write the shards this rank owns (s % world_size == rank) under url.
 
-    Holds one shard's rays at a time (beside the scene). Progress goes to log on rank 0.
+    Returns {shard: {"bytes": int, "sha256": hex}} in shard order, computed from the bytes before
+    they go to storage (so damage in transit or at rest is caught when they are read back). Holds
+    one shard's rays at a time (beside the scene). Progress goes to log on rank 0.
     """
     n_rays = scene.n * scene.H * scene.W
     if n_rays < n_shards:
@@ -230,27 +295,36 @@ def build_shards(scene, url: str, n_shards: int, rank: int = 0, world_size: int 
     storage.makedirs(url)
     mine = list(range(rank, n_shards, world_size))
     step = max(1, len(mine) // 4)
+    sums = {}
     for j, s in enumerate(mine):
         buf = io.BytesIO()
         torch.save(shard_rays(scene, s, n_shards), buf)
-        storage.write_bytes(storage.join(url, shard_name(s)), buf.getvalue())
+        raw = buf.getvalue()
+        sums[s] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        storage.write_bytes(storage.join(url, shard_name(s)), raw)
         if rank == 0 and ((j + 1) % step == 0 or j + 1 == len(mine)):
             log(f"ray cache: rank 0 wrote {j + 1}/{len(mine)} of its shards "
                 f"({n_shards} shards over {world_size} rank(s))")
-    return mine
+    return sums
 
 
-def write_manifest(scene, url: str, key: str, n_shards: int) -> None:
-    """Write manifest.json (the commit marker) after checking every shard file is present."""
+def write_manifest(scene, url: str, key: str, n_shards: int, checksums: dict[int, dict],
+                   inputs: dict | None = None) -> None:
+    """Write manifest.json (the commit marker) after checking every shard file is present and
+    has a checksum. checksums: {shard: {"bytes", "sha256"}} from every rank's
+    :func:`build_shards`; inputs: :func:`key_inputs` (recorded to explain a key)."""
     present = set(storage.listdir(url))
-    missing = [shard_name(s) for s in range(n_shards) if shard_name(s) not in present]
+    missing = [shard_name(s) for s in range(n_shards)
+               if shard_name(s) not in present or s not in checksums]
     if missing:
         raise RayCacheError(f"cannot commit ray cache {storage.redact(url)}: {len(missing)} shard "
-                            f"file(s) missing, e.g. {missing[0]}")
+                            f"file(s) missing or without a checksum, e.g. {missing[0]}")
     n_rays = scene.n * scene.H * scene.W
     manifest = {
         "version": CACHE_VERSION, "key": key, "n_shards": n_shards, "n_rays": n_rays,
         "shard_sizes": shard_sizes(n_rays, n_shards),
+        "shards": [{"bytes": int(checksums[s]["bytes"]), "sha256": str(checksums[s]["sha256"])}
+                   for s in range(n_shards)],
         "H": scene.H, "W": scene.W, "n_images": scene.n,
         "fields": {k: [str(d).replace("torch.", ""), w] for k, (d, w) in FIELDS.items()},
         "meta": {"near": float(scene.near), "far": float(scene.far),
@@ -259,46 +333,107 @@ def write_manifest(scene, url: str, key: str, n_shards: int) -> None:
                  "ndc": bool(scene.ndc), "ndc_focal": float(scene.ndc_focal),
                  "ndc_size": [int(x) for x in scene.ndc_size],
                  "split": scene.split, "files": [str(f) for f in scene.files]},
+        "inputs": inputs,
     }
     storage.write_text(storage.join(url, MANIFEST), json.dumps(manifest, indent=1))
 
 
-def _valid_cache(url: str, key: str) -> bool:
+def all_gather(obj, rank: int, world_size: int) -> list:
+    """[obj of rank 0, ..., obj of rank world_size-1] on every rank (collective; small objects).
+
+    NOTE: world_size broadcasts through :func:`nerf_dist.dist.broadcast_object`, the one collective
+    for Python objects dist.py offers; fine for the few, small messages sent here. Without a
+    process group, only this rank's slot is filled (the others are None).
+    """
+    return [dist.broadcast_object(obj if r == rank else None, src=r) for r in range(world_size)]
+
+
+def verify_shards(cache: RayCache, rank: int = 0, world_size: int = 1) -> int:
+    """Check the size + sha256 of the shards this rank owns (s % world_size == rank), without
+    unpickling them; returns how many. Collective: a damaged shard raises RayCacheError on every
+    rank."""
+    err, n = "", 0
     try:
-        return RayCache.open(url).key == key
-    except RayCacheError:
-        return False
+        for s in range(rank, cache.n_shards, world_size):
+            cache.check_bytes(s, storage.read_bytes(cache.shard_url(s)))
+            n += 1
+    except FileNotFoundError:
+        err = (f"ray cache shard not found: {storage.redact(cache.shard_url(s))}; "
+               f"{rebuild_hint(cache.url)}")
+    except (RayCacheError, OSError) as e:
+        err = str(e)
+    errs = [e for e in (all_gather(err, rank, world_size) if world_size > 1 else [err]) if e]
+    if errs:
+        raise RayCacheError(err or errs[0])
+    return n
+
+
+def _cache_problem(url: str, key: str) -> str | None:
+    """None when url holds a valid cache for key; else why not ('' when there is no manifest)."""
+    try:
+        cache = RayCache.open(url)
+    except RayCacheError as e:
+        # NOTE: the remedy in the message is what ensure_cache is about to do: leave it out.
+        return "" if isinstance(e.__cause__, FileNotFoundError) else \
+            str(e).replace(f"; {rebuild_hint(url)}", "")
+    return None if cache.key == key else f"its key {cache.key[:16]}... is not {key[:16]}..."
 
 
 def ensure_cache(data_cfg: DataConfig, base_url: str, rank: int = 0, world_size: int = 1,
-                 log: Callable[[str], None] = print, scene=None) -> RayCache:
-    """Open the cache of data_cfg's train split under base_url, building it first if needed.
+                 log: Callable[[str], None] = print, scene=None, rebuild: bool = False) -> RayCache:
+    """Open the cache of data_cfg's train split under base_url, building it first if needed
+    (or always, with rebuild).
 
-    Collective: every rank must call it. Building: each rank writes the shards it owns, then rank 0
-    writes the manifest between two barriers. scene: an already loaded train Scene (else
-    :func:`nerf_dist.scenes.load_scene` is called only when a build is needed).
+    Collective: every rank must call it. Building: each rank writes the shards it owns, the
+    checksums are gathered, then rank 0 writes the manifest between two barriers. scene: an
+    already loaded train Scene (else :func:`nerf_dist.scenes.load_scene` is called only when a
+    build is needed).
     """
-    key = cache_key(data_cfg, "train")
+    from .scenes import scene_sources
+    files = scene_sources(data_cfg, "train")
+    inputs = _key_inputs(data_cfg, "train", files)
+    # NOTE: every rank indexes the scene (so a bad scene fails on all of them alike), but rank 0's
+    # key wins: a file touched between two ranks' reads must not split them over two folders.
+    key = dist.broadcast_object(_digest(inputs))
     url = storage.join(base_url, key[:16])
+    where = storage.redact(url)
     # NOTE: rank 0 decides so every rank takes the same branch (a manifest could appear mid-check).
-    valid = dist.broadcast_object(_valid_cache(url, key) if rank == 0 else None)
-    if not valid:
+    problem = dist.broadcast_object(("--rebuild" if rebuild else _cache_problem(url, key))
+                                    if rank == 0 else None)
+    if problem is not None:
         if rank == 0:
-            log(f"ray cache: building {storage.redact(url)} ({data_cfg.cache_shards} shards)")
+            why = f"rebuilding {where}: {problem}" if problem else f"building {where}"
+            log(f"ray cache: {why} ({data_cfg.cache_shards} shards)")
             storage.remove(storage.join(url, MANIFEST))  # a stale/corrupt marker must not survive
         if scene is None:
             from .scenes import load_scene
             scene = load_scene(data_cfg, "train")
-        build_shards(scene, url, data_cfg.cache_shards, rank, world_size, log)
+        # NOTE: a rank that fails here must not leave the others waiting in the gather below:
+        # its error travels with the checksums and every rank raises it.
+        mine, err = {}, ""
+        try:
+            if scene.sources.all and _key_inputs(data_cfg, "train", scene.sources) != inputs:
+                raise RayCacheError(f"the scene files under {data_cfg.root} changed while the ray "
+                                    f"cache was being built; run the command again")
+            mine = build_shards(scene, url, data_cfg.cache_shards, rank, world_size, log)
+        except Exception as e:  # noqa: BLE001 - re-raised below on every rank
+            err = f"[rank {rank}] {e}" if world_size > 1 else str(e)
+            if world_size == 1:
+                raise
+        parts = all_gather((mine, err), rank, world_size)
+        errs = [e for part in parts if part for e in part[1:] if e]
+        if errs:
+            raise RayCacheError(f"building the ray cache {where} failed: {errs[0]}")
+        sums = {s: c for part in parts if part for s, c in part[0].items()}
         dist.barrier()
         if rank == 0:
-            write_manifest(scene, url, key, data_cfg.cache_shards)
-            log(f"ray cache: committed {storage.redact(url)}")
+            write_manifest(scene, url, key, data_cfg.cache_shards, sums, inputs)
+            log(f"ray cache: committed {where}")
         dist.barrier()
     elif rank == 0:
-        log(f"ray cache: reusing {storage.redact(url)}")
+        log(f"ray cache: reusing {where}")
     cache = RayCache.open(url)
     if cache.key != key:
-        raise RayCacheError(f"ray cache {storage.redact(url)} has key {cache.key[:16]}..., "
-                            f"expected {key[:16]}...")
+        raise RayCacheError(f"ray cache {where} has key {cache.key[:16]}..., expected {key[:16]}...; "
+                            f"{rebuild_hint(url)}")
     return cache

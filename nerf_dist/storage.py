@@ -1,18 +1,67 @@
 """One seam for files: local paths through ``os``, anything with ``://`` through fsspec.
 
 All functions take a path or URL string. Credentials are never passed here: fsspec backends read
-them from the environment or their own configuration files.
+them from the environment or their own configuration files (AWS_* variables, ~/.aws, fsspec's
+config). A URL that carries ``user:password@`` anyway is only ever shown redacted: :func:`redact`
+for one URL, :func:`scrub` for any text (error messages of fsspec/botocore included) and
+:func:`redact_tree` for configs and status files; every error raised here is scrubbed.
+
+Remote calls (URLs) have a timeout and a bounded retry: :func:`configure` sets ``timeout_s``
+(passed to the backend where it takes one: botocore's connect/read timeouts for s3://),
+``retries`` (extra attempts after the first, for transient errors only: timeouts, refused or
+reset connections, 5xx/throttling answers; never for missing files or denied access) and
+``backoff_s`` (wait before the first retry, doubling after each). While waiting to retry, a
+line on stderr says what for and which attempt comes next; when the attempts run out a
+StorageError names the (redacted) URL and the number of attempts. Local paths are plain ``os``
+calls (network file systems mounted locally retry in the kernel).
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import posixpath
+import re
 import shutil
+import sys
+import time
 import uuid
+from urllib.parse import unquote
+
+_SETTINGS = {"timeout_s": 60.0, "retries": 3, "backoff_s": 1.0}
 
 
 class StorageError(OSError):
     """A storage location could not be reached, read or written; the message names the URL."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """A storage object does not exist (still a FileNotFoundError for callers that expect one)."""
+
+
+class StoragePermissionError(StorageError, PermissionError):
+    """Storage refused access (still a PermissionError); credentials come from the environment."""
+
+
+def configure(timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 1.0) -> None:
+    """Set the timeout per remote call, extra attempts for transient errors, and the first backoff.
+
+    Module-wide (every later call in this process); defaults are the config's storage.* defaults.
+    """
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
+            or not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ValueError(f"storage.timeout_s must be a finite number > 0, got {timeout_s!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"storage.retries must be a whole number >= 0, got {retries!r}")
+    if isinstance(backoff_s, bool) or not isinstance(backoff_s, (int, float)) \
+            or not math.isfinite(backoff_s) or backoff_s < 0:
+        raise ValueError(f"storage.backoff_s must be a finite number >= 0, got {backoff_s!r}")
+    _SETTINGS.update(timeout_s=float(timeout_s), retries=int(retries), backoff_s=float(backoff_s))
+
+
+def settings() -> dict:
+    """The current timeout_s, retries and backoff_s (a copy)."""
+    return dict(_SETTINGS)
 
 
 def is_url(path: str) -> bool:
@@ -24,12 +73,196 @@ def _local(path: str) -> str:
     return p[len("file://"):] if p.startswith("file://") else p
 
 
+# ------------------------------------------------------------------------------ credentials
+
+# scheme://user:password@ or scheme://token@ (the password may hold "/", as AWS secrets do).
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)"
+                           r"(?P<user>[^/\s:@'\"<>]+)(?::(?P<pw>[^\s@'\"<>]*))?@")
+# user:password@host without a scheme, as fsspec and botocore print paths ("/u:pw@host/k",
+# 'Invalid bucket name "KEY:SECRET@bucket"').
+_BARE_USERINFO = re.compile(r"(?<![A-Za-z0-9._~%+\-])(?P<user>[A-Za-z0-9._~%+\-]+):"
+                            r"(?P<pw>[^\s@'\"<>/:]+)@(?=[A-Za-z0-9\[])")
+# Secrets seen in URLs by this process: later text may show them in other shapes (a bucket name,
+# a decoded path), so they are replaced wherever they appear. Short ones would hit ordinary words.
+_SECRETS: set[str] = set()
+_MIN_SECRET = 4
+
+
+def _remember(secret: str | None) -> None:
+    if not secret:
+        return
+    for s in {secret, unquote(secret), *secret.split("/")}:
+        if len(s) >= _MIN_SECRET:
+            _SECRETS.add(s)
+
+
+def _url_repl(m: re.Match) -> str:
+    pw = m.group("pw")
+    if pw is not None and "/" in pw and pw.split("/", 1)[0].isdigit():
+        return m.group(0)  # host:port/path@...: no credentials, an "@" further on in the path
+    _remember(pw if pw is not None else m.group("user"))
+    return f"{m.group('scheme')}***@"
+
+
+def _bare_repl(m: re.Match) -> str:
+    _remember(m.group("pw"))
+    return "***@"
+
+
+def scrub(text) -> str:
+    """text with every credential removed: ``scheme://user:password@`` and ``scheme://token@``
+    become ``scheme://***@``, ``user:password@host`` in paths becomes ``***@host``, and secrets
+    seen earlier in this process become ``***`` wherever they appear."""
+    t = _URL_USERINFO.sub(_url_repl, str(text))
+    t = _BARE_USERINFO.sub(_bare_repl, t)
+    for s in sorted(_SECRETS, key=len, reverse=True):
+        if s in t:
+            t = t.replace(s, "***")
+    return t
+
+
+def redact(url: str) -> str:
+    """URL with any user:password@ part removed (for messages and logs)."""
+    return scrub(str(url))
+
+
+def redact_tree(obj):
+    """A copy of a nested dict/list/tuple with every string (keys too) passed through
+    :func:`scrub`; other values are returned as they are (not copied)."""
+    if isinstance(obj, str):
+        return scrub(obj)
+    if isinstance(obj, dict):
+        return {redact_tree(k): redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_tree(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(redact_tree(v) for v in obj)
+    return obj
+
+
+def _why(e: BaseException) -> str:
+    """'Type: message' of an exception, scrubbed and cut to one readable line."""
+    msg = " ".join(str(e).split())
+    if len(msg) > 400:
+        msg = msg[:400] + " ..."
+    return scrub(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
+
+
+# ------------------------------------------------------------------------------ retries
+
+_NEVER_RETRY = (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError,
+                NotADirectoryError)
+_TRANSIENT_ERRNOS = {getattr(errno, n) for n in (
+    "ETIMEDOUT", "ECONNREFUSED", "ECONNRESET", "ECONNABORTED", "EHOSTUNREACH", "ENETUNREACH",
+    "ENETDOWN", "ENETRESET", "EPIPE", "EAGAIN", "EBUSY", "EREMOTEIO") if hasattr(errno, n)}
+# Transport errors of botocore, aiohttp, urllib3 and fsspec, by class name (no import needed).
+_TRANSIENT_NAMES = {"HTTPClientError", "EndpointConnectionError", "ConnectTimeoutError",
+                    "ReadTimeoutError", "ConnectionClosedError", "ProxyConnectionError",
+                    "ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError",
+                    "ServerTimeoutError", "ClientPayloadError", "IncompleteRead",
+                    "ResponseParserError", "FSTimeoutError", "ProtocolError", "NewConnectionError"}
+
+
+def _http_status(e: BaseException) -> int | None:
+    for x in (e, e.__cause__, e.__context__):
+        if x is None:
+            continue
+        resp = getattr(x, "response", None)
+        if isinstance(resp, dict):
+            code = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(code, int):
+                return code
+        code = getattr(x, "status", None)
+        if isinstance(code, int) and 100 <= code < 600:
+            return code
+    return None
+
+
+def is_transient(e: BaseException) -> bool:
+    """True for errors worth retrying: timeouts, refused/reset connections, 5xx and throttling
+    answers. Missing files, denied access and other client errors are never retried."""
+    if isinstance(e, _NEVER_RETRY):
+        return False
+    if isinstance(e, (TimeoutError, ConnectionError)):
+        return True
+    if any(c.__name__ in _TRANSIENT_NAMES for c in type(e).__mro__):
+        return True
+    if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+        return True
+    status = _http_status(e)
+    return status is not None and (status >= 500 or status == 429)
+
+
+def _log(line: str) -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank not in (None, "0") else ""
+    print(f"{prefix}nerf-dist storage: {scrub(line)}", file=sys.stderr, flush=True)
+
+
+def _translate(e: Exception, what: str, url: str) -> StorageError:
+    """A scrubbed StorageError (keeping FileNotFoundError / PermissionError-ness) for e."""
+    if isinstance(e, StorageError):
+        return e
+    cls = (StorageNotFoundError if isinstance(e, FileNotFoundError) else
+           StoragePermissionError if isinstance(e, PermissionError) else StorageError)
+    return cls(f"cannot {what} {redact(url)}: {_why(e)}")
+
+
+def _retry(what: str, url: str, fn):
+    """fn() (one remote storage call on url) under the retry policy; errors come out scrubbed.
+
+    NOTE: the original exception is not chained (raise ... from None): its text and its own
+    causes may hold the credentials this module promises never to print.
+    """
+    attempts = _SETTINGS["retries"] + 1
+    delay = _SETTINGS["backoff_s"]
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - classified below; nothing passes unscrubbed
+            if not is_transient(e):
+                raise _translate(e, what, url) from None
+            if attempt == attempts:
+                raise StorageError(
+                    f"cannot {what} {redact(url)}: gave up after {attempts} attempt(s) "
+                    f"(storage.timeout_s={_SETTINGS['timeout_s']:g}, storage.retries="
+                    f"{_SETTINGS['retries']}); last error: {_why(e)}") from None
+            _log(f"{what} {redact(url)} failed ({_why(e)}); waiting {delay:.1f} s, then attempt "
+                 f"{attempt + 1} of {attempts}")
+            time.sleep(delay)
+            delay *= 2
+
+
+# ------------------------------------------------------------------------------ backends
+
+def _options(url: str) -> dict:
+    """fsspec storage options that carry the timeout to backends that take one.
+
+    s3fs: botocore's connect/read timeouts, and one attempt per call (botocore's own retries and
+    s3fs' would multiply ours; a frozen server then took minutes to report). A user's own
+    fsspec config for s3 (config_kwargs) is kept; only these keys are overridden.
+    """
+    proto = str(url).split("://", 1)[0].lower()
+    if proto not in ("s3", "s3a"):
+        return {}
+    try:
+        from fsspec.config import conf
+        base = dict((conf.get(proto) or {}).get("config_kwargs") or {})
+    except ImportError:
+        base = {}
+    t = _SETTINGS["timeout_s"]
+    base.update(connect_timeout=t, read_timeout=t, retries={"total_max_attempts": 1})
+    return {"config_kwargs": base}
+
+
 def _fs(url: str):
     import fsspec
     try:
-        fs, p = fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as e:
-        raise StorageError(f"cannot open storage {redact(url)}: {e}") from e
+        fs, p = fsspec.core.url_to_fs(url, **_options(url))
+    except Exception as e:  # noqa: BLE001 - unknown protocol, missing backend, bad URL
+        raise StorageError(f"cannot open storage {redact(url)}: {_why(e)}") from None
+    if "S3FileSystem" in {c.__name__ for c in type(fs).__mro__}:
+        fs.retries = 1  # NOTE: s3fs retries each call 5 times on its own; we retry instead
     return fs, p
 
 
@@ -46,6 +279,32 @@ def _fresh(fs, p: str) -> None:
         pass
 
 
+# A write must move at least this much per timeout_s (0.5 MiB/s at the default 60 s) to count as alive.
+_WRITE_BYTES_PER_TIMEOUT = 32 << 20
+
+
+def _put(fs, p: str, data: bytes) -> None:
+    """One whole-object write, with a deadline for async backends.
+
+    NOTE: botocore sends PUT bodies with "Expect: 100-continue", and aiohttp waits for the 100
+    answer without any read timeout: against a frozen server a write hung for ever although
+    reads timed out. Async backends (s3fs, gcsfs, http) therefore run the write under fsspec's
+    own deadline, which cancels it: timeout_s per started 32 MiB.
+    """
+    try:
+        from fsspec.asyn import AsyncFileSystem, sync
+    except ImportError:  # pragma: no cover - fsspec always has it
+        AsyncFileSystem = ()
+    if isinstance(fs, AsyncFileSystem) and hasattr(fs, "_pipe_file"):
+        deadline = _SETTINGS["timeout_s"] * (1 + len(data) // _WRITE_BYTES_PER_TIMEOUT)
+        try:
+            sync(fs.loop, fs._pipe_file, p, data, timeout=deadline)
+        except TimeoutError as e:  # fsspec's FSTimeoutError carries no message
+            raise TimeoutError(f"no answer within {deadline:g} s") from e
+        return
+    fs.pipe_file(p, data)
+
+
 # Object stores: "directories" are key prefixes; makedirs on them is a no-op, and must not
 # create a bucket by accident (a typo in a bucket name should fail, not create one).
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"}
@@ -54,16 +313,6 @@ _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss",
 def _is_object_store(fs) -> bool:
     proto = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return any(p in _OBJECT_STORES for p in proto)
-
-
-def redact(url: str) -> str:
-    """URL with any user:password@ part removed (for messages and logs)."""
-    u = str(url)
-    if "://" in u and "@" in u.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = u.split("://", 1)
-        host_part, _, tail = rest.partition("/")
-        return f"{scheme}://***@{host_part.rsplit('@', 1)[1]}/{tail}"
-    return u
 
 
 def join(base: str, *parts: str) -> str:
@@ -75,8 +324,11 @@ def join(base: str, *parts: str) -> str:
 def exists(path: str) -> bool:
     if is_url(path):
         fs, p = _fs(path)
-        _fresh(fs, p)
-        return fs.exists(p)
+
+        def op():
+            _fresh(fs, p)
+            return fs.exists(p)
+        return _retry("check", path, op)
     return os.path.exists(_local(path))
 
 
@@ -85,10 +337,14 @@ def makedirs(path: str) -> None:
         fs, p = _fs(path)
         if _is_object_store(fs):
             return
-        try:
-            fs.makedirs(p, exist_ok=True)
-        except Exception:  # object stores have no real directories
-            pass
+
+        def op():
+            try:
+                fs.makedirs(p, exist_ok=True)
+            except Exception as e:  # noqa: BLE001 - some backends have no real directories
+                if is_transient(e):
+                    raise
+        _retry("create folder", path, op)
         return
     os.makedirs(_local(path), exist_ok=True)
 
@@ -97,14 +353,17 @@ def listdir(path: str) -> list[str]:
     """Base names directly under path (empty when it does not exist)."""
     if is_url(path):
         fs, p = _fs(path)
-        try:
-            fs.invalidate_cache(p)
-        except Exception:
-            pass
-        try:
-            return sorted(posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
-        except FileNotFoundError:
-            return []
+
+        def op():
+            try:
+                fs.invalidate_cache(p)
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                return sorted(posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
+            except FileNotFoundError:
+                return []
+        return _retry("list", path, op)
     try:
         return sorted(os.listdir(_local(path)))
     except FileNotFoundError:
@@ -114,9 +373,11 @@ def listdir(path: str) -> list[str]:
 def read_bytes(path: str) -> bytes:
     if is_url(path):
         fs, p = _fs(path)
-        _fresh(fs, p)
-        with fs.open(p, "rb") as f:
-            return f.read()
+
+        def op():
+            _fresh(fs, p)
+            return fs.cat_file(p)
+        return _retry("read", path, op)
     with open(_local(path), "rb") as f:
         return f.read()
 
@@ -127,11 +388,11 @@ def read_text(path: str) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file. Local writes go to a temp file then rename (atomic); an object-store
-    PUT of one object is atomic by itself."""
+    PUT of one object is atomic by itself (and a retried PUT rewrites the same bytes)."""
     if is_url(path):
         fs, p = _fs(path)
-        with fs.open(p, "wb") as f:
-            f.write(data)
+
+        _retry("write", path, lambda: _put(fs, p, bytes(data)))
         return
     p = _local(path)
     os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
@@ -150,10 +411,13 @@ def write_text(path: str, text: str) -> None:
 def remove(path: str, recursive: bool = False) -> None:
     if is_url(path):
         fs, p = _fs(path)
-        try:
-            fs.rm(p, recursive=recursive)
-        except FileNotFoundError:
-            pass
+
+        def op():
+            try:
+                fs.rm(p, recursive=recursive)
+            except FileNotFoundError:
+                pass
+        _retry("delete", path, op)
         return
     p = _local(path)
     if os.path.isdir(p):
@@ -171,4 +435,4 @@ def check_writable(path: str) -> None:
         remove(probe)
     except Exception as e:  # noqa: BLE001 - any backend error means unusable
         raise StorageError(f"storage location {redact(path)} is not writable or not reachable: "
-                           f"{type(e).__name__}: {e}") from e
+                           f"{_why(e)}") from None

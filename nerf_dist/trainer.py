@@ -21,6 +21,7 @@ from . import storage
 from .checkpoint import Checkpointer
 from .config import Config, ConfigError, diff_keys, dump_yaml, from_dict, to_dict
 from .dist import DistInfo, broadcast_object
+from .lifecycle import NonFiniteError, StallWatchdog, StopSignals, write_status
 from .loader import RayLoader
 from .logger import make_logger
 from .metrics import mse_to_psnr
@@ -81,11 +82,14 @@ class _CommTimer:
 class Trainer:
     """Train a NeRF as configured. Methods: train_step, train, evaluate_val, save, close."""
 
-    def __init__(self, cfg: Config, dist: DistInfo):
+    def __init__(self, cfg: Config, dist: DistInfo, stop: StopSignals | None = None):
         self.cfg = cfg
         self.dist = dist
         self.device = dist.device
         self.paths = run_paths(cfg)
+        self.stop = stop
+        self.watchdog = StallWatchdog(dist.rank, cfg.dist.stall_warn_s,
+                                      cfg.dist.timeout_s if dist.distributed else None)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         if self.device.type == "cpu":
@@ -99,8 +103,9 @@ class Trainer:
         self.ckpt = Checkpointer(self.paths["checkpoints"], cfg.checkpoint.keep, dist.is_main)
         self._check_checkpoint_dir()
 
-        self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
-                                  log=self.log.info)
+        with self.watchdog.waiting("the ray cache (building or reading it, or a peer doing so)"):
+            self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
+                                      log=self.log.info)
         meta = self.cache.meta
         self.near, self.far = float(meta["near"]), float(meta["far"])
         self.background = torch.tensor(meta["background"], dtype=torch.float32, device=self.device)
@@ -134,6 +139,7 @@ class Trainer:
                                                              and self.device.type == "cuda"))
         self.step = 0
         self.saved_step = -1        # newest checkpoint this run wrote or resumed from
+        self.nonfinite_total = 0    # steps skipped for a non-finite loss/gradient (this session)
         self.elapsed = 0.0          # training seconds accumulated over all sessions of this run
         self.val_scene = None
         if dist.is_main:
@@ -178,6 +184,11 @@ class Trainer:
                               "data config; differing keys: " + "; ".join(diffs))
         self.load_state_dict(state)
         self.log.info(f"resumed from step {self.step} ({storage.redact(self.paths['checkpoints'])})")
+        if self.step >= self.cfg.train.steps and not self.cfg.train.allow_finished:
+            raise RuntimeError(
+                f"train.resume={mode}: the checkpoint is at step {self.step} and train.steps="
+                f"{self.cfg.train.steps}, so there is nothing left to train. Raise train.steps to "
+                f"train on, or pass train.allow_finished=true to accept a finished run")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -207,13 +218,19 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
 
     def save(self) -> None:
-        url = self.ckpt.save(self.step, self.state_dict())
+        with self.watchdog.waiting(f"checkpoint step {self.step} to be written"):
+            url = self.ckpt.save(self.step, self.state_dict())
         self.saved_step = self.step
         self.log.info(f"checkpoint step {self.step} -> {storage.redact(url)}")
 
     # ------------------------------------------------------------------ training
-    def train_step(self) -> dict:
-        """One optimisation step on this rank's part of the global batch. Returns timings/loss."""
+    def train_step(self, budget_spent: bool = False) -> dict:
+        """One optimisation step on this rank's part of the global batch. Returns timings/loss.
+
+        The ranks agree (one all-reduce) on three flags after the backward pass: a stop signal on
+        any rank, a non-finite loss or gradient on any rank, and rank 0's ``budget_spent``. On a
+        non-finite value the optimiser step is not taken and ``self.step`` does not advance.
+        """
         t0 = time.perf_counter()
         batch = self.loader.next()
         step = self.step
@@ -239,14 +256,56 @@ class Trainer:
         if "rgb_coarse" in out:
             loss = loss + ((out["rgb_coarse"] - batch["rgb"]) ** 2).sum() * scale
         self.optim.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optim)
-        self.scaler.update()
+        if self.dist.distributed:
+            with self.watchdog.waiting(f"the gradient all-reduce of step {step}"):
+                self.scaler.scale(loss).backward()
+        else:
+            self.scaler.scale(loss).backward()
+        stop, nonfinite, budget = self._agree(self._nonfinite(loss), budget_spent)
+        if nonfinite:
+            # NOTE: the parameters and Adam moments stay as they were before this step.
+            self.optim.zero_grad(set_to_none=True)
+        else:
+            self.scaler.step(self.optim)
+            self.scaler.update()
+            self.step += 1
         t2 = time.perf_counter()
-        self.step += 1
-        return {"sse": sse.detach(), "n_local": batch["rgb"].shape[0], "n_global": n_global,
-                "t_data": t1 - t0, "t_compute": t2 - t1, "t_allreduce": self.comm.seconds,
+        return {"sse": sse.detach(), "loss": loss.detach(), "n_local": batch["rgb"].shape[0],
+                "n_global": n_global, "t_data": t1 - t0, "t_compute": t2 - t1,
+                "t_allreduce": self.comm.seconds, "stop": stop, "nonfinite": nonfinite,
+                "budget": budget,
                 "samples_per_ray": float(out.get("samples_per_ray", torch.tensor(0.0)))}
+
+    def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        """0-d bool tensor: the loss or (without fp16 loss scaling) any gradient is non-finite.
+
+        NOTE: with fp16 loss scaling, inf gradients are routine (GradScaler skips those steps and
+        lowers the scale), so only the loss is checked there.
+        """
+        bad = ~torch.isfinite(loss.detach().float())
+        if not self.scaler.is_enabled():
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                # NOTE: the max-abs norm is NaN/inf exactly when some element is (no overflow).
+                peak = torch.stack(torch._foreach_norm(grads, float("inf")))
+                bad = bad | ~torch.isfinite(peak).all()
+        return bad
+
+    def _agree(self, nonfinite: torch.Tensor, budget_spent: bool) -> tuple[bool, bool, bool]:
+        """(stop signal, non-finite, time budget spent), agreed by every rank in one all-reduce.
+
+        Any rank's stop signal or non-finite value counts; the budget is rank 0's clock.
+        """
+        stop = self.stop is not None and self.stop.requested is not None
+        flags = torch.zeros(3, device=self.device)
+        flags[0] = float(stop)
+        flags[1] = nonfinite.to(flags.dtype)
+        flags[2] = float(budget_spent and self.dist.is_main)
+        if self.dist.distributed:
+            with self.watchdog.waiting(f"the other ranks to finish step {self.step}"):
+                tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
+        a, b, c = (flags > 0).tolist()
+        return a, b, c
 
     def _global_mse(self, sse: torch.Tensor, n_global: int) -> float:
         s = sse.detach().float().clone()
@@ -254,15 +313,49 @@ class Trainer:
             tdist.all_reduce(s)
         return float(s) / (n_global * 3)
 
-    def _should_stop(self, t_start: float) -> bool:
-        """Wall-clock budget; ranks agree (rank 0's clock decides) so they stop at the same step."""
+    def _guarded_step(self, t_start: float) -> dict:
+        """train_step, with a peer's failure (dead, frozen, unreachable) named as such."""
+        try:
+            return self.train_step(self._budget_spent(t_start))
+        except RuntimeError as e:
+            text = str(e)
+            if not self.dist.distributed or not any(
+                    k in text for k in ("Timed out", "timed out", "Connection closed",
+                                        "Connection reset", "NCCL", "Broken pipe")):
+                raise
+            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
+            raise RuntimeError(
+                f"step {self.step}: a collective with the other ranks failed: a peer rank died, "
+                f"froze or became unreachable (dist.timeout_s={self.cfg.dist.timeout_s:g}). Newest "
+                f"checkpoint: step {self.saved_step}; resume with train.resume=auto. Cause: "
+                f"{first[:300]}") from e
+
+    def _budget_spent(self, t_start: float) -> bool:
         budget = self.cfg.train.max_seconds
-        if budget <= 0:
-            return False
-        flag = torch.tensor([1.0 if time.time() - t_start >= budget else 0.0])
-        if self.dist.distributed:
-            tdist.broadcast(flag, src=0)
-        return bool(flag.item() > 0)
+        return budget > 0 and time.time() - t_start >= budget
+
+    def _on_nonfinite(self, res: dict, in_a_row: int) -> None:
+        """Apply train.on_nonfinite to a step whose loss or gradient was not finite."""
+        t = self.cfg.train
+        loss = float(res["loss"])
+        last = (f"step {self.saved_step} in {storage.redact(self.paths['checkpoints'])}"
+                if self.saved_step >= 0 else "none yet")
+        cause = (f"likely cause: the learning rate is too high for this model (train.lr={t.lr:g}); "
+                 f"lower it, or check the data (a corrupt image or ray cache) and model.precision")
+        if t.on_nonfinite == "skip" and in_a_row < t.max_nonfinite:
+            self.nonfinite_total += 1
+            self.step += 1
+            self.log.info(f"step {self.step - 1}: non-finite loss or gradient (loss {loss:g}); "
+                          f"step skipped ({in_a_row} in a row, {self.nonfinite_total} in all; "
+                          f"train.max_nonfinite={t.max_nonfinite})")
+            self.log.scalars(self.step, {"train/nonfinite_skipped": self.nonfinite_total})
+            return
+        what = (f"{in_a_row} non-finite steps in a row (train.max_nonfinite={t.max_nonfinite})"
+                if t.on_nonfinite == "skip" else "a non-finite loss or gradient")
+        raise NonFiniteError(
+            f"stopped at step {self.step}: {what} (loss {loss:g}); the optimiser step was not "
+            f"taken and no checkpoint was written. Last good checkpoint: {last}. {cause}. "
+            f"train.on_nonfinite=skip skips such steps instead")
 
     def train(self) -> dict:
         cfg = self.cfg
@@ -275,13 +368,19 @@ class Trainer:
         self.log.start_progress(total, self.step)
         window = {"t": time.time(), "rays": 0}
         stopped_by_budget = False
+        stop_signal = None
+        in_a_row = 0
         last = None
         while self.step < total:
-            if self._should_stop(t_start):
-                stopped_by_budget = True
-                break
-            last = self.train_step()
+            step_before = self.step
+            last = self._guarded_step(t_start)
             self.elapsed = elapsed0 + (time.time() - t_start)
+            if last["nonfinite"]:
+                in_a_row += 1
+                self._on_nonfinite(last, in_a_row)
+                continue
+            in_a_row = 0
+            assert self.step == step_before + 1
             window["rays"] += last["n_global"]
             if self.step % cfg.log.every == 0 or self.step == total:
                 mse = self._global_mse(last["sse"], last["n_global"])
@@ -300,13 +399,25 @@ class Trainer:
                 self.evaluate_val()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save()
+            if last["stop"]:
+                stop_signal = (self.stop.requested if self.stop and self.stop.requested
+                               else "a signal on another rank")
+                break
+            if last["budget"]:
+                stopped_by_budget = True
+                break
         if self.step > 0 and self.saved_step != self.step:
             self.save()
         self.log.close()
         if stopped_by_budget and self.dist.is_main:
             print(f"train.max_seconds={cfg.train.max_seconds:g} spent: stopped at step {self.step}",
                   flush=True)
-        return {"step": self.step, "elapsed": self.elapsed, "stopped_by_budget": stopped_by_budget}
+        if stop_signal and self.dist.is_main:
+            print(f"stopped by {stop_signal} at step {self.step} of {total}: checkpoint step "
+                  f"{self.saved_step} written; continue with train.resume=auto (exit code 75)",
+                  flush=True)
+        return {"step": self.step, "elapsed": self.elapsed, "stopped_by_budget": stopped_by_budget,
+                "stopped_by_signal": stop_signal, "nonfinite_skipped": self.nonfinite_total}
 
     # ------------------------------------------------------------------ validation
     def evaluate_val(self) -> None:
@@ -341,21 +452,55 @@ class Trainer:
 
     def close(self) -> None:
         self.log.close()
+        self.watchdog.close()
 
 
-def train(cfg: Config, dist: DistInfo) -> dict:
-    trainer = Trainer(cfg, dist)
-    try:
-        return trainer.train()
-    except KeyboardInterrupt:
+def train(cfg: Config, dist: DistInfo, stop: StopSignals | None = None) -> dict:
+    """Train as configured; RUN_DIR/status.json (rank 0) says how it ended.
+
+    Returns the trainer's summary; ``stopped_by_signal`` is set when SIGTERM/SIGUSR1 stopped it
+    at a step boundary (its checkpoint is committed: the caller exits with EXIT_RESUME).
+    """
+    stop = stop or StopSignals()
+    run_dir = cfg.run.dir
+
+    def status(state: str, step: int, code: int | None, reason: str, ckpt: int | None) -> None:
         if dist.is_main:
+            write_status(run_dir, state, step, code, storage.scrub(reason), ckpt)
+
+    trainer = None
+    try:
+        trainer = Trainer(cfg, dist, stop)
+        status("running", trainer.step, None, "", trainer.saved_step if trainer.saved_step >= 0
+               else None)
+        res = trainer.train()
+        ckpt = trainer.saved_step if trainer.saved_step >= 0 else None
+        if res["stopped_by_signal"]:
+            status("stopped", res["step"], 75, f"stopped by {res['stopped_by_signal']}", ckpt)
+        else:
+            status("finished", res["step"], 0, "budget spent" if res["stopped_by_budget"]
+                   else "train.steps reached", ckpt)
+        return res
+    except KeyboardInterrupt:
+        if dist.is_main and trainer is not None:
             steps = trainer.ckpt.list()
             print(f"interrupted at step {trainer.step}; newest checkpoint: "
                   f"{('step ' + str(steps[-1])) if steps else 'none'} "
                   f"(continue with train.resume=auto)", flush=True)
+        status("failed", trainer.step if trainer else 0, 130, "interrupted (Ctrl-C)",
+               None)
+        raise
+    except BaseException as e:
+        status("failed", trainer.step if trainer else 0, 1, f"{type(e).__name__}: {e}",
+               trainer.saved_step if trainer and trainer.saved_step >= 0 else None)
         raise
     finally:
-        trainer.close()
+        # NOTE: once a stop was requested the process is on its way to exit 75: keep recording
+        # further signals (torchrun and SLURM may repeat them) instead of dying of them.
+        if stop.requested is None:
+            stop.restore()
+        if trainer is not None:
+            trainer.close()
 
 
 __all__ = ["Trainer", "train", "lr_at", "step_seed", "run_paths"]

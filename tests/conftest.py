@@ -160,3 +160,100 @@ def run_cli(args: list[str], env: dict | None = None, nproc: int = 1, timeout: f
     res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
                          cwd=str(REPO))
     return res
+
+
+# =============================================================================================
+# Worker processes of a torchrun job (for signal and kill tests)
+# =============================================================================================
+
+def worker_pids(marker: str) -> dict[int, int]:
+    """{RANK: pid} of the torchrun worker processes whose command line contains ``marker``.
+
+    Workers are told apart from the torchrun agent by the RANK variable torchrun sets for them.
+    """
+    found: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            if marker not in cmd or "torch.distributed.run" in cmd or "torchrun" in cmd:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"RANK" in env and b"TORCHELASTIC_RUN_ID" in env:
+            found[int(env[b"RANK"])] = int(entry)
+    return found
+
+
+def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until the file at ``path`` contains ``text`` (fails if ``proc`` exits first)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return
+        assert proc.poll() is None, f"exited {proc.returncode} before {text!r}:\n{content[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not seen in {path} within {timeout} s")
+
+
+# =============================================================================================
+# A single-node SLURM cluster (slurmctld + slurmd on 127.0.0.1) — self-contained block
+# =============================================================================================
+
+SLURM_UP = REPO / ".ci" / "slurm_up.sh"
+
+
+def _slurm_problem() -> str | None:
+    """None when a SLURM controller answers and a node can take jobs; otherwise why not."""
+    import shutil
+    for exe in ("sbatch", "scontrol", "sinfo", "scancel"):
+        if shutil.which(exe) is None:
+            return f"`{exe}` not found (SLURM is not installed here)"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        if "UP" not in ping.stdout:
+            said = (ping.stdout + ping.stderr).strip().splitlines()
+            return f"no slurmctld answers `scontrol ping` ({said[0] if said else 'no output'})"
+        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                              timeout=20)
+    except subprocess.TimeoutExpired as e:
+        return f"`{' '.join(e.cmd)}` did not answer within {e.timeout:.0f} s"
+    ok = [line for line in info.stdout.split()
+          if line.rstrip("*~#$@+").lower() in ("idle", "mixed", "allocated", "completing")]
+    if not ok:
+        return f"no node can take jobs (sinfo says: {info.stdout.strip() or info.stderr.strip()!r})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict:
+    """A working SLURM cluster, or a skip saying why (a failure where CI requires one).
+
+    CI (.ci/run) sets NERF_DIST_REQUIRE_SLURM=1 and starts the cluster with .ci/slurm_up.sh; when
+    it is still not up and this runs as root, the fixture runs that script once more. Returns
+    ``{'cpus': CPUs of the first node}``.
+    """
+    required = bool(os.environ.get("NERF_DIST_REQUIRE_SLURM"))
+    problem = _slurm_problem()
+    if problem and required and os.geteuid() == 0:
+        res = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=900)
+        problem = _slurm_problem()
+        if problem:
+            problem += f"\n{SLURM_UP} exited {res.returncode}:\n{res.stderr[-3000:]}"
+    if problem:
+        if required:
+            pytest.fail(f"NERF_DIST_REQUIRE_SLURM is set but there is no usable SLURM cluster: "
+                        f"{problem}")
+        pytest.skip(f"no SLURM cluster: {problem}; start one with `bash .ci/slurm_up.sh` "
+                    f"(as root, Debian)")
+    info = subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True, text=True)
+    cpus = int((info.stdout.split() or ["1"])[0])
+    return {"cpus": cpus}
+
+
+# ============================================================================ end SLURM cluster

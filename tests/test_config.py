@@ -19,6 +19,10 @@ def test_defaults_and_overrides(tmp_path):
     ("train.stpes=3", "train.stpes"), ("nope.x=1", "nope"), ("train.steps=abc", "train.steps"),
     ("train.lr=-1", "train.lr"), ("data.format=colmap", "data.format"),
     ("data.downscale=0", "data.downscale"), ("model.kind=foo", "model.kind"),
+    ("train.lr=.inf", "train.lr"), ("train.lr=.nan", "train.lr"), ("train.lr=1e3", "train.lr"),
+    ("train.steps=.inf", "train.steps"), ("model.grid_threshold=-.inf", "model.grid_threshold"),
+    ("train.on_nonfinite=ignore", "train.on_nonfinite"), ("dist.timeout_s=0", "dist.timeout_s"),
+    ("storage.retries=-1", "storage.retries"),
 ])
 def test_bad_keys_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -30,12 +30,19 @@ def make_scene(n=3, H=5, W=7) -> Scene:
                  files=[f"r_{i}.png" for i in range(n)], split="train")
 
 
+def write_root(root) -> None:
+    """A scene folder the cache key can index (one frame, an image file never decoded here)."""
+    root.mkdir()
+    frames = [{"file_path": "r_0.png", "transform_matrix": [[1, 0, 0, 0]] * 4}]
+    (root / "transforms_train.json").write_text(json.dumps({"camera_angle_x": 0.7, "frames": frames}))
+    (root / "r_0.png").write_bytes(b"not decoded")
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> RayCache:
     tmp = tmp_path_factory.mktemp("loader")
     root = tmp / "scene"
-    root.mkdir()
-    (root / "transforms_train.json").write_text(json.dumps({"frames": []}))
+    write_root(root)
     return ensure_cache(DataConfig(root=str(root), cache_shards=S), str(tmp / "cache"),
                         log=lambda m: None, scene=make_scene())
 
@@ -176,8 +183,7 @@ def test_device_and_dtypes(cache):
 def test_precrop_without_crop_rays_raises_on_every_rank(tmp_path):
     # W == S: shard s holds only column s, so the outer-column shards have no centre-crop ray
     root = tmp_path / "scene"
-    root.mkdir()
-    (root / "transforms_train.json").write_text("{}")
+    write_root(root)
     c = ensure_cache(DataConfig(root=str(root), cache_shards=8), str(tmp_path / "cache"),
                      log=lambda m: None, scene=make_scene(W=8))
     for rank in range(2):  # rank 1 owns inner columns too, but must fail the same way

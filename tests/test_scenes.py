@@ -393,3 +393,77 @@ def test_ngp_bad_inputs(tmp_path):
         warnings.simplefilter("always")
         s = load_scene(cfg(tmp_path, llff_hold=8, skip_missing=True), "train")
     assert s.n == 1 and any("gone" in str(w.message) for w in rec)
+
+
+# ----------------------------------------------------------------------------- files read
+
+def test_sources_are_exactly_the_files_read(tmp_path, monkeypatch):
+    from nerf_dist.scenes import scene_sources
+    from nerf_dist.scenes.demo import write_demo_scene
+    opened = []
+    real_read, real_load = im.read_image, np.load
+    monkeypatch.setattr(im, "read_image", lambda p: opened.append(p) or real_read(p))
+    monkeypatch.setattr(np, "load", lambda p, *a, **k: opened.append(str(p)) or real_load(p, *a, **k))
+
+    write_demo_scene(str(tmp_path / "demo"), resolution=8, views=3)  # blender + depth files
+    write_llff(tmp_path / "llff", n=4)
+    write_ngp(tmp_path / "ngp", n=4)
+    for root, split in ((tmp_path / "demo", "train"), (tmp_path / "llff", "test"),
+                        (tmp_path / "ngp", "val")):
+        opened.clear()
+        listed = scene_sources(cfg(root), split)  # parses metadata only
+        assert not [p for p in opened if not p.endswith(".npy") or "poses_bounds" not in p]
+        opened.clear()
+        s = load_scene(cfg(root), split)
+        assert s.sources == listed
+        assert s.sources.data == tuple(s.files) + s.sources.data[s.n:]
+        json_or_npy_meta = [p for p in s.sources.meta if p.endswith((".json", ".npy"))]
+        assert json_or_npy_meta == list(s.sources.meta) and s.sources.meta
+        # every image and .npy the reader opened is listed (transforms JSON is read with open())
+        assert sorted(opened) == sorted(p for p in s.sources.all if not p.endswith(".json")), root
+    assert len(load_scene(cfg(tmp_path / "demo"), "train").sources.data) == 2 * 3  # images + depths
+
+
+def test_file_path_outside_root_is_refused(tmp_path):
+    write_blender(tmp_path / "scene", splits=("train",), n=2)
+    (tmp_path / "outside.png").write_bytes((tmp_path / "scene" / "train" / "r_1.png").read_bytes())
+    p = tmp_path / "scene" / "transforms_train.json"
+    data = json.loads(p.read_text())
+    for bad in ("../outside", str(tmp_path / "outside.png"), "train/../../outside"):
+        data["frames"][1]["file_path"] = bad
+        p.write_text(json.dumps(data))
+        with pytest.raises(SceneError, match=r"transforms_train\.json: frame 1: field 'file_path' "
+                                             r"\(.*\) points outside the scene folder") as e:
+            load_scene(cfg(tmp_path / "scene"), "train")
+        msg = str(e.value)
+        assert f"({bad!r})" in msg and "data.allow_outside_root=true" in msg
+        assert "hostile transforms file" in msg and "cache key" in msg
+        s = load_scene(cfg(tmp_path / "scene", allow_outside_root=True), "train")
+        assert s.files[1] == str(tmp_path / "outside.png") and s.n == 2
+    # a depth_file too
+    data["frames"][1]["file_path"] = "./train/r_1"
+    for i in range(2):
+        np.save(tmp_path / "scene" / f"d{i}.npy", np.ones((H, W), np.float32))
+        data["frames"][i]["depth_file"] = f"./d{i}.npy"
+    data["frames"][1]["depth_file"] = "../d1.npy"
+    p.write_text(json.dumps(data))
+    with pytest.raises(SceneError, match=r"frame 1: field 'depth_file' \('\.\./d1\.npy'\) points outside"):
+        load_scene(cfg(tmp_path / "scene"), "train")
+    # ngp: file_path is relative to the transforms file, which lives in data.root
+    write_ngp(tmp_path / "ngp", n=2)
+    q = tmp_path / "ngp" / "transforms.json"
+    nd = json.loads(q.read_text())
+    nd["frames"][0]["file_path"] = "../outside.png"
+    q.write_text(json.dumps(nd))
+    with pytest.raises(SceneError, match=r"transforms\.json: frame 0: field 'file_path' .* points outside"):
+        load_scene(cfg(tmp_path / "ngp", llff_hold=2), "test")
+
+
+def test_symlink_inside_root_is_followed_without_the_flag(tmp_path):
+    write_blender(tmp_path / "store", splits=("train",), n=2)
+    (tmp_path / "scene").mkdir()
+    os.symlink(tmp_path / "store" / "train", tmp_path / "scene" / "train")
+    (tmp_path / "scene" / "transforms_train.json").write_bytes(
+        (tmp_path / "store" / "transforms_train.json").read_bytes())
+    s = load_scene(cfg(tmp_path / "scene"), "train")
+    assert s.n == 2 and s.files[0] == str(tmp_path / "scene" / "train" / "r_0.png")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ..config import DataConfig
-from .base import Scene, SceneError
+from .base import Scene, SceneError, SceneFiles
 
 SPLITS = ("train", "val", "test")
 
@@ -30,28 +30,56 @@ def detect_format(root: str) -> str:
                      f"(set data.format explicitly if the layout is unusual)")
 
 
+def scene_format(data_cfg: DataConfig) -> str:
+    """The reader data_cfg selects: data_cfg.format, or :func:`detect_format` for 'auto'."""
+    if not os.path.isdir(str(data_cfg.root)):
+        raise SceneError(f"scene folder not found: {data_cfg.root}")
+    fmt = detect_format(data_cfg.root) if data_cfg.format == "auto" else data_cfg.format
+    if fmt not in ("blender", "llff", "ngp"):
+        raise SceneError(f"unknown scene format {fmt!r} for {data_cfg.root}")
+    return fmt
+
+
+def _check_split(data_cfg: DataConfig, split: str) -> None:
+    if split not in SPLITS:
+        raise SceneError(f"unknown split {split!r} for scene {data_cfg.root}: expected one of {SPLITS}")
+
+
+def scene_sources(data_cfg: DataConfig, split: str) -> SceneFiles:
+    """Every file :func:`load_scene` reads for split, found without decoding an image (parses
+    only the metadata); equal to ``load_scene(data_cfg, split).sources``. SceneError as
+    load_scene would raise it (missing files, a file_path outside data.root, ...)."""
+    _check_split(data_cfg, split)
+    fmt = scene_format(data_cfg)
+    if fmt == "blender":
+        from .blender import index_blender
+        return index_blender(data_cfg, split).sources
+    if fmt == "llff":
+        from .llff import index_llff
+        return index_llff(data_cfg, split).sources
+    from .ngp import index_ngp
+    return index_ngp(data_cfg, split).sources
+
+
 def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     """Read split ('train', 'val' or 'test') of the scene at data_cfg.root.
 
     data_cfg.format selects the reader ('auto' = :func:`detect_format`). See
     :func:`nerf_dist.scenes.blender.load_blender`, :func:`nerf_dist.scenes.llff.load_llff` and
-    :func:`nerf_dist.scenes.ngp.load_ngp` for what each returns.
+    :func:`nerf_dist.scenes.ngp.load_ngp` for what each returns. Scene.sources lists every file
+    read (the ray-cache key covers exactly those).
     """
-    if split not in SPLITS:
-        raise SceneError(f"unknown split {split!r} for scene {data_cfg.root}: expected one of {SPLITS}")
-    if not os.path.isdir(str(data_cfg.root)):
-        raise SceneError(f"scene folder not found: {data_cfg.root}")
-    fmt = detect_format(data_cfg.root) if data_cfg.format == "auto" else data_cfg.format
+    _check_split(data_cfg, split)
+    fmt = scene_format(data_cfg)
     if fmt == "blender":
         from .blender import load_blender
         return load_blender(data_cfg, split)
     if fmt == "llff":
         from .llff import load_llff
         return load_llff(data_cfg, split)
-    if fmt == "ngp":
-        from .ngp import load_ngp
-        return load_ngp(data_cfg, split)
-    raise SceneError(f"unknown scene format {fmt!r} for {data_cfg.root}")
+    from .ngp import load_ngp
+    return load_ngp(data_cfg, split)
 
 
-__all__ = ["Scene", "SceneError", "load_scene", "detect_format"]
+__all__ = ["Scene", "SceneError", "SceneFiles", "load_scene", "scene_sources", "scene_format",
+           "detect_format"]

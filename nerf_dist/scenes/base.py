@@ -6,6 +6,7 @@ at (i + 0.5, j + 0.5) in pixel units; see :mod:`nerf_dist.rays`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,45 @@ import torch
 
 class SceneError(ValueError):
     """Bad scene input; the message names the file and the frame or field."""
+
+
+@dataclass(frozen=True)
+class SceneFiles:
+    """Every file a reader reads for one split, as the paths it opens (normalised, not resolved).
+
+    meta: metadata the reader parses (transforms*.json, poses_bounds.npy); the ray-cache key hashes
+        their contents (they are small and a pose edit keeps the size).
+    data: images and depth maps, in frame order; the key hashes their resolved path, size and
+        mtime_ns (reading every image just to key the cache would cost as much as decoding it).
+    """
+
+    meta: tuple[str, ...] = ()
+    data: tuple[str, ...] = ()
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.meta + self.data
+
+
+def inside_root(root: str, folder: str, value: str, allow_outside: bool, where: str, key: str) -> str:
+    """os.path.normpath(folder/value), or SceneError when it lies outside root and not allow_outside.
+
+    value: a path a scene's metadata names (field key), relative to folder (or absolute).
+    NOTE: the test is on the normalised path the reader opens (``..`` and absolute paths), not on
+    symlink targets: a hostile transforms file can only write strings, while a symlink inside the
+    scene folder was put there by whoever assembled it (a common way to share images between
+    scenes). The ray-cache key follows symlinks either way.
+    """
+    p = os.path.normpath(os.path.join(folder, value))
+    base = os.path.abspath(root)
+    if allow_outside or os.path.commonpath([base, os.path.abspath(p)]) == base:
+        return p
+    raise SceneError(
+        f"{where}: field '{key}' ({value!r}) points outside the scene folder {root}: {p}. Refused "
+        f"because the run and its ray-cache key would silently depend on files outside the scene "
+        f"folder, and a hostile transforms file could make nerf-dist read arbitrary files. Move "
+        f"the file into the scene folder (a symlink placed there is fine) or, if you trust this "
+        f"scene, set data.allow_outside_root=true")
 
 
 @dataclass
@@ -33,6 +73,8 @@ class Scene:
     background: [3] background colour the images were composited over.
     files: image file path of each frame (for messages and reports).
     split: the split name ('train', 'val', 'test').
+    sources: every file the reader read for this split (see :class:`SceneFiles`); what the
+        ray-cache key covers.
     """
 
     images: torch.Tensor
@@ -50,6 +92,7 @@ class Scene:
     ndc_focal: float = 0.0
     ndc_size: tuple[int, int] = (0, 0)
     meta: dict = field(default_factory=dict)
+    sources: SceneFiles = field(default_factory=SceneFiles)
 
     @property
     def n(self) -> int:

@@ -12,13 +12,14 @@ import json
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import DataConfig
-from .base import Scene, SceneError
+from .base import Scene, SceneError, SceneFiles, inside_root
 from .images import downscale_depth, drop_missing, load_images
 
 NEAR, FAR = 2.0, 6.0
@@ -107,14 +108,30 @@ def transforms_path(root: str, split: str) -> str:
     return path
 
 
-def load_blender(data_cfg: DataConfig, split: str) -> Scene:
-    """Read one split of a Blender synthetic scene.
+@dataclass
+class BlenderIndex:
+    """What :func:`load_blender` reads, found without decoding an image.
 
-    Returns a Scene with images [n, H, W, 3] (RGBA composited over the background), K [n, 3, 3]
-    with focal = 0.5 * W / tan(0.5 * camera_angle_x) and (cx, cy) = (W / 2, H / 2) at the loaded
-    (downscaled) size, c2w [n, 3, 4] (OpenGL), near = 2, far = 6, aabb = [-1.5, 1.5]^3, and
-    depths [n, H, W] when every frame names a ``depth_file``.
+    path: the transforms file; data: its parsed JSON; frames: the kept frames (missing images
+    dropped when data.skip_missing); keep: their indices in the file; files: their image paths;
+    c2w: [n, 3, 4] float64; depth_files: per kept frame, or None unless every frame has one.
     """
+
+    path: str
+    data: dict
+    frames: list[dict]
+    keep: list[int]
+    files: list[str]
+    c2w: np.ndarray
+    depth_files: list[str] | None
+
+    @property
+    def sources(self) -> SceneFiles:
+        return SceneFiles(meta=(self.path,), data=tuple(self.files) + tuple(self.depth_files or ()))
+
+
+def index_blender(data_cfg: DataConfig, split: str) -> BlenderIndex:
+    """Parse the split's transforms file and resolve (and check) every file it names."""
     root = data_cfg.root
     path = transforms_path(root, split)
     data = read_json(path)
@@ -127,52 +144,72 @@ def load_blender(data_cfg: DataConfig, split: str) -> Scene:
 
     files, poses = [], []
     for i, fr in enumerate(frames):
-        fp = require(fr, "file_path", f"{path}: frame {i}")
+        where = f"{path}: frame {i}"
+        fp = require(fr, "file_path", where)
         if not isinstance(fp, str) or not fp:
-            raise SceneError(f"{path}: frame {i}: field 'file_path' must be a non-empty string")
+            raise SceneError(f"{where}: field 'file_path' must be a non-empty string")
+        inside_root(root, root, fp, data_cfg.allow_outside_root, where, "file_path")
         files.append(resolve_image(root, fp))
         poses.append(frame_pose(fr, i, path))
 
     keep = drop_missing(files, data_cfg.skip_missing, path)
     if not keep:
         raise SceneError(f"{path}: split '{split}' is empty: every image is missing")
-    files = [files[i] for i in keep]
-    frames = [frames[i] for i in keep]
-    c2w = np.stack([poses[i] for i in keep])
+    kept = [frames[i] for i in keep]
+    depth_files = None
+    if all("depth_file" in fr for fr in kept):
+        depth_files = [inside_root(root, root, str(fr["depth_file"]), data_cfg.allow_outside_root,
+                                   f"{path}: frame {i}", "depth_file")
+                       for fr, i in zip(kept, keep)]
+    return BlenderIndex(path=path, data=data, frames=kept, keep=keep,
+                        files=[files[i] for i in keep], c2w=np.stack([poses[i] for i in keep]),
+                        depth_files=depth_files)
 
+
+def load_blender(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of a Blender synthetic scene.
+
+    Returns a Scene with images [n, H, W, 3] (RGBA composited over the background), K [n, 3, 3]
+    with focal = 0.5 * W / tan(0.5 * camera_angle_x) and (cx, cy) = (W / 2, H / 2) at the loaded
+    (downscaled) size, c2w [n, 3, 4] (OpenGL), near = 2, far = 6, aabb = [-1.5, 1.5]^3, and
+    depths [n, H, W] when every frame names a ``depth_file``. Reads exactly
+    ``index_blender(data_cfg, split).sources`` (recorded as Scene.sources).
+    """
+    ix = index_blender(data_cfg, split)
+    angle = float(ix.data["camera_angle_x"])
     bg = background_of(data_cfg)
     f = data_cfg.downscale
-    images, (h0, w0) = load_images(files, f, bg, path, keep)
+    images, (h0, w0) = load_images(ix.files, f, bg, ix.path, ix.keep)
     n, H, W = images.shape[:3]
-    focal = 0.5 * w0 / math.tan(0.5 * float(angle)) / f
+    focal = 0.5 * w0 / math.tan(0.5 * angle) / f
     K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])
 
-    depths = _load_depths(root, frames, keep, f, (H, W), path)
+    depths = _load_depths(ix.depth_files, ix.keep, f, (H, W), ix.path)
 
     return Scene(
         images=torch.from_numpy(images),
         K=torch.from_numpy(np.repeat(K[None], n, axis=0).astype(np.float32)),
-        c2w=torch.from_numpy(c2w.astype(np.float32)),
+        c2w=torch.from_numpy(ix.c2w.astype(np.float32)),
         near=NEAR, far=FAR,
         aabb=torch.tensor(AABB, dtype=torch.float32),
         background=torch.tensor(bg, dtype=torch.float32),
-        files=files, split=split,
+        files=ix.files, split=split,
         depths=depths,
-        meta={"format": "blender", "root": root, "transforms": path,
-              "camera_angle_x": float(angle), "downscale": f},
+        meta={"format": "blender", "root": data_cfg.root, "transforms": ix.path,
+              "camera_angle_x": angle, "downscale": f},
+        sources=ix.sources,
     )
 
 
-def _load_depths(root: str, frames: list[dict], keep: list[int], factor: int,
+def _load_depths(depth_files: list[str] | None, keep: list[int], factor: int,
                  size: tuple[int, int], path: str) -> torch.Tensor | None:
-    """depths: [n, H, W] from each frame's ``depth_file`` (.npy [H0, W0]), or None if any lacks one."""
-    if not frames or not all("depth_file" in fr for fr in frames):
+    """depths: [n, H, W] from each frame's ``depth_file`` (.npy [H0, W0]), or None without them."""
+    if not depth_files:
         return None
-    out = np.empty((len(frames),) + size, dtype=np.float32)
-    for k, (fr, i) in enumerate(zip(frames, keep)):
-        dp = os.path.normpath(os.path.join(root, str(fr["depth_file"])))
+    out = np.empty((len(depth_files),) + size, dtype=np.float32)
+    for k, (dp, i) in enumerate(zip(depth_files, keep)):
         try:
-            d = np.load(dp)
+            d = np.load(dp, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise SceneError(f"{path}: frame {i}: cannot read depth_file {dp}: {e}") from e
         if d.ndim != 2:

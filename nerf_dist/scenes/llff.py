@@ -11,12 +11,13 @@ is held out as 'test' (and 'val'), the rest is 'train'.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..config import DataConfig
-from .base import Scene, SceneError
+from .base import Scene, SceneError, SceneFiles
 from .blender import background_of
 from .images import list_images, load_images
 
@@ -93,15 +94,28 @@ def _image_folder(root: str, factor: int) -> tuple[str, int]:
     return folder, factor
 
 
-def load_llff(data_cfg: DataConfig, split: str) -> Scene:
-    """Read one split of an LLFF scene.
+@dataclass
+class LlffIndex:
+    """What :func:`load_llff` reads, found without decoding an image: pb_path, poses [N, 3, 5],
+    bounds [N, 2], folder and remaining downscale factor, idx (the split's views) and files (their
+    images)."""
 
-    Returns a Scene with c2w [n, 3, 4] (OpenGL, rescaled, recentred), K [n, 3, 3] (focal from
-    hwf scaled to the loaded width, principal point at the image centre). With NDC (data.ndc auto
-    or true): near = 0, far = 1, aabb = [-1, 1]^3, ndc_focal/ndc_size of the loaded images (the
-    NDC near plane is at z = -1 after the rescale, recorded as meta['ndc_near']). Without: near =
-    0.9 * min bound, far = max bound, aabb = camera centres +- far.
-    """
+    pb_path: str
+    poses: np.ndarray
+    bds: np.ndarray
+    folder: str
+    factor: int
+    idx: list[int]
+    files: list[str]
+
+    @property
+    def sources(self) -> SceneFiles:
+        # NOTE: the count check lists the whole folder, but only the split's images are read.
+        return SceneFiles(meta=(self.pb_path,), data=tuple(self.files))
+
+
+def index_llff(data_cfg: DataConfig, split: str) -> LlffIndex:
+    """Read poses_bounds.npy, list the image folder and pick the split's views."""
     root = data_cfg.root
     pb_path = os.path.join(root, "poses_bounds.npy")
     poses, bds = read_poses_bounds(pb_path)
@@ -110,6 +124,27 @@ def load_llff(data_cfg: DataConfig, split: str) -> Scene:
     if len(files) != poses.shape[0]:
         raise SceneError(f"{pb_path} has {poses.shape[0]} poses but {folder} holds {len(files)} "
                          f"images; they are matched by sorted name and must agree")
+    idx = split_indices(poses.shape[0], data_cfg.llff_hold, split)
+    if not idx:
+        raise SceneError(f"{pb_path}: split '{split}' is empty ({poses.shape[0]} views, "
+                         f"llff_hold={data_cfg.llff_hold})")
+    return LlffIndex(pb_path=pb_path, poses=poses, bds=bds, folder=folder, factor=factor,
+                     idx=idx, files=[files[i] for i in idx])
+
+
+def load_llff(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of an LLFF scene.
+
+    Returns a Scene with c2w [n, 3, 4] (OpenGL, rescaled, recentred), K [n, 3, 3] (focal from
+    hwf scaled to the loaded width, principal point at the image centre). With NDC (data.ndc auto
+    or true): near = 0, far = 1, aabb = [-1, 1]^3, ndc_focal/ndc_size of the loaded images (the
+    NDC near plane is at z = -1 after the rescale, recorded as meta['ndc_near']). Without: near =
+    0.9 * min bound, far = max bound, aabb = camera centres +- far. Reads exactly
+    ``index_llff(data_cfg, split).sources`` (recorded as Scene.sources).
+    """
+    root = data_cfg.root
+    ix = index_llff(data_cfg, split)
+    pb_path, poses, bds, factor, idx, files = ix.pb_path, ix.poses, ix.bds, ix.factor, ix.idx, ix.files
 
     h0, w0, focal0 = poses[0, :, 4]
     c2w = llff_to_opengl(poses[:, :, :4])
@@ -118,11 +153,6 @@ def load_llff(data_cfg: DataConfig, split: str) -> Scene:
     bds = bds * sc
     c2w = recenter(c2w)
 
-    idx = split_indices(poses.shape[0], data_cfg.llff_hold, split)
-    if not idx:
-        raise SceneError(f"{pb_path}: split '{split}' is empty ({poses.shape[0]} views, "
-                         f"llff_hold={data_cfg.llff_hold})")
-    files = [files[i] for i in idx]
     bg = background_of(data_cfg)
     images, _ = load_images(files, factor, bg, pb_path, idx)
     n, H, W = images.shape[:3]
@@ -150,4 +180,5 @@ def load_llff(data_cfg: DataConfig, split: str) -> Scene:
         meta={"format": "llff", "root": root, "scale": float(sc), "indices": idx,
               "bounds": [float(bds.min()), float(bds.max())], "ndc_near": 1.0,
               "hwf": [float(h0), float(w0), float(focal0)], "downscale": data_cfg.downscale},
+        sources=ix.sources,
     )

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..config import DataConfig
-from .base import Scene, SceneError
+from .base import Scene, SceneError, SceneFiles, inside_root
 from .blender import background_of, frame_pose, get_frames, read_json, require, resolve_image
 from .images import drop_missing, load_images
 
@@ -79,8 +80,9 @@ def _norm_name(p: str) -> str:
     return os.path.splitext(os.path.normpath(p))[0]
 
 
-def _entries(root: str, split: str, hold: int) -> tuple[list, list, str]:
-    """(frames of the split as (json_path, frame, index, glob), all frames' c2w [3, 4], source)."""
+def _entries(root: str, split: str, hold: int) -> tuple[list, list, str, list[str]]:
+    """(frames of the split as (json_path, frame, index, glob), all frames' c2w [3, 4], source,
+    every transforms file read)."""
     siblings = {s: os.path.join(root, f"transforms_{s}.json") for s in SPLITS}
     present = {s: p for s, p in siblings.items() if os.path.isfile(p)}
     if present:
@@ -98,7 +100,7 @@ def _entries(root: str, split: str, hold: int) -> tuple[list, list, str]:
                 all_poses.append(frame_pose(fr, i, p))
                 if s == split:
                     chosen.append((p, fr, i, data))
-        return chosen, all_poses, present[split]
+        return chosen, all_poses, present[split], list(present.values())
 
     path = os.path.join(root, "transforms.json")
     data = read_json(path)
@@ -124,19 +126,37 @@ def _entries(root: str, split: str, hold: int) -> tuple[list, list, str]:
     else:
         member = [(i % hold == 0) == (split != "train") for i in range(len(frames))]
     chosen = [(path, fr, i, data) for i, fr in enumerate(frames) if member[i]]
-    return chosen, all_poses, path
+    return chosen, all_poses, path, [path]
 
 
-def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
-    """Read one split of an instant-ngp / nerfstudio scene.
+@dataclass
+class NgpIndex:
+    """What :func:`load_ngp` reads, found without decoding an image.
 
-    Returns a Scene with images [n, H, W, 3], per-frame K [n, 3, 3] (scaled by 1 / downscale;
-    cx, cy default to the image centre), distortion [n, 4] (k1 k2 p1 p2; None when no frame has
-    any), c2w [n, 3, 4] centred and scaled into [-1, 1]^3, near = 0.05, far = 2 sqrt(3) s and
-    aabb = [-s, s]^3 with s = aabb_scale (default 1, clipped to [1, 16]).
+    chosen: the split's frames as (json_path, frame, index, glob); keep: positions (into chosen)
+    of the frames whose image exists; files, intr, c2w [n, 3, 4]: of the kept frames; all_poses:
+    every frame of every split (for the normalisation); source: the split's transforms file;
+    jsons: every transforms file read.
     """
+
+    chosen: list
+    keep: list[int]
+    files: list[str]
+    intr: list[dict]
+    c2w: np.ndarray
+    all_poses: list
+    source: str
+    jsons: list[str]
+
+    @property
+    def sources(self) -> SceneFiles:
+        return SceneFiles(meta=tuple(self.jsons), data=tuple(self.files))
+
+
+def index_ngp(data_cfg: DataConfig, split: str) -> NgpIndex:
+    """Parse the transforms file(s) and resolve (and check) every image of the split."""
     root = data_cfg.root
-    chosen, all_poses, source = _entries(root, split, data_cfg.llff_hold)
+    chosen, all_poses, source, jsons = _entries(root, split, data_cfg.llff_hold)
     if not chosen:
         raise SceneError(f"{source}: split '{split}' has no frames")
 
@@ -146,7 +166,9 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
         fp = require(fr, "file_path", where)
         if not isinstance(fp, str) or not fp:
             raise SceneError(f"{where}: field 'file_path' must be a non-empty string")
-        files.append(resolve_image(os.path.dirname(p) or ".", fp, _EXTS))
+        folder = os.path.dirname(p) or "."
+        inside_root(root, folder, fp, data_cfg.allow_outside_root, where, "file_path")
+        files.append(resolve_image(folder, fp, _EXTS))
         poses.append(frame_pose(fr, i, p))
         intr.append(frame_intrinsics(glob, fr, where))
 
@@ -154,9 +176,25 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
     keep = drop_missing(files, data_cfg.skip_missing, source, ids)
     if not keep:
         raise SceneError(f"{source}: split '{split}' is empty: every image is missing")
-    files = [files[k] for k in keep]
-    intr = [intr[k] for k in keep]
-    c2w = np.stack([poses[k] for k in keep])
+    return NgpIndex(chosen=chosen, keep=keep, files=[files[k] for k in keep],
+                    intr=[intr[k] for k in keep], c2w=np.stack([poses[k] for k in keep]),
+                    all_poses=all_poses, source=source, jsons=jsons)
+
+
+def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of an instant-ngp / nerfstudio scene.
+
+    Returns a Scene with images [n, H, W, 3], per-frame K [n, 3, 3] (scaled by 1 / downscale;
+    cx, cy default to the image centre), distortion [n, 4] (k1 k2 p1 p2; None when no frame has
+    any), c2w [n, 3, 4] centred and scaled into [-1, 1]^3, near = 0.05, far = 2 sqrt(3) s and
+    aabb = [-s, s]^3 with s = aabb_scale (default 1, clipped to [1, 16]). Reads exactly
+    ``index_ngp(data_cfg, split).sources`` (recorded as Scene.sources).
+    """
+    root = data_cfg.root
+    ix = index_ngp(data_cfg, split)
+    chosen, keep, files, intr, c2w = ix.chosen, ix.keep, ix.files, ix.intr, ix.c2w
+    all_poses, source = ix.all_poses, ix.source
+    ids = [i for _, _, i, _ in chosen]
 
     bg = background_of(data_cfg)
     f = data_cfg.downscale
@@ -200,4 +238,5 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
         files=files, split=split, distortion=distortion,
         meta={"format": "ngp", "root": root, "transforms": source, "scale": scale,
               "offset": offset.tolist(), "aabb_scale": s, "downscale": f},
+        sources=ix.sources,
     )
