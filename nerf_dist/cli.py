@@ -163,6 +163,12 @@ def _terminate_as_interrupt() -> None:
         pass
 
 
+def _configure_storage(cfg) -> None:
+    """Apply the storage.* keys (timeouts, retries) to every storage call of this process."""
+    from . import storage
+    storage.configure(cfg.storage.timeout_s, cfg.storage.retries, cfg.storage.backoff_s)
+
+
 def cmd_train(args) -> int:
     # NOTE: the stop handlers go in before torch is imported (seconds on a busy node): a
     # SIGTERM/SIGUSR1 that early is recorded, and training stops after its first step with a
@@ -173,6 +179,7 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .trainer import train
     cfg = load_config(args.config, args.overrides)
+    _configure_storage(cfg)
     info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
         res = train(cfg, info, stop)
@@ -208,6 +215,7 @@ def cmd_cache(args) -> int:
     from .storage import redact
     from .trainer import run_paths
     cfg = load_config(args.config, args.overrides)
+    _configure_storage(cfg)
     info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
         log = print if info.is_main else (lambda *_: None)
@@ -250,6 +258,7 @@ def cmd_render(args) -> int:
     cams, setup = build_path(loaded, args.path, args.frames, res)
     name = args.path if args.path in PATH_KINDS else os.path.splitext(os.path.basename(args.path))[0]
     out = args.out or os.path.join(args.run or ".", f"render_{name}")
+    _configure_storage(loaded.cfg)
     _terminate_as_interrupt()
     info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
     try:
@@ -280,6 +289,7 @@ def cmd_eval(args) -> int:
     cfg, model, step, elapsed = load_run(args.run, args.overrides)
     split = args.split or cfg.eval.test_split
     scene = load_scene(cfg.data, split)
+    _configure_storage(cfg)
     info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
         model = model.to(info.device)

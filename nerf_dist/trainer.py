@@ -15,11 +15,12 @@ import time
 
 import torch
 import torch.distributed as tdist
+import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import storage
+from . import memory, storage
 from .checkpoint import Checkpointer
-from .config import Config, ConfigError, diff_keys, dump_yaml, from_dict, to_dict
+from .config import Config, ConfigError, diff_keys, from_dict, to_dict
 from .dist import DistInfo, broadcast_object
 from .lifecycle import NonFiniteError, StallWatchdog, StopSignals, write_status
 from .loader import RayLoader
@@ -34,6 +35,19 @@ def step_seed(seed: int, step: int, stream: str = "") -> int:
     """A 63-bit seed derived from (seed, step, stream)."""
     h = hashlib.sha256(f"{seed}/{step}/{stream}".encode()).digest()
     return int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+def config_at_rest(cfg: Config) -> dict:
+    """The config as saved (config.yaml, checkpoints): every credential removed from every URL.
+
+    NOTE: ``s3://KEY:SECRET@bucket/x`` is saved as ``s3://bucket/x``, which still works where the
+    credentials come from the environment, as they should.
+    """
+    def strip(v):
+        return v.replace("://***@", "://") if isinstance(v, str) else v
+    tree = storage.redact_tree(to_dict(cfg))
+    return {k: ({kk: strip(vv) for kk, vv in v.items()} if isinstance(v, dict) else strip(v))
+            for k, v in tree.items()}
 
 
 def lr_at(cfg: Config, step: int) -> float:
@@ -106,6 +120,10 @@ class Trainer:
         with self.watchdog.waiting("the ray cache (building or reading it, or a peer doing so)"):
             self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
                                       log=self.log.info)
+        # NOTE: on every rank, so a rank short of memory never leaves the others in a collective.
+        memory.on_all_ranks(lambda: memory.check_train_batch(cfg, self.cache.n_rays,
+                                                             dist.world_size, self.device),
+                            dist.rank, dist.world_size)
         meta = self.cache.meta
         self.near, self.far = float(meta["near"]), float(meta["far"])
         self.background = torch.tensor(meta["background"], dtype=torch.float32, device=self.device)
@@ -144,7 +162,7 @@ class Trainer:
         self.val_scene = None
         if dist.is_main:
             with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
-                f.write(dump_yaml(cfg))
+                f.write(yaml.safe_dump(config_at_rest(cfg), sort_keys=False))
         self._maybe_resume()
 
     # ------------------------------------------------------------------ setup helpers
@@ -178,7 +196,7 @@ class Trainer:
             return
         step, state = loaded
         saved = from_dict(state["config"])
-        diffs = diff_keys(saved, self.cfg)
+        diffs = diff_keys(saved, from_dict(config_at_rest(self.cfg)))
         if diffs:
             raise ConfigError("cannot resume: the checkpoint was trained with a different model or "
                               "data config; differing keys: " + "; ".join(diffs))
@@ -200,7 +218,7 @@ class Trainer:
             "scheduler": {"lr": lr_at(self.cfg, self.step), "kind": "exponential"},
             "loader": self.loader.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.seed},
-            "config": to_dict(self.cfg),
+            "config": config_at_rest(self.cfg),
             "elapsed": self.elapsed,
             "world_size": self.dist.world_size,
             "scene": self.scene_meta,
@@ -429,6 +447,9 @@ class Trainer:
         if self.val_scene is None:
             try:
                 self.val_scene = load_scene(self.cfg.data, self.cfg.eval.split)
+                side = max(self.val_scene.W, self.val_scene.H)
+                memory.check_render(self.val_scene.W, self.val_scene.H, side, self.cfg.model.chunk,
+                                    self.cfg.model, 1, self.device)
             except Exception as e:  # noqa: BLE001 - validation is optional during training
                 self.log.info(f"validation disabled: {e}")
                 self.val_scene = False

@@ -121,8 +121,14 @@ def s3_unreachable(monkeypatch):
                  "AWS_RETRY_MODE": "standard"}.items():
         monkeypatch.setenv(k, v)
     clear_fsspec_caches()
-    yield endpoint
-    clear_fsspec_caches()
+    from nerf_dist import storage
+    # NOTE: a refused connection is retried (transient): one quick retry keeps these tests fast.
+    storage.configure(retries=1, backoff_s=0.1)
+    try:
+        yield endpoint
+    finally:
+        storage.configure()
+        clear_fsspec_caches()
 
 
 # ============================================================================ end S3 emulator

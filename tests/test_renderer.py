@@ -6,6 +6,7 @@ the single-rank render within max |diff| <= 1e-5 (rgb, acc) and 1e-5 * far (dept
 """
 import json
 import os
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -116,6 +117,74 @@ def test_render_frames_independent_of_tile_and_chunk(demo_scene):
         for k in ("rgb", "depth", "acc"):
             diff = float((out[1][k] - ref[k]).abs().max())
             assert diff <= TOL * (scene.far if k == "depth" else 1.0), (tile, chunk, k, diff)
+
+
+def test_split_rounds_keeps_order_and_balances_pixels():
+    from nerf_dist.renderer.core import _split_rounds
+    from nerf_dist.renderer.tiles import frame_tiles
+    tiles = frame_tiles(0, 37, 23, 8) + frame_tiles(1, 37, 23, 8)
+    total = sum(t.pixels for t in tiles)
+    for n in (1, 2, 3, 7, len(tiles), 100):
+        rounds = _split_rounds(tiles, n)
+        assert len(rounds) == n and [t for r in rounds for t in r] == tiles
+        for r in rounds:  # each round within one tile of an equal share
+            assert abs(sum(t.pixels for t in r) - total / n) <= 64
+    assert _split_rounds([], 3) == [[], [], []]
+
+
+def _rounds_worker(rank, world_size, init_file, root, out):
+    import torch.distributed as tdist
+
+    from nerf_dist import memory
+    from nerf_dist.renderer import core
+    from nerf_dist.renderer.paths import split_path
+    from nerf_dist.scenes import load_scene
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                             world_size=world_size)
+    try:
+        scene = load_scene(load_config(None, [f"data.root={root}"]).data, "val")
+        setup = RenderSetup.from_scene(_tiny_model(), scene, 4096, "cpu")
+        # NOTE: a tiny round budget: every batch is gathered in many rounds of a few tiles
+        memory.ROUND_BYTES = 2000
+        gathers = []
+        real = core._gather_to_main
+        core._gather_to_main = lambda obj, r, w: gathers.append(len(obj)) or real(obj, r, w)
+        frames = dict(render_frames(setup, split_path(scene), [0, 1, 2], rank, world_size,
+                                    tile=8, balance="time"))
+        core._gather_to_main = real
+        # one rank short of memory: every rank raises, naming it, and none waits for the other
+        if rank == 1:
+            memory.host_available = lambda: (1 << 20, "1.0 MiB available (MemAvailable)")
+        try:
+            core.check_memory(setup, 32, 32, 8, rank, world_size)
+            err = ""
+        except memory.MemoryBudgetError as e:
+            err = str(e)
+        torch.save({"frames": frames, "gathers": gathers, "err": err}, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_two_ranks_gather_in_bounded_rounds_and_agree_on_memory(demo_scene, tmp_path):
+    import torch.multiprocessing as mp
+    from nerf_dist.renderer.paths import split_path
+    from nerf_dist.scenes import load_scene
+    out = str(tmp_path / "out")
+    mp.spawn(_rounds_worker, args=(2, str(tmp_path / "init"), str(demo_scene), out), nprocs=2)
+    res = [torch.load(f"{out}.{r}") for r in range(2)]
+    # 3 batches of one 32x32 frame: 32*32*20 B of tiles per batch over 2000-byte rounds
+    assert len(res[0]["gathers"]) == len(res[1]["gathers"]) == 3 * 11
+    assert max(res[1]["gathers"]) <= 2 and sum(res[1]["gathers"]) > 0
+    assert res[1]["frames"] == {}
+    scene = load_scene(load_config(None, [f"data.root={demo_scene}"]).data, "val")
+    setup = RenderSetup.from_scene(_tiny_model(), scene, 4096, "cpu")
+    ref = dict(render_frames(setup, split_path(scene), [0, 1, 2], tile=32))
+    for f in (0, 1, 2):
+        for k in ("rgb", "depth", "acc"):
+            diff = float((res[0]["frames"][f][k] - ref[f][k]).abs().max())
+            assert diff <= TOL * (scene.far if k == "depth" else 1.0), (f, k, diff)
+    assert res[0]["err"].startswith("rank 1: ") and "1.0 MiB available (MemAvailable)" in res[0]["err"]
+    assert res[1]["err"] == res[0]["err"][len("rank 1: "):]
 
 
 # ----------------------------------------------------------------------------- CLI end to end
@@ -230,12 +299,35 @@ def test_render_split_and_json_path_at_resolution(trained_run, demo_scene, tmp_p
     (["--resolution", "0"], "--resolution"),
     (["--frames", "0"], "--frames"),
     (["--tile", "0"], "--tile"),
+    (["--resolution", "2000000x10"], "--resolution"),
 ])
 def test_render_bad_arguments(trained_run, tmp_path, extra, needle):
     out = tmp_path / "bad"
     res = _render(trained_run, out, *extra)
     assert res.returncode != 0 and needle in res.stderr and "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_render_impossible_resolution_fails_fast_with_the_estimate(trained_run, tmp_path):
+    out = tmp_path / "huge"
+    t0 = time.monotonic()
+    res = _render(trained_run, out, "--resolution", "100000x100000")
+    took = time.monotonic() - t0
+    print(f"render --resolution 100000x100000 refused after {took:.1f} s (process start included)")
+    assert res.returncode == 1, res.stderr
+    err = res.stderr
+    assert "100000x100000" in err and "needs about" in err and "TiB" in err  # the estimate
+    assert "available (MemAvailable)" in err or "available under the cgroup limit" in err
+    assert "lower --resolution" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was written
+    assert took < 60
+
+
+def test_eval_refuses_an_absurd_tile(trained_run, tmp_path):
+    res = run_cli(["eval", "--run", str(trained_run), "--out", str(tmp_path / "e"),
+                   "--tile", "100000"])
+    assert res.returncode == 1 and "--tile=100000" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "e").exists()
 
 
 def test_render_bad_inputs_are_named(trained_run, tmp_path):

@@ -129,3 +129,33 @@ def test_checkpoint_refuses_non_finite_state(tmp_path):
     with pytest.raises(ckpt_mod.CheckpointError, match="elapsed"):
         ck.save(3, {"model": {"w": torch.ones(3)}, "elapsed": float("inf")})
     assert ck.list() == [1]
+
+
+def test_no_credentials_at_rest(demo_scene, tmp_path, capsys):
+    secret = "s3cr3tPa55word"
+    run = tmp_path / "r"
+    args = ["train", f"data.root={demo_scene}", f"run.dir={run}", "train.rays_per_batch=128",
+            "log.progress=false", "train.threads=1", "train.steps=2", "train.resume=auto",
+            f"checkpoint.dir=memory://user:{secret}@host/ck-{tmp_path.name}", *TINY_MODEL]
+    assert main(args) == 0
+    assert main([*args, "train.steps=3"]) == 0          # resumes: the saved config still matches
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+    saved = (run / "config.yaml").read_text()
+    assert secret not in saved and f"memory://host/ck-{tmp_path.name}" in saved
+    step, state = Checkpointer(f"memory://user:{secret}@host/ck-{tmp_path.name}",
+                               is_main=False).load()
+    assert step == 3 and secret not in repr(state["config"])
+    for f in run.rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+
+
+def test_impossible_batch_fails_before_training(demo_scene, tmp_path, capsys):
+    args = ["train", f"data.root={demo_scene}", f"run.dir={tmp_path / 'r'}", "log.progress=false",
+            "train.threads=1", "train.steps=2", *TINY_MODEL]
+    assert main([*args, "train.rays_per_batch=1000000000"]) == 1
+    err = capsys.readouterr().err
+    assert "1000000000" in err and "20480" in err, err      # the batch and the cache's rays
+    assert Checkpointer(str(tmp_path / "r" / "checkpoints"), is_main=False).list() == []
+    assert read_status(str(tmp_path / "r"))["state"] == "failed"

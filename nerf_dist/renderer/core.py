@@ -1,8 +1,9 @@
 """Rank-parallel tiled rendering: tiles -> rays -> chunked model calls -> gathered frames.
 
 Every rank renders its share of each batch of frames (see :func:`..tiles.plan_tiles`) in chunks
-of ``chunk`` rays, then rank 0 gathers the tiles and assembles whole frames. Without a process
-group (or world_size 1) it is a plain single-process loop.
+of ``chunk`` rays, then rank 0 gathers the tiles (round by round, see :func:`render_frames`) and
+pastes them into whole frames. Without a process group (or world_size 1) it is a plain
+single-process loop. :func:`check_memory` refuses a render that cannot fit before any work.
 
 Equality across rank counts and tile sizes: a pixel's ray and samples do not depend on its tile,
 so outputs differ only by float reassociation inside batched matrix products (BLAS picks kernels by
@@ -11,6 +12,7 @@ depth, in float32 before quantisation (see tests/test_renderer.py).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -86,6 +88,33 @@ def _gather_to_main(obj, rank: int, world_size: int) -> list | None:
     return box
 
 
+def check_memory(setup: RenderSetup, W: int, H: int, tile: int, rank: int = 0,
+                 world_size: int = 1, evaluate: bool = False) -> None:
+    """:func:`nerf_dist.memory.check_render` for this render on every rank, before any work.
+
+    Every rank checks its own memory; with a process group the verdicts are all-gathered, so
+    every rank raises the same MemoryBudgetError (naming the rank that does not fit) and none is
+    left waiting in a collective.
+    """
+    from ..memory import check_render, on_all_ranks
+    model = setup.model
+    cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
+    on_all_ranks(lambda: check_render(W, H, tile, setup.chunk, cfg, world_size, setup.device,
+                                      evaluate=evaluate), rank, world_size)
+
+
+def _split_rounds(tiles: list[Tile], n_rounds: int) -> list[list[Tile]]:
+    """Consecutive groups of `tiles` of about equal pixel count; exactly n_rounds (some empty)."""
+    rounds: list[list[Tile]] = [[] for _ in range(n_rounds)]
+    total = sum(t.pixels for t in tiles)
+    done = 0
+    for t in tiles:
+        k = min(n_rounds - 1, int((done + t.pixels / 2) * n_rounds / max(total, 1)))
+        rounds[k].append(t)
+        done += t.pixels
+    return rounds
+
+
 def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank: int = 0,
                   world_size: int = 1, tile: int = 64, balance: str = "time",
                   stats: dict | None = None) -> Iterator[tuple[int, dict]]:
@@ -97,7 +126,14 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     tile position in the previous batch (neighbouring frames cost alike), so cheap empty regions
     and expensive detailed ones even out across ranks.
     stats: if given, accumulates 'rays' and 'render_s' of this rank and 'rank_s' per rank (rank 0).
+
+    Memory: tiles are pasted into the frames being assembled as they arrive, never all held at
+    once. A single process pastes each tile straight away; with several ranks each rank's tiles
+    are cut into the same number of rounds (about equal pixels, so the time-balanced plan stays
+    balanced round by round), and each round is gathered to rank 0 and pasted, so rank 0
+    receives at most about memory.ROUND_BYTES of tile results at a time.
     """
+    from ..memory import FRAME_BYTES_PER_PIXEL, ROUND_BYTES
     if balance not in ("time", "pixels"):
         raise ValueError(f"balance must be 'time' or 'pixels', got {balance!r}")
     setup.model.eval()
@@ -110,33 +146,47 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
             mean = sum(cost_map.values()) / len(cost_map)
             cost = lambda t: t.pixels * cost_map.get((t.y0, t.x0), mean)  # noqa: E731
         plan = plan_tiles(batch, H, W, tile, world_size, cost)
-        mine = []
-        t_rank = time.perf_counter()
-        for t in plan[rank]:
-            t0 = time.perf_counter()
-            out = render_tile(setup, cams, t)
-            mine.append((tuple(t), out, time.perf_counter() - t0))
-        t_rank = time.perf_counter() - t_rank
+        assembled = {f: {"rgb": torch.zeros(H, W, 3), "depth": torch.zeros(H, W),
+                         "acc": torch.zeros(H, W)} for f in batch} if rank == 0 else {}
+        new_cost: dict[tuple[int, int], list[float]] = {}
+        rank_s = stats.setdefault("rank_s", [0.0] * world_size) if stats is not None else None
+
+        def paste(t: Tile, out: dict, dt: float, r: int) -> None:
+            for k, v in out.items():
+                assembled[t.frame][k][t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] = v
+            new_cost.setdefault((t.y0, t.x0), []).append(dt / max(t.pixels, 1))
+            if rank_s is not None:
+                rank_s[r] += dt
+
+        if world_size == 1:
+            rounds = [plan[0]]
+        else:
+            total = sum(t.pixels for p in plan for t in p) * FRAME_BYTES_PER_PIXEL
+            rounds = _split_rounds(plan[rank], max(1, math.ceil(total / ROUND_BYTES)))
+        t_rank = 0.0
+        for group in rounds:
+            sent = []
+            for t in group:
+                t0 = time.perf_counter()
+                out = render_tile(setup, cams, t)
+                dt = time.perf_counter() - t0
+                t_rank += dt
+                if rank == 0:
+                    paste(t, out, dt, 0)
+                else:
+                    sent.append((tuple(t), out, dt))
+            if world_size > 1:
+                parts = _gather_to_main(sent, rank, world_size)
+                del sent
+                if rank == 0:
+                    for r, part in enumerate(parts):
+                        for tt, out, dt in part:
+                            paste(Tile(*tt), out, dt, r)
+                del parts
         if stats is not None:
-            stats["rays"] = stats.get("rays", 0) + sum(Tile(*t).pixels for t, _, _ in mine)
+            stats["rays"] = stats.get("rays", 0) + sum(t.pixels for t in plan[rank])
             stats["render_s"] = stats.get("render_s", 0.0) + t_rank
-        parts = _gather_to_main(mine, rank, world_size)
-        assembled = {}
         if rank == 0:
-            new_cost: dict[tuple[int, int], list[float]] = {}
-            for r, part in enumerate(parts):
-                if stats is not None:
-                    rank_s = stats.setdefault("rank_s", [0.0] * world_size)
-                    rank_s[r] += sum(dt for _, _, dt in part)
-                for tt, out, dt in part:
-                    t = Tile(*tt)
-                    if t.frame not in assembled:
-                        assembled[t.frame] = {"rgb": torch.zeros(H, W, 3),
-                                              "depth": torch.zeros(H, W),
-                                              "acc": torch.zeros(H, W)}
-                    for k, v in out.items():
-                        assembled[t.frame][k][t.y0:t.y0 + t.h, t.x0:t.x0 + t.w] = v
-                    new_cost.setdefault((t.y0, t.x0), []).append(dt / max(t.pixels, 1))
             cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}
         if balance == "time":
             cost_map = dist.broadcast_object(cost_map)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .core import RenderSetup, render_frames
+from .core import RenderSetup, check_memory, render_frames
 from .outputs import FrameWriter, clean_temp, write_videos
 from .paths import CameraPath, load_camera_path, orbit_path, spiral_path, split_path
 
@@ -167,6 +167,9 @@ def render_to_dir(loaded: Loaded, cams: CameraPath, setup: RenderSetup, out_dir:
     if fps <= 0:
         raise ValueError(f"--fps must be > 0, got {fps}")
     setup.device = torch.device(device) if device is not None else setup.device
+    # NOTE: before the model moves, render.json is written or any tile rendered: a request that
+    # cannot fit fails here in about a second, on every rank alike.
+    check_memory(setup, cams.W, cams.H, tile, rank, world_size)
     setup.model = setup.model.to(setup.device)
     is_main = rank == 0
     meta_file = os.path.join(out_dir, "render.json")

@@ -94,6 +94,10 @@ def parse_resolution(text: str) -> tuple[int, int]:
     W, H = nums
     if W < 1 or H < 1:
         raise ValueError(f"--resolution must be at least 1x1, got {text!r}")
+    from ..memory import MAX_SIDE
+    if W > MAX_SIDE or H > MAX_SIDE:
+        raise ValueError(f"--resolution {text!r} is beyond any sensible size (at most {MAX_SIDE} "
+                         f"pixels a side)")
     return W, H
 
 

@@ -1,0 +1,469 @@
+"""Memory budgets: refuse requests whose size is known up front before any work starts.
+
+A render resolution, tile and chunk, or a training batch over a cache, fix how much memory a
+rank will hold. :func:`check_render` and :func:`check_train_batch` compare an upper-bound
+estimate with what this machine has left (:func:`available_bytes`) and raise
+:class:`MemoryBudgetError` (a ValueError: the CLI prints it on one line and exits 1) with the
+estimate, the limit and the knob to turn. :func:`on_all_ranks` runs a check on every rank and
+makes them agree, so one rank short of memory never leaves the others waiting in a collective.
+
+The estimates are deliberately simple formulas of the config (documented on each function and
+checked against measured peaks in tests/test_memory.py): bytes per field sample for the
+vanilla and fast models, bytes per pixel for frame buffers, bytes per ray for the cache. They
+are upper bounds for fp32; bf16/fp16 activations need less.
+
+Set ``NERF_DIST_MEMORY_CHECK=off`` to skip the comparison with available memory (the
+absurd-value checks and ``rays_per_batch > cache rays`` still apply), e.g. when the machine's
+memory is shared in ways the kernel does not report.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+# Hard sanity limits, independent of the machine: values beyond them are mistakes, not requests.
+MAX_SIDE = 1 << 20          # pixels per image side
+MAX_TILE = 1 << 16          # pixels per tile side
+MAX_CHUNK = 1 << 26         # rays per model call
+
+_F32 = 4
+# Rank 0 holds each frame of the batch being assembled: rgb [H, W, 3] + depth + acc, float32.
+FRAME_BYTES_PER_PIXEL = 5 * _F32
+# Writing one frame (FrameWriter.write: clamp copies, 16-bit depth, colourised depth, uint8 and
+# PNG buffers) peaks at about this many transient bytes per pixel on top of the frame itself.
+WRITE_BYTES_PER_PIXEL = 128
+# Evaluating one frame (evaluate_split: PSNR, SSIM's blurred [3, H, W] maps, hit depth, PNGs).
+EVAL_BYTES_PER_PIXEL = 384
+# One tile in flight on a rank (tile_rays + render_chunked outputs + the cat + the CPU copy).
+TILE_BYTES_PER_PIXEL = 128
+# Rays kept in memory per training ray of the cache (rays_o, rays_d, viewdirs, rgb: float32).
+CACHE_BYTES_PER_RAY = 4 * 3 * _F32
+# Tile results sent to rank 0 per gather round, summed over the ranks (renderer.core): bounds what
+# rank 0 receives at once, whatever the frame size.
+ROUND_BYTES = 64 << 20
+# Added to every estimate: one-time buffers the per-sample and per-pixel figures leave out (BLAS
+# and OpenMP workspaces, allocator slack; measured at up to ~30 MiB on CPU).
+_SLACK = 64 << 20
+
+
+class MemoryBudgetError(ValueError):
+    """A request would need more memory than this machine has; the message says what to change."""
+
+
+# ------------------------------------------------------------------------------ what is there
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _meminfo_available() -> int | None:
+    text = _read("/proc/meminfo")
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _mounts() -> list[tuple[str, str, str, str]]:
+    """(root, mount point, fs type, super options) of cgroup mounts from /proc/self/mountinfo."""
+    out = []
+    for line in (_read("/proc/self/mountinfo") or "").splitlines():
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) >= 5 and len(r) >= 3 and r[0] in ("cgroup", "cgroup2"):
+            out.append((f[3], f[4], r[0], r[2]))
+    return out
+
+
+def _cgroup_dirs() -> list[tuple[str, str]]:
+    """(version, directory) of this process's memory cgroup and its ancestors, innermost first."""
+    dirs: list[tuple[str, str]] = []
+    lines = (_read("/proc/self/cgroup") or "").splitlines()
+    for root, mnt, fstype, opts in _mounts():
+        for line in lines:
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            _, ctrls, path = parts
+            if fstype == "cgroup2" and parts[0] == "0" and ctrls == "":
+                version = "v2"
+            elif fstype == "cgroup" and "memory" in ctrls.split(",") and "memory" in opts.split(","):
+                version = "v1"
+            else:
+                continue
+            # NOTE: inside a cgroup namespace the mount's root is the process's own cgroup, so
+            # the path from /proc/self/cgroup is relative to it; otherwise strip the mount root.
+            rel = path[len(root):] if root != "/" and path.startswith(root) else path
+            d = os.path.normpath(os.path.join(mnt, rel.lstrip("/")))
+            if not os.path.isdir(d):
+                d = mnt
+            while True:
+                dirs.append((version, d))
+                if os.path.normpath(d) == os.path.normpath(mnt):
+                    break
+                d = os.path.dirname(d)
+    return dirs
+
+
+def _stat_value(text: str | None, key: str) -> int:
+    for line in (text or "").splitlines():
+        k, _, v = line.partition(" ")
+        if k == key and v.strip().isdigit():
+            return int(v)
+    return 0
+
+
+def _cgroup_headroom() -> tuple[int, int] | None:
+    """(bytes left, limit) of the tightest memory cgroup limit above this process, or None.
+
+    Left = limit - (usage - inactive file cache): the page cache the kernel would drop first
+    does not count as used, as in `docker stats`.
+    """
+    best = None
+    for version, d in _cgroup_dirs():
+        if version == "v2":
+            lim, cur = _read(os.path.join(d, "memory.max")), _read(os.path.join(d, "memory.current"))
+            inactive = _stat_value(_read(os.path.join(d, "memory.stat")), "inactive_file")
+        else:
+            lim = _read(os.path.join(d, "memory.limit_in_bytes"))
+            cur = _read(os.path.join(d, "memory.usage_in_bytes"))
+            inactive = _stat_value(_read(os.path.join(d, "memory.stat")), "total_inactive_file")
+        if not lim or not lim.isdigit() or not cur or not cur.isdigit():
+            continue  # "max" (v2) or unreadable: no limit here
+        limit = int(lim)
+        if limit >= 1 << 60:  # v1 spells "no limit" as a huge page-aligned number
+            continue
+        left = max(0, limit - max(0, int(cur) - inactive))
+        if best is None or left < best[0]:
+            best = (left, limit)
+    return best
+
+
+def host_available() -> tuple[int, str]:
+    """(bytes, description) of host memory this process can still use: the smaller of the
+    cgroup (v2 or v1) headroom and /proc/meminfo MemAvailable."""
+    found: list[tuple[int, str]] = []
+    avail = _meminfo_available()
+    if avail is not None:
+        found.append((avail, f"{fmt_bytes(avail)} available (MemAvailable)"))
+    cg = _cgroup_headroom()
+    if cg is not None:
+        found.append((cg[0], f"{fmt_bytes(cg[0])} available under the cgroup limit of "
+                             f"{fmt_bytes(cg[1])}"))
+    if not found:
+        return 1 << 62, "unknown (no /proc/meminfo or cgroup limit)"
+    return min(found)
+
+
+def _device_type(device) -> str:
+    """'cpu', 'cuda', ... of a torch.device, a string like 'cuda:1', or None (the CPU)."""
+    if device is None:
+        return "cpu"
+    return getattr(device, "type", None) or str(device).split(":", 1)[0]
+
+
+def device_available(device) -> tuple[int, str] | None:
+    """(bytes, description) free on a CUDA device (driver free + this process's cached blocks),
+    None for a CPU device."""
+    if _device_type(device) != "cuda":
+        return None
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device(device)
+    free, total = torch.cuda.mem_get_info(dev)
+    cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    left = int(free + max(0, cached))
+    return left, f"{fmt_bytes(left)} free of {fmt_bytes(total)} on {dev}"
+
+
+def available_bytes(device=None) -> int:
+    """Bytes this process can still allocate: free device memory for a CUDA device, else the
+    smaller of the cgroup (v2/v1) headroom and MemAvailable."""
+    dev = device_available(device)
+    return dev[0] if dev is not None else host_available()[0]
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def _enabled() -> bool:
+    return os.environ.get("NERF_DIST_MEMORY_CHECK", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+# ------------------------------------------------------------------------------ model estimates
+
+def _get(cfg, name: str, default):
+    return getattr(cfg, name, default)
+
+
+def samples_per_ray(model_cfg, train: bool) -> int:
+    """Upper bound on field samples per ray held at once.
+
+    vanilla: inference keeps one pass alive (n_samples + n_importance for the fine pass);
+    training keeps the coarse and fine passes for backward (2 n_samples + n_importance).
+    fast: inference evaluates at most 32 slots per ray at a time (model_fast._EVAL_SEGMENT);
+    training keeps every kept sample, at most max_samples (occupancy and early stopping usually
+    keep far fewer: this is the upper bound).
+    """
+    if _get(model_cfg, "kind", "vanilla") == "fast":
+        m = int(_get(model_cfg, "max_samples", 256))
+        return m if train else min(32, m)
+    s, imp = int(_get(model_cfg, "n_samples", 64)), int(_get(model_cfg, "n_importance", 128))
+    if imp <= 0:
+        return s
+    return 2 * s + imp if train else s + imp
+
+
+def bytes_per_sample(model_cfg, train: bool) -> int:
+    """Activation bytes per field sample (fp32), an upper-bound formula of the model config.
+
+    Fitted to measured peaks (tests/test_memory.py checks estimate >= measured, within 2x):
+    vanilla (in_x = 3 (1 + 2 pos_freqs), in_d = 3 (1 + 2 dir_freqs), W = width, D = depth):
+      inference: the trunk's peak at the skip layer (previous output, [h, gamma(x)], new output:
+      about 4.5 W floats) + the encodings (in_x + in_d) + ~128 floats of points, directions and
+      compositing; training: every layer input saved for backward ((D + 2.5) W + 3 in_x +
+      2 in_d) + backward transients (3 W) + ~64 floats.
+    fast (L levels, F features, h hidden, g geo features): per level 8 corner indices (int64),
+      weights and their transients (320 L bytes at inference, 256 L saved in training) + the
+      MLPs (L F + 3 h + 2 g + 40 floats; training 2 L F + 4 h + 3 g + 60) + 64 bytes.
+    """
+    if _get(model_cfg, "kind", "vanilla") == "fast":
+        L, Fd = int(_get(model_cfg, "hash_levels", 16)), int(_get(model_cfg, "hash_features", 2))
+        h, g = int(_get(model_cfg, "hidden", 64)), int(_get(model_cfg, "geo_features", 15))
+        if train:
+            return 256 * L + _F32 * (2 * L * Fd + 4 * h + 3 * g + 60) + 64
+        return 320 * L + _F32 * (L * Fd + 3 * h + 2 * g + 40) + 64
+    in_x = 3 * (1 + 2 * int(_get(model_cfg, "pos_freqs", 10)))
+    in_d = 3 * (1 + 2 * int(_get(model_cfg, "dir_freqs", 4)))
+    W, D = int(_get(model_cfg, "width", 256)), int(_get(model_cfg, "depth", 8))
+    if train:
+        floats = (D + 2.5) * W + 3 * in_x + 2 * in_d + 3 * W + 64
+    else:
+        floats = 4.5 * W + in_x + in_d + 128
+    return int(math.ceil(floats * _F32))
+
+
+def bytes_per_ray(model_cfg, train: bool) -> int:
+    """Activation bytes per ray: samples_per_ray * bytes_per_sample, plus the fast model's
+    per-ray marching tensors ([n_rays, march_steps] float/bool/int64 slots, ~64 B each, and
+    [n_rays, max_samples] slot tables)."""
+    b = samples_per_ray(model_cfg, train) * bytes_per_sample(model_cfg, train)
+    if _get(model_cfg, "kind", "vanilla") == "fast":
+        b += 64 * (int(_get(model_cfg, "march_steps", 1024)) + 1)
+        b += 16 * int(_get(model_cfg, "max_samples", 256))
+    return b
+
+
+def param_bytes(model_cfg) -> int:
+    """Parameter count x 4 bytes (weights only; training needs 4x: grads and two Adam moments)."""
+    if _get(model_cfg, "kind", "vanilla") == "fast":
+        L, Fd = int(_get(model_cfg, "hash_levels", 16)), int(_get(model_cfg, "hash_features", 2))
+        T = 1 << int(_get(model_cfg, "hash_log2_size", 19))
+        h, g = int(_get(model_cfg, "hidden", 64)), int(_get(model_cfg, "geo_features", 15))
+        n = L * T * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g) + (g + 17) * h + (h + 1) * h + (h + 1) * 3
+        n += int(_get(model_cfg, "grid_res", 128)) ** 3 * 2  # occupancy grid: density + bool
+    else:
+        in_x = 3 * (1 + 2 * int(_get(model_cfg, "pos_freqs", 10)))
+        in_d = 3 * (1 + 2 * int(_get(model_cfg, "dir_freqs", 4)))
+        W, D = int(_get(model_cfg, "width", 256)), int(_get(model_cfg, "depth", 8))
+        n = (in_x + 1) * W + (D - 1) * (W + 1) * W + in_x * W + (W + 1) * (W + 1) \
+            + (W + in_d + 1) * (W // 2) + (W // 2 + 1) * 3
+        n *= 2 if int(_get(model_cfg, "n_importance", 128)) > 0 else 1
+    return n * _F32
+
+
+# ------------------------------------------------------------------------------ checks
+
+def _positive_int(value, name: str, cap: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MemoryBudgetError(f"{name} must be a whole number >= 1, got {value!r}")
+    if value > cap:
+        raise MemoryBudgetError(f"{name}={value} is beyond any sensible value (limit {cap}); {hint}")
+    return value
+
+
+def on_all_ranks(check, rank: int = 0, world_size: int = 1):
+    """check() on every rank; with a process group, every rank raises the same
+    MemoryBudgetError if any rank's check failed (prefixed with that rank when it is another), so
+    no rank goes on into a collective that the failing one never joins. Returns check()'s value.
+
+    Every rank must call it (it holds an all-gather when world_size > 1).
+    """
+    err, value = None, None
+    try:
+        value = check()
+    except MemoryBudgetError as e:
+        err = str(e)
+    if world_size > 1:
+        import torch.distributed as tdist
+        if tdist.is_available() and tdist.is_initialized():
+            box: list = [None] * world_size
+            tdist.all_gather_object(box, err)
+            bad = [(r, e) for r, e in enumerate(box) if e]
+            if bad:
+                r, e = bad[0]
+                raise MemoryBudgetError(e if r == rank else f"rank {r}: {e}")
+            return value
+    if err:
+        raise MemoryBudgetError(err)
+    return value
+
+
+def _largest(parts: dict[str, int]) -> str:
+    return max(parts, key=lambda k: parts[k])
+
+
+def _describe(parts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {fmt_bytes(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+
+
+def render_estimate(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: int = 1,
+                    device="cpu", evaluate: bool = False) -> dict[str, dict[str, int]]:
+    """Per-rank peak memory of a tiled render, as {'host': {part: bytes}, 'device': {...}}.
+
+    host (rank 0, the largest): the frames of one batch being assembled (frames per batch as in
+    renderer.tiles.frame_batches, each H W x 20 B), writing or evaluating one frame (H W x 128 B,
+    or x 384 B for eval), one tile in flight (tile^2 x 128 B), one gather round of tile results
+    (renderer.core bounds it to ROUND_BYTES over all ranks, x 3 for pickling), and the model's
+    chunk (chunk x bytes_per_ray) when the device is the CPU. device (CUDA only): the chunk's
+    activations, the tile's rays and outputs, and the weights.
+    """
+    tiles_per_frame = math.ceil(H / tile) * math.ceil(W / tile)
+    batch = max(1, math.ceil(2 * world_size / max(1, tiles_per_frame)))
+    pixels = W * H
+    tile_px = min(tile, H) * min(tile, W)
+    host = {
+        f"{batch} frame(s) of {W}x{H} being assembled": batch * pixels * FRAME_BYTES_PER_PIXEL,
+        ("evaluating" if evaluate else "writing") + " a frame":
+            pixels * (EVAL_BYTES_PER_PIXEL if evaluate else WRITE_BYTES_PER_PIXEL),
+        f"--tile {tile} buffers": tile_px * TILE_BYTES_PER_PIXEL,
+    }
+    if world_size > 1:
+        host["gathering tiles from other ranks"] = 3 * min(ROUND_BYTES, batch * pixels *
+                                                           FRAME_BYTES_PER_PIXEL)
+    chunk_rays = min(chunk, tile_px)
+    acts = {f"model.chunk={chunk} activations ({min(chunk, tile_px)} rays x "
+            f"{samples_per_ray(model_cfg, False)} samples)":
+            chunk_rays * bytes_per_ray(model_cfg, False),
+            "model weights": param_bytes(model_cfg)}
+    if _device_type(device) == "cuda":
+        device_parts = {**acts, f"--tile {tile} rays and outputs on the device": tile_px * 96}
+    else:
+        host.update(acts)
+        device_parts = {}
+    return {"host": host, "device": device_parts}
+
+
+def _compare(parts: dict[str, int], avail: tuple[int, str], what: str, advice: dict[str, str]) -> None:
+    total = sum(parts.values()) + _SLACK
+    if total <= avail[0]:
+        return
+    big = _largest(parts)
+    hint = next((v for k, v in advice.items() if k in big), "reduce the request")
+    raise MemoryBudgetError(f"{what} needs about {fmt_bytes(total)} ({_describe(parts)}), but "
+                            f"only {avail[1]}: {hint}. Set NERF_DIST_MEMORY_CHECK=off to skip "
+                            f"this check.")
+
+
+def check_render(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: int = 1,
+                 device="cpu", evaluate: bool = False) -> dict[str, dict[str, int]]:
+    """Raise MemoryBudgetError unless a W x H render with this tile and chunk fits this rank.
+
+    Refuses absurd sizes first (a side over MAX_SIDE, tile over MAX_TILE, chunk over MAX_CHUNK),
+    then compares :func:`render_estimate` with :func:`host_available` (and the CUDA device's free
+    memory). Returns the estimate. Every rank of a render calls it (renderer.core.check_memory
+    makes the ranks agree).
+    """
+    W = _positive_int(W, "resolution width", MAX_SIDE, "pass a smaller --resolution")
+    H = _positive_int(H, "resolution height", MAX_SIDE, "pass a smaller --resolution")
+    tile = _positive_int(tile, "--tile", MAX_TILE, "tiles of 32-512 pixels work well")
+    chunk = _positive_int(chunk, "model.chunk", MAX_CHUNK, "1024-65536 rays per call work well")
+    est = render_estimate(W, H, tile, chunk, model_cfg, world_size, device, evaluate)
+    if not _enabled():
+        return est
+    what = f"{'evaluating' if evaluate else 'rendering'} at {W}x{H} (tile {tile}, chunk {chunk})"
+    advice = {"frame": f"lower --resolution (a {W}x{H} frame alone needs "
+                       f"{fmt_bytes(W * H * (FRAME_BYTES_PER_PIXEL + WRITE_BYTES_PER_PIXEL))})",
+              "model.chunk": "lower model.chunk (e.g. model.chunk=" + str(max(1, chunk // 8)) + ")",
+              "--tile": "lower --tile", "gathering": "lower --resolution or --tile",
+              "weights": "the model itself does not fit: use a machine with more memory"}
+    _compare(est["host"], host_available(), what + " on the host", advice)
+    dev = device_available(device)
+    if dev is not None and est["device"]:
+        _compare(est["device"], dev, what + " on the device", advice)
+    return est
+
+
+def train_estimate(cfg, n_cache_rays: int, world_size: int = 1,
+                   device="cpu") -> dict[str, dict[str, int]]:
+    """Per-rank peak memory of a training step, as {'host': {...}, 'device': {...}}.
+
+    The rank's batch is ceil(rays_per_batch / world_size) rays; its activations are rays x
+    samples_per_ray(train) x bytes_per_sample(train) (see those functions: for the fast model
+    max_samples bounds the kept samples, so this is an upper bound). Weights count 4x (weights,
+    grads, two Adam moments). The rank's share of the ray cache (n_cache_rays / world_size x 48 B,
+    loaded by the RayLoader) is host memory; activations and weights go to the device (the host
+    when the device is the CPU).
+    """
+    rays = math.ceil(cfg.train.rays_per_batch / world_size)
+    per_ray = bytes_per_ray(cfg.model, True)
+    host = {f"the rank's share of the ray cache ({math.ceil(n_cache_rays / world_size)} rays)":
+            math.ceil(n_cache_rays / world_size) * CACHE_BYTES_PER_RAY}
+    acts = {f"activations of {rays} rays x {samples_per_ray(cfg.model, True)} samples "
+            f"(train.rays_per_batch={cfg.train.rays_per_batch} over {world_size} rank(s))":
+            rays * per_ray,
+            "model weights, gradients and Adam moments": 4 * param_bytes(cfg.model)}
+    if _device_type(device) == "cuda":
+        return {"host": host, "device": acts}
+    host.update(acts)
+    return {"host": host, "device": {}}
+
+
+def check_train_batch(cfg, n_cache_rays: int, world_size: int = 1,
+                      device="cpu") -> dict[str, dict[str, int]]:
+    """Raise MemoryBudgetError if a training step cannot fit, or the batch exceeds the cache.
+
+    ``train.rays_per_batch > n_cache_rays`` is an error naming both numbers (every batch would
+    repeat rays). Then :func:`train_estimate` is compared with what this rank has: call it after
+    the ray cache exists and before the loader reads its shards. Returns the estimate.
+    """
+    rpb = int(cfg.train.rays_per_batch)
+    if rpb > n_cache_rays:
+        raise MemoryBudgetError(f"train.rays_per_batch={rpb} is larger than the ray cache "
+                                f"({n_cache_rays} training rays): lower train.rays_per_batch to at "
+                                f"most {n_cache_rays}")
+    est = train_estimate(cfg, n_cache_rays, world_size, device)
+    if not _enabled():
+        return est
+    fit = None
+    per_ray = bytes_per_ray(cfg.model, True)
+    budget = (device_available(device) or host_available())[0]
+    spare = budget - _SLACK - sum(v for k, v in (est["device"] or est["host"]).items()
+                                  if not k.startswith("activations"))
+    if per_ray > 0 and spare > 0:
+        fit = max(1, spare // per_ray) * world_size
+    advice = {"activations": (f"lower train.rays_per_batch (about {fit} fits on {world_size} "
+                              f"rank(s))" if fit else "lower train.rays_per_batch")
+              + ", lower model.n_samples/n_importance (vanilla) or model.max_samples (fast), "
+                "or train on more ranks",
+              "ray cache": "train on more ranks (each loads 1/world_size of the cache), or raise "
+                           "data.downscale",
+              "weights": "the model itself does not fit: make it smaller"}
+    what = f"training with train.rays_per_batch={rpb}"
+    _compare(est["host"], host_available(), what + " on the host", advice)
+    dev = device_available(device)
+    if dev is not None and est["device"]:
+        _compare(est["device"], dev, what + " on the device", advice)
+    return est
