@@ -1,0 +1,226 @@
+"""The workstation launch scripts: launch/train.sh, launch/render.sh, launch/tensorboard.sh.
+
+They run here with NERF_DIST_NO_VENV=1 and this interpreter's bin folder first on PATH, so they
+use the python under test instead of (re)building .venv. Multi-rank runs are real torchrun jobs
+with 2 gloo ranks on the CPU (--cpu).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_MODEL, free_port
+from nerf_dist.checkpoint import Checkpointer
+
+SCRIPTS = ("train.sh", "render.sh", "tensorboard.sh")
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "NERF_DIST_NO_VENV": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _script(name: str, *args, timeout: float = 300, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "launch" / name), *map(str, args)],
+                          capture_output=True, text=True, env=_env(**env), timeout=timeout,
+                          cwd=str(REPO))
+
+
+def _train_args(scene, run, *extra):
+    return [f"data.root={scene}", f"run.dir={run}", "train.rays_per_batch=256",
+            "log.progress=false", "train.threads=1", *TINY_MODEL, *extra]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, log: Path, what: str, timeout: float = 180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, f"exited {proc.returncode} before {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen, agent: int | None) -> None:
+    """Never leave a run behind when a test fails half-way (the agent has its own group)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)  # forwarded to the agent, which stops its ranks
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if agent:
+        try:
+            os.killpg(agent, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# ----------------------------------------------------------------------------- help and usage
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_lists_usage_options_examples_and_exit_codes(name):
+    t0 = time.time()
+    # NOTE: --help needs no python and no venv: an empty PATH besides the shell's basics.
+    res = subprocess.run(["bash", str(REPO / "launch" / name), "--help"], capture_output=True,
+                         text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    for section in ("usage: launch/" + name, "options:", "examples:", "exit codes:"):
+        assert section in res.stdout, section
+    assert time.time() - t0 < 10
+    bad = subprocess.run(["bash", str(REPO / "launch" / name), "--no-such-option"],
+                         capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    if name != "render.sh":  # render.sh passes unknown options on to `nerf-dist render`
+        assert bad.returncode == 2 and "--no-such-option" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("args,needle", [(["--nproc", "0"], "--nproc"),
+                                         (["--max-restarts", "x"], "--max-restarts"),
+                                         (["notakeyvalue"], "notakeyvalue")])
+def test_train_usage_errors_exit_2(args, needle):
+    res = _script("train.sh", *args, timeout=30)
+    assert res.returncode == 2 and needle in res.stderr, res.stderr
+
+
+# ----------------------------------------------------------------------------- train.sh
+
+@pytest.fixture(scope="module")
+def train_sh_run(demo_scene, tmp_path_factory):
+    """(result, run folder) of `launch/train.sh --nproc 2 --cpu --config FILE overrides`."""
+    tmp = tmp_path_factory.mktemp("train_sh")
+    run = tmp / "run"
+    # the file sets 4 steps; the override after it wins (config + overrides passed through)
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text("train:\n  steps: 4\ncheckpoint:\n  every: 3\n")
+    res = _script("train.sh", "--nproc", "2", "--cpu", "--config", cfg,
+                  *_train_args(demo_scene, run, "train.steps=6"))
+    return res, run
+
+
+def test_train_two_cpu_ranks_finishes_with_checkpoints(train_sh_run):
+    res, run = train_sh_run
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "2 CPU rank(s)" in res.stderr and "over 2 rank(s)" in res.stdout, out[-4000:]
+    assert Checkpointer(str(run / "checkpoints"), keep=10, is_main=False).list() == [3, 6]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 6
+    # printed by `nerf-dist status`, which train.sh runs after torchrun returns
+    assert '"state": "finished"' in res.stdout
+
+
+def test_train_bad_override_fails_before_starting_ranks(demo_scene, tmp_path):
+    run = tmp_path / "run"
+    res = _script("train.sh", "--nproc", "2", "--cpu",
+                  *_train_args(demo_scene, run, "train.bogus_key=1"), timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "train.bogus_key" in res.stderr
+    assert "torch.distributed" not in res.stderr and not run.exists()  # no rank ever started
+    missing = _script("train.sh", "--config", tmp_path / "nope.yaml", timeout=30)
+    assert missing.returncode == 1 and "nope.yaml" in missing.stderr
+
+
+def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scene, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    args = _train_args(demo_scene, run, "train.steps=100000", "checkpoint.every=5")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["bash", str(REPO / "launch" / "train.sh"), "--nproc", "2", "--cpu",
+                                 *args], stdout=out, stderr=subprocess.STDOUT, env=_env(),
+                                cwd=str(REPO), start_new_session=True)
+    agent = None
+    try:
+        _wait_for(lambda: "agent pid" in log.read_text(), proc, log, "agent pid")
+        agent = int(log.read_text().split("agent pid ")[1].split()[0])
+        # stop mid-run: after the first periodic checkpoint, long before train.steps
+        _wait_for(lambda: "checkpoint step 5 " in log.read_text(), proc, log, "a checkpoint")
+        os.kill(agent, signal.SIGUSR1)
+        rc = proc.wait(timeout=120)
+    finally:
+        _stop(proc, agent)
+    text = log.read_text()
+    assert rc == 75, text[-4000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped" and "SIGUSR1" in status["reason"], status
+    stop_step = status["step"]
+    assert 5 <= stop_step < 100000 and status["checkpoint_step"] == stop_step
+    assert Checkpointer(str(run / "checkpoints"), keep=10, is_main=False).list()[-1] == stop_step
+
+
+# ----------------------------------------------------------------------------- render.sh
+
+def test_render_two_cpu_ranks_passes_options_through(train_sh_run, tmp_path):
+    res, run = train_sh_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "frames"
+    # --run (not --run-dir) must reach nerf-dist render as --run-dir under torchrun
+    res = _script("render.sh", "--nproc", "2", "--cpu", "--run", run, "--path", "orbit",
+                  "--frames", "2", "--resolution", "12x10", "--no-video", "--no-progress",
+                  "--out", out)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "on 2 rank(s)" in res.stdout
+    assert sorted(p.name for p in (out / "rgb").iterdir()) == ["00000.png", "00001.png"]
+    import imageio.v3 as iio
+    assert iio.imread(out / "rgb" / "00000.png").shape[:2] == (10, 12)
+
+
+# ----------------------------------------------------------------------------- tensorboard.sh
+
+def _serve_until_runs(args, tmp_path, env=None, timeout=90) -> list:
+    """Start tensorboard.sh, poll /data/runs until it lists a run; returns the list."""
+    port = free_port()
+    log = tmp_path / f"tb_{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["bash", str(REPO / "launch" / "tensorboard.sh"), "--port",
+                                 str(port), "--reload", "1", *map(str, args)], stdout=out,
+                                stderr=subprocess.STDOUT, env=_env(**(env or {})),
+                                cwd=str(REPO), start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2) as r:
+                    runs = json.loads(r.read())
+                if runs:
+                    return runs
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"no runs served within {timeout} s:\n{log.read_text()[-3000:]}")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _events(tmp_path) -> Path:
+    """A run folder with one TensorBoard event file (as the trainer writes it) in RUN/tb."""
+    from torch.utils.tensorboard import SummaryWriter
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.yaml").write_text("log:\n  dir: ''\n")
+    w = SummaryWriter(str(run / "tb"))
+    w.add_scalar("train/loss", 0.5, 1)
+    w.close()
+    return run
+
+
+def test_tensorboard_serves_a_run_folder(tmp_path):
+    run = _events(tmp_path)
+    assert _serve_until_runs([run], tmp_path) == ["."]  # RUN/tb itself, found from the run folder
+    assert _script("tensorboard.sh", tmp_path / "missing", timeout=30).returncode == 1
+
+
+def test_tensorboard_reads_an_s3_prefix(tmp_path, s3_server):
+    import fsspec
+    run = _events(tmp_path)
+    prefix = f"{s3_server['bucket']}/launch-tb/lego"
+    fsspec.filesystem("s3").put(str(run / "tb"), f"{prefix}/tb", recursive=True)
+    runs = _serve_until_runs([f"s3://{prefix}"], tmp_path, env=s3_server["env"])
+    assert runs == ["tb"]
