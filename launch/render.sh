@@ -71,21 +71,9 @@ fi
 [ "$cpu" = 1 ] && export CUDA_VISIBLE_DEVICES=""
 
 n_gpus=$(python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" | tail -n 1)
-if [ "$n_gpus" -gt 0 ]; then
-  [ -n "$n_ranks" ] || n_ranks="$n_gpus"
-  if [ "$n_ranks" -gt "$n_gpus" ]; then
-    echo "launch/render.sh: error: --nproc $n_ranks but only $n_gpus GPU(s) visible (NCCL needs one GPU per rank); use --nproc $n_gpus, or --cpu for CPU ranks" >&2
-    exit 2
-  fi
-  where="GPU"
-else
-  [ -n "$n_ranks" ] || n_ranks=1
-  where="CPU"
-fi
-if [ -z "${OMP_NUM_THREADS:-}" ]; then
-  cores=$(nproc 2>/dev/null || echo 1)
-  export OMP_NUM_THREADS=$(( cores / n_ranks > 0 ? cores / n_ranks : 1 ))
-fi
+# shellcheck source=launch/ranks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ranks.sh"
+choose_ranks launch/render.sh
 echo "launch/render.sh: $n_ranks $where rank(s), $OMP_NUM_THREADS thread(s) each" >&2
 # NOTE: torchrun stops on a rank's failure and exits 1; a render keeps no state worth a restart
 # (finished frames are skipped when the same command runs again).

@@ -121,21 +121,9 @@ EOF
 read -r n_gpus has_signals has_shutdown <<<"$(printf '%s\n' "$probe" | tail -n 2 | head -n 1)"
 run_dir="$(printf '%s\n' "$probe" | tail -n 1)"
 
-if [ "$n_gpus" -gt 0 ]; then
-  [ -n "$n_ranks" ] || n_ranks="$n_gpus"
-  if [ "$n_ranks" -gt "$n_gpus" ]; then
-    echo "launch/train.sh: error: --nproc $n_ranks but only $n_gpus GPU(s) visible (NCCL needs one GPU per rank); use --nproc $n_gpus, or --cpu for CPU ranks" >&2
-    exit 2
-  fi
-  where="GPU"
-else
-  [ -n "$n_ranks" ] || n_ranks=1
-  where="CPU"
-fi
-if [ -z "${OMP_NUM_THREADS:-}" ]; then
-  cores=$(nproc 2>/dev/null || echo 1)
-  export OMP_NUM_THREADS=$(( cores / n_ranks > 0 ? cores / n_ranks : 1 ))
-fi
+# shellcheck source=launch/ranks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/ranks.sh"
+choose_ranks launch/train.sh
 # NOTE: without this, a restarted group (--max-restarts) can reuse the dead group's rendezvous
 # store and fail to connect or hang in init (pytorch#135712, still in torch 2.13).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"

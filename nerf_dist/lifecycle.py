@@ -71,6 +71,19 @@ class StopSignals:
             self.requested = signal.Signals(signum).name
             self.received_at = time.time()
 
+    def ignore_further(self) -> None:
+        """Ignore the stop signals from now on (the process is about to exit 75).
+
+        NOTE: CPython puts SIG_DFL back for Python-level handlers while the interpreter shuts
+        down, so a repeated SIGTERM/SIGUSR1 (torchrun, SLURM) in that last instant would kill
+        the process and replace exit 75 with death by signal; an ignored signal stays ignored.
+        """
+        for sig in list(self._old):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (ValueError, TypeError):
+                pass
+
     def restore(self) -> None:
         for sig, old in self._old.items():
             try:

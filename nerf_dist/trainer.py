@@ -413,7 +413,8 @@ class Trainer:
                           "train/samples_per_ray": last["samples_per_ray"]}
                 self.log.scalars(self.step, values)
                 self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
-            if cfg.eval.every and self.step % cfg.eval.every == 0:
+            # NOTE: no validation render when stopping: the lead time before SIGKILL is for the save.
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and not last["stop"]:
                 self.evaluate_val()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save()
@@ -516,10 +517,12 @@ def train(cfg: Config, dist: DistInfo, stop: StopSignals | None = None) -> dict:
                trainer.saved_step if trainer and trainer.saved_step >= 0 else None)
         raise
     finally:
-        # NOTE: once a stop was requested the process is on its way to exit 75: keep recording
-        # further signals (torchrun and SLURM may repeat them) instead of dying of them.
+        # NOTE: once a stop was requested the process is on its way to exit 75: further signals
+        # (torchrun and SLURM may repeat them) must not kill it on the way out.
         if stop.requested is None:
             stop.restore()
+        else:
+            stop.ignore_further()
         if trainer is not None:
             trainer.close()
 

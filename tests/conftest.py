@@ -46,6 +46,16 @@ def clear_fsspec_caches() -> None:
             pass
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Terminate a server process; kill it if it has not exited after grace_s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _wait_for_http(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -102,12 +112,7 @@ def s3_server(tmp_path_factory):
             else:
                 os.environ[k] = v
         clear_fsspec_caches()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture

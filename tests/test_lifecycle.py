@@ -118,6 +118,11 @@ def test_sigterm_single_process_exits_75_and_a_second_signal_harms_nothing(demo_
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)           # a second signal while it stops and saves
+    for _ in range(20):                        # ... and more while it exits (torchrun, SLURM)
+        time.sleep(0.02)
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGTERM)
     assert _finish(proc) == EXIT_RESUME, log.read_text()[-3000:]
     status = read_status(str(run))
     assert status["state"] == "stopped" and "SIGTERM" in status["reason"]

@@ -314,10 +314,5 @@ def test_frozen_s3_server_is_reported_within_bounded_time(tmp_path, monkeypatch)
             assert 3.0 <= took < 10.0, took
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         clear_fsspec_caches()
