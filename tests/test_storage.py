@@ -284,7 +284,7 @@ def test_frozen_s3_server_is_reported_within_bounded_time(tmp_path, monkeypatch)
     import sys
     pytest.importorskip("s3fs")
     boto3 = pytest.importorskip("boto3")
-    from conftest import _wait_for_http, clear_fsspec_caches, free_port
+    from conftest import _wait_for_http, clear_fsspec_caches, free_port, stop_process
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with open(tmp_path / "moto.log", "wb") as log:
