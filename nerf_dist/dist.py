@@ -64,6 +64,37 @@ def barrier() -> None:
         tdist.barrier()
 
 
+def all_gather_object(obj, rank: int = 0, world_size: int = 1) -> list:
+    """[obj of rank 0, ..., obj of rank world_size-1] on every rank (collective; small objects).
+
+    Without a process group only this rank's slot is filled (the others are None), so sharded
+    code stays callable rank by rank in one process (tests).
+    """
+    if not (tdist.is_available() and tdist.is_initialized()):
+        box = [None] * world_size
+        box[rank] = obj
+        return box
+    box = [None] * tdist.get_world_size()
+    tdist.all_gather_object(box, obj)
+    return box
+
+
+def raise_together(err: str | None, rank: int, world_size: int, exc_type: type,
+                   others: str = "rank {rank}: {err}") -> None:
+    """Collective: when any rank has an error message, every rank raises ``exc_type``.
+
+    A failing rank raises its own message; the others raise ``others`` formatted with the first
+    failing rank and its message. NOTE: so no rank goes on into a collective that a failed rank
+    never joins (and waits there until dist.timeout_s).
+    """
+    errs = all_gather_object(err or "", rank, world_size) if world_size > 1 else [err or ""]
+    if err:
+        raise exc_type(err)
+    bad = [(r, e) for r, e in enumerate(errs) if e]
+    if bad:
+        raise exc_type(others.format(rank=bad[0][0], err=bad[0][1]))
+
+
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable python object from src to all ranks (identity without a group)."""
     if not (tdist.is_available() and tdist.is_initialized()):

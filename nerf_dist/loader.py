@@ -17,7 +17,8 @@ import hashlib
 
 import torch
 
-from .ray_cache import RayCache, RayCacheError, all_gather, pixel_crop
+from .dist import raise_together
+from .ray_cache import RayCache, RayCacheError, pixel_crop
 
 BATCH_FIELDS = ("rays_o", "rays_d", "viewdirs", "rgb")
 _FULL, _CROP = 0, 1
@@ -121,12 +122,8 @@ class RayLoader:
         # NOTE: collective (every rank builds its loader at the same point): a damaged shard is
         # found only by the rank that owns it, and its peers must fail with it rather than wait
         # for it in the first collective until the process-group timeout.
-        errs = all_gather(err, rank, world_size) if world_size > 1 else [err]
-        if err:
-            raise RayCacheError(err)
-        bad = [(r, e) for r, e in enumerate(errs) if e]
-        if bad:
-            raise RayCacheError(f"rank {bad[0][0]} found a damaged ray cache: {bad[0][1]}")
+        raise_together(err, rank, world_size, RayCacheError,
+                       others="rank {rank} found a damaged ray cache: {err}")
 
     def _check_crop_coverage(self) -> None:
         """ValueError unless every shard that feeds batches holds a centre-crop ray.

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 
+from .dist import raise_together
+
 # Hard sanity limits, independent of the machine: values beyond them are mistakes, not requests.
 MAX_SIDE = 1 << 20          # pixels per image side
 MAX_TILE = 1 << 16          # pixels per tile side
@@ -306,18 +308,7 @@ def on_all_ranks(check, rank: int = 0, world_size: int = 1):
         value = check()
     except MemoryBudgetError as e:
         err = str(e)
-    if world_size > 1:
-        import torch.distributed as tdist
-        if tdist.is_available() and tdist.is_initialized():
-            box: list = [None] * world_size
-            tdist.all_gather_object(box, err)
-            bad = [(r, e) for r, e in enumerate(box) if e]
-            if bad:
-                r, e = bad[0]
-                raise MemoryBudgetError(e if r == rank else f"rank {r}: {e}")
-            return value
-    if err:
-        raise MemoryBudgetError(err)
+    raise_together(err, rank, world_size, MemoryBudgetError)
     return value
 
 

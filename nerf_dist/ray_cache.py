@@ -338,16 +338,6 @@ def write_manifest(scene, url: str, key: str, n_shards: int, checksums: dict[int
     storage.write_text(storage.join(url, MANIFEST), json.dumps(manifest, indent=1))
 
 
-def all_gather(obj, rank: int, world_size: int) -> list:
-    """[obj of rank 0, ..., obj of rank world_size-1] on every rank (collective; small objects).
-
-    NOTE: world_size broadcasts through :func:`nerf_dist.dist.broadcast_object`, the one collective
-    for Python objects dist.py offers; fine for the few, small messages sent here. Without a
-    process group, only this rank's slot is filled (the others are None).
-    """
-    return [dist.broadcast_object(obj if r == rank else None, src=r) for r in range(world_size)]
-
-
 def verify_shards(cache: RayCache, rank: int = 0, world_size: int = 1) -> int:
     """Check the size + sha256 of the shards this rank owns (s % world_size == rank), without
     unpickling them; returns how many. Collective: a damaged shard raises RayCacheError on every
@@ -362,9 +352,7 @@ def verify_shards(cache: RayCache, rank: int = 0, world_size: int = 1) -> int:
                f"{rebuild_hint(cache.url)}")
     except (RayCacheError, OSError) as e:
         err = str(e)
-    errs = [e for e in (all_gather(err, rank, world_size) if world_size > 1 else [err]) if e]
-    if errs:
-        raise RayCacheError(err or errs[0])
+    dist.raise_together(err, rank, world_size, RayCacheError)
     return n
 
 
@@ -420,7 +408,7 @@ def ensure_cache(data_cfg: DataConfig, base_url: str, rank: int = 0, world_size:
             err = f"[rank {rank}] {e}" if world_size > 1 else str(e)
             if world_size == 1:
                 raise
-        parts = all_gather((mine, err), rank, world_size)
+        parts = dist.all_gather_object((mine, err), rank, world_size)
         errs = [e for part in parts if part for e in part[1:] if e]
         if errs:
             raise RayCacheError(f"building the ray cache {where} failed: {errs[0]}")

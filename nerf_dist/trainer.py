@@ -390,7 +390,6 @@ class Trainer:
         in_a_row = 0
         last = None
         while self.step < total:
-            step_before = self.step
             last = self._guarded_step(t_start)
             self.elapsed = elapsed0 + (time.time() - t_start)
             if last["nonfinite"]:
@@ -398,7 +397,6 @@ class Trainer:
                 self._on_nonfinite(last, in_a_row)
                 continue
             in_a_row = 0
-            assert self.step == step_before + 1
             window["rays"] += last["n_global"]
             if self.step % cfg.log.every == 0 or self.step == total:
                 mse = self._global_mse(last["sse"], last["n_global"])

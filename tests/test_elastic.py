@@ -200,12 +200,14 @@ def test_sigkill_with_no_restarts_left_ends_every_rank_within_seconds(data, tmp_
 def test_a_frozen_rank_ends_the_job_after_dist_timeout_s(data, tmp_path):
     """A rank that is alive but stuck (SIGSTOP here; a hung file system or driver in practice)
     closes no connection and torchrun sees nothing wrong: only the process-group timeout
-    ``dist.timeout_s`` ends the waiting ranks."""
+    ``dist.timeout_s`` ends the waiting ranks. Before that, the waiting rank says what it waits
+    for after ``dist.stall_warn_s``."""
     timeout_s = 8  # NOTE: long enough for start-up skew between ranks on a loaded machine
     run = tmp_path / "run"
     log = tmp_path / "torchrun.log"
     marker = f"run.dir={run}"
-    args = [*_args(data, run, steps=100_000), f"dist.timeout_s={timeout_s}"]
+    args = [*_args(data, run, steps=100_000), f"dist.timeout_s={timeout_s}",
+            "dist.stall_warn_s=3"]
     proc = _torchrun(["--standalone", "--nproc_per_node=2", "--max-restarts=0"], args, log)
     pids = {}
     try:
@@ -214,6 +216,8 @@ def test_a_frozen_rank_ends_the_job_after_dist_timeout_s(data, tmp_path):
         assert sorted(pids) == [0, 1], pids
         os.kill(pids[1], signal.SIGSTOP)
         t_stop = time.monotonic()
+        wait_for_text(log, "[rank 0] still waiting after", proc, timeout=timeout_s + 60)
+        t_warn = time.monotonic() - t_stop
         # rank 0 fails its collective after timeout_s; then the agent stops the other workers
         wait_for_text(log, "closing signal SIGTERM", proc, timeout=timeout_s + 60)
         took = time.monotonic() - t_stop
@@ -233,9 +237,10 @@ def test_a_frozen_rank_ends_the_job_after_dist_timeout_s(data, tmp_path):
     assert rc != 0, text[-3000:]
     assert left == [], left
     assert "Timed out" in text, text[-3000:]         # gloo's timeout, not a closed connection
+    assert "dist.timeout_s=8" in text and t_warn < timeout_s, (t_warn, text[-3000:])
     assert timeout_s <= took < timeout_s + 20, f"{took:.1f} s:\n{text[-3000:]}"
     print(f"\n[elastic] SIGSTOP of rank 1 with dist.timeout_s={timeout_s} -> rank 0 failed and "
-          f"torchrun stopped the job: {took:.1f} s")
+          f"torchrun stopped the job: {took:.1f} s (stall warning after {t_warn:.1f} s)")
 
 
 def test_two_agents_as_two_nodes_match_one_node(data, tmp_path, reference):

@@ -170,34 +170,3 @@ def test_watchdog_names_what_it_waits_for():
     text = buf.getvalue()
     assert "[rank 3] still waiting after" in text and "all-reduce of step 7" in text
     assert "dist.timeout_s=42" in text and "something quick" not in text
-
-
-def test_frozen_rank_is_reported_then_times_out(demo_scene, tmp_path):
-    """SIGSTOP of rank 1: rank 0 says what it waits for after dist.stall_warn_s and fails after
-    dist.timeout_s instead of hanging for the old hard-coded 1800 s."""
-    run = tmp_path / "run"
-    log = tmp_path / "log.txt"
-    proc = _start(_args(demo_scene, run, "checkpoint.every=5", "train.steps=100000",
-                        "dist.timeout_s=12", "dist.stall_warn_s=3"), log)
-    try:
-        wait_for_text(log, "checkpoint step 5 ", proc)
-        pids = worker_pids(f"run.dir={run}")
-        t0 = time.time()
-        os.kill(pids[1], signal.SIGSTOP)
-        wait_for_text(log, "[rank 0] still waiting after", proc, timeout=60)
-        t_warn = time.time() - t0
-        deadline = time.time() + 90
-        while time.time() < deadline and "error" not in log.read_text().lower():
-            time.sleep(0.2)
-        t_err = time.time() - t0
-    finally:
-        # NOTE: torchrun starts its workers in sessions of their own: kill them by pid too.
-        for pid in worker_pids(f"run.dir={run}").values():
-            os.kill(pid, signal.SIGKILL)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    text = log.read_text()
-    assert "error" in text.lower(), text[-3000:]
-    print(f"\nSIGSTOP of rank 1: warning after {t_warn:.1f} s, error after {t_err:.1f} s "
-          f"(dist.stall_warn_s=3, dist.timeout_s=12)")
-    assert t_warn < 12 and t_err < 60
