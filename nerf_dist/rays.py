@@ -49,24 +49,56 @@ def distort(x: torch.Tensor, y: torch.Tensor, dist: torch.Tensor):
 
 def rays_from_pixels(uv: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor,
                      distortion: torch.Tensor | None = None):
-    """Rays through given pixel positions of one camera.
+    """Rays through given pixel positions, of one camera or of one camera per ray.
 
-    uv: [n, 2] pixel coordinates (use pixel centres, +0.5). K: [3, 3]. c2w: [3, 4] or [4, 4].
-    distortion: [4] OpenCV k1 k2 p1 p2 of the image, or None.
+    uv: [n, 2] pixel coordinates (use pixel centres, +0.5).
+    K: [3, 3] or [n, 3, 3]. c2w: [3, 4] / [4, 4] or [n, 3, 4] / [n, 4, 4].
+    distortion: OpenCV k1 k2 p1 p2, [4] or [n, 4], or None.
     Returns rays_o: [n, 3] (the camera centre), rays_d: [n, 3] unit directions in world space.
     """
     K = K.to(uv)
     c2w = c2w.to(uv)
-    x = (uv[:, 0] - K[0, 2]) / K[0, 0]
-    y = (uv[:, 1] - K[1, 2]) / K[1, 1]
+    x = (uv[:, 0] - K[..., 0, 2]) / K[..., 0, 0]
+    y = (uv[:, 1] - K[..., 1, 2]) / K[..., 1, 1]
     if distortion is not None and bool(torch.any(distortion != 0)):
         x, y = undistort(x, y, distortion.to(uv))
     # NOTE: OpenCV image axes (y down, z forward) -> OpenGL camera axes (y up, z backward).
     dirs = torch.stack([x, -y, -torch.ones_like(x)], -1)
-    rays_d = dirs @ c2w[:3, :3].T
+    if c2w.dim() == 2:
+        rays_d = dirs @ c2w[:3, :3].T
+        rays_o = c2w[:3, 3].expand_as(rays_d)
+    else:
+        rays_d = (c2w[:, :3, :3] @ dirs[:, :, None])[:, :, 0]
+        rays_o = c2w[:, :3, 3]
     rays_d = rays_d / rays_d.norm(dim=-1, keepdim=True)
-    rays_o = c2w[:3, 3].expand_as(rays_d)
     return rays_o.contiguous(), rays_d
+
+
+def make_rays(uv: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor,
+              distortion: torch.Tensor | None = None,
+              ndc: tuple[int, int, float] | None = None) -> dict:
+    """THE ray function: pixels -> rays as the model consumes them (training, cache, renderer).
+
+    uv: [n, 2] pixel positions (centres at +0.5). K, c2w, distortion: one camera ([3, 3],
+    [3|4, 4], [4]) or one per ray ([n, 3, 3], [n, 3|4, 4], [n, 4]); distortion may be None.
+    ndc: (H, W, focal) of the training cameras for forward-facing scenes, else None.
+    Returns dict rays_o, rays_d (sampling space: NDC when ndc is given) and viewdirs (unit world
+    directions), each [n, 3], on uv's device.
+    """
+    rays_o, rays_d = rays_from_pixels(uv, K, c2w, distortion)
+    viewdirs = rays_d
+    if ndc is not None:
+        H, W, focal = ndc
+        rays_o, rays_d = to_ndc(rays_o, rays_d, H, W, focal, 1.0)
+    return {"rays_o": rays_o, "rays_d": rays_d, "viewdirs": viewdirs}
+
+
+def scene_ndc(scene) -> tuple[int, int, float] | None:
+    """(H, W, focal) for :func:`make_rays` if the scene is forward-facing (NDC), else None."""
+    if not scene.ndc:
+        return None
+    H, W = scene.ndc_size
+    return int(H), int(W), float(scene.ndc_focal)
 
 
 def camera_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int,
@@ -97,7 +129,7 @@ def to_ndc(rays_o: torch.Tensor, rays_d: torch.Tensor, H: int, W: int, focal: fl
 
 
 def scene_rays(scene, index: int, uv: torch.Tensor | None = None):
-    """Rays of frame `index` of a Scene as the model consumes them.
+    """Rays of frame `index` of a Scene as the model consumes them (:func:`make_rays`).
 
     uv: [n, 2] pixel positions, or None for every pixel (row-major).
     Returns dict with rays_o, rays_d (sampling space: NDC for forward-facing scenes) and
@@ -106,9 +138,4 @@ def scene_rays(scene, index: int, uv: torch.Tensor | None = None):
     if uv is None:
         uv = pixel_centres(scene.H, scene.W)
     dist = scene.distortion[index] if scene.distortion is not None else None
-    rays_o, rays_d = rays_from_pixels(uv, scene.K[index], scene.c2w[index], dist)
-    viewdirs = rays_d
-    if scene.ndc:
-        H, W = scene.ndc_size
-        rays_o, rays_d = to_ndc(rays_o, rays_d, H, W, scene.ndc_focal, 1.0)
-    return {"rays_o": rays_o, "rays_d": rays_d, "viewdirs": viewdirs}
+    return make_rays(uv, scene.K[index], scene.c2w[index], dist, scene_ndc(scene))
