@@ -1,7 +1,9 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -160,17 +162,97 @@ def demo_scene(tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(args: list[str], env: dict | None = None, nproc: int = 1, timeout: float = 300):
-    """Run `nerf-dist ARGS` in a subprocess (under torchrun when nproc > 1); returns the result."""
+def nerf_dist_cmd(args: list[str], nproc: int = 1) -> list[str]:
+    """The command line of `nerf-dist ARGS`: this interpreter, under torchrun when nproc > 1."""
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), "-m", "nerf_dist", *args]
-    else:
-        cmd = [sys.executable, "-m", "nerf_dist", *args]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(free_port()), "-m", "nerf_dist", *args]
+    return [sys.executable, "-m", "nerf_dist", *args]
+
+
+def run_cli(args: list[str], env: dict | None = None, nproc: int = 1, timeout: float = 300):
+    """Run `nerf-dist ARGS` in a subprocess (under torchrun when nproc > 1); returns the result.
+
+    NOTE: for what needs a process of its own (several ranks, signals, a clean interpreter);
+    argument and config errors are tested in-process with the ``cli`` fixture (seconds faster).
+    """
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
-                         cwd=str(REPO))
+    res = subprocess.run(nerf_dist_cmd(args, nproc), capture_output=True, text=True,
+                         env=full_env, timeout=timeout, cwd=str(REPO))
     return res
+
+
+def tiny_train_args(scene, run_dir, *extra) -> list[str]:
+    """`nerf-dist train` arguments of a tiny vanilla CPU run of `scene` into `run_dir`."""
+    return ["train", f"data.root={scene}", f"run.dir={run_dir}", "train.rays_per_batch=256",
+            "log.every=5", "log.progress=false", "checkpoint.every=10", "train.threads=1",
+            *TINY_MODEL, *extra]
+
+
+def train_tiny(scene, run_dir, *extra, nproc: int = 1, env: dict | None = None):
+    """Train a tiny run in a subprocess (torchrun when nproc > 1); fails the test unless it
+    exits 0. Returns the CompletedProcess (stdout for "resumed from step N" and the like)."""
+    res = run_cli(tiny_train_args(scene, run_dir, *extra), env=env, nproc=nproc)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def checkpoint_params(url: str, step: int | None = None) -> dict:
+    """The model parameters of the checkpoint at `step` (default: the newest) under `url`."""
+    from nerf_dist.checkpoint import Checkpointer
+    loaded = Checkpointer(url, keep=10, is_main=False).load(step)
+    assert loaded is not None, f"no checkpoint in {url}"
+    return loaded[1]["model"]
+
+
+@dataclasses.dataclass
+class CliResult:
+    """What `nerf-dist ARGS` did, named as in subprocess.CompletedProcess."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_main(args: list) -> int:
+    """`nerf-dist ARGS` in this process; returns the exit code the shell would see.
+
+    argparse's SystemExit (usage errors: 2, --help/--version: 0) becomes the code. NOTE: what a
+    command changes process-wide is put back, so later tests run as before: torch's thread
+    count (train.threads, --threads) and the SIGTERM/SIGUSR1 handlers (train, render).
+    """
+    import torch
+
+    from nerf_dist.cli import main
+    threads = torch.get_num_threads()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args) -> CliResult``: `nerf-dist ARGS` in this process, its output captured."""
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        code = cli_main(list(args))
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_scene, tmp_path_factory) -> Path:
+    """A finished 10-step tiny run of the demo scene (checkpoint at step 10), trained in this
+    process. Shared by the session: copy it before anything writes into it."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    assert cli_main(tiny_train_args(demo_scene, run, "train.steps=10")) == 0
+    return run
 
 
 # =============================================================================================

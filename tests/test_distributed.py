@@ -5,28 +5,21 @@ order of floating-point sums differs (each rank sums its half, gloo adds the hal
 agree to float32 rounding amplified by 20 Adam steps: we require max |diff| <= 1e-5 (parameters
 move ~1e-2 over the run). Same world size: bit-identical.
 """
+import os
+import signal
+import subprocess
+import time
+
 import pytest
 import torch
 
-from conftest import TINY_MODEL, run_cli
+from conftest import (REPO, checkpoint_params, nerf_dist_cmd, run_cli, tiny_train_args,
+                      train_tiny)
 from nerf_dist.checkpoint import Checkpointer
 
+pytestmark = pytest.mark.slow   # every test runs torchrun jobs of 2 ranks
+
 TOL = 1e-5
-
-
-def _train(scene, run_dir, *extra, nproc=1, env=None):
-    args = ["train", f"data.root={scene}", f"run.dir={run_dir}", "train.rays_per_batch=256",
-            "log.every=5", "log.progress=false", "checkpoint.every=10", "train.threads=1",
-            *TINY_MODEL, *extra]
-    res = run_cli(args, env=env, nproc=nproc)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-
-def _params(url, step=None):
-    loaded = Checkpointer(url, keep=10, is_main=False).load(step)
-    assert loaded is not None, url
-    return loaded[1]["model"]
 
 
 def _max_diff(a, b):
@@ -36,18 +29,18 @@ def _max_diff(a, b):
 @pytest.fixture(scope="module")
 def one_rank_run(demo_scene, tmp_path_factory):
     run = tmp_path_factory.mktemp("one") / "run"
-    _train(demo_scene, run, "train.steps=20", f"data.cache_dir={run.parent / 'cache'}")
+    train_tiny(demo_scene, run, "train.steps=20", f"data.cache_dir={run.parent / 'cache'}")
     return run
 
 
 def test_two_ranks_follow_one_rank(demo_scene, tmp_path, one_rank_run):
     run = tmp_path / "two"
-    res = _train(demo_scene, run, "train.steps=20", nproc=2)
+    res = train_tiny(demo_scene, run, "train.steps=20", nproc=2)
     # logging happens once, not once per rank
     assert res.stdout.count("done: step 20") == 1
-    a = _params(str(one_rank_run / "checkpoints"))
-    b = _params(str(run / "checkpoints"))
-    start = _params(str(run / "checkpoints"), 10)
+    a = checkpoint_params(str(one_rank_run / "checkpoints"))
+    b = checkpoint_params(str(run / "checkpoints"))
+    start = checkpoint_params(str(run / "checkpoints"), 10)
     assert _max_diff(a, b) <= TOL
     assert _max_diff(a, start) > 100 * TOL  # the runs really moved
 
@@ -57,27 +50,27 @@ def test_s3_checkpoints_two_ranks_resume_exact(demo_scene, tmp_path, s3_server):
     url = f"s3://{s3_server['bucket']}/e2e-{tmp_path.name}"
     run = tmp_path / "s3run"
     cache = f"data.cache_dir=s3://{s3_server['bucket']}/cache-{tmp_path.name}"
-    _train(demo_scene, run, "train.steps=10", f"checkpoint.dir={url}", cache, nproc=2, env=env)
-    res = _train(demo_scene, run, "train.steps=20", f"checkpoint.dir={url}", "train.resume=auto",
-                 cache, nproc=2, env=env)
+    train_tiny(demo_scene, run, "train.steps=10", f"checkpoint.dir={url}", cache, nproc=2, env=env)
+    res = train_tiny(demo_scene, run, "train.steps=20", f"checkpoint.dir={url}",
+                     "train.resume=auto", cache, nproc=2, env=env)
     assert "resumed from step 10" in res.stdout
     assert "ray cache: reusing s3://" in res.stdout  # the ray cache lives in the object store too
     assert "testing" not in (run / "config.yaml").read_text()  # no credentials saved
     ref = tmp_path / "ref"
-    _train(demo_scene, ref, "train.steps=20", nproc=2)
-    a = _params(url)
-    b = _params(str(ref / "checkpoints"))
+    train_tiny(demo_scene, ref, "train.steps=20", nproc=2)
+    a = checkpoint_params(url)
+    b = checkpoint_params(str(ref / "checkpoints"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
 
 def test_resume_on_other_world_size(demo_scene, tmp_path, one_rank_run):
     run = tmp_path / "mixed"
-    _train(demo_scene, run, "train.steps=10", nproc=2)
-    res = _train(demo_scene, run, "train.steps=20", "train.resume=auto", nproc=1)
+    train_tiny(demo_scene, run, "train.steps=10", nproc=2)
+    res = train_tiny(demo_scene, run, "train.steps=20", "train.resume=auto", nproc=1)
     assert "resumed from step 10" in res.stdout
-    a = _params(str(one_rank_run / "checkpoints"))
-    b = _params(str(run / "checkpoints"))
+    a = checkpoint_params(str(one_rank_run / "checkpoints"))
+    b = checkpoint_params(str(run / "checkpoints"))
     assert _max_diff(a, b) <= TOL
 
 
@@ -100,9 +93,9 @@ def test_fast_path_under_ddp_resumes_exactly(demo_scene, tmp_path):
     train(tmp_path / "part", "train.steps=10")
     train(tmp_path / "part", "train.steps=20", "train.resume=auto")
     train(tmp_path / "one", "train.steps=20", nproc=1)
-    a = _params(str(tmp_path / "full" / "checkpoints"))
-    b = _params(str(tmp_path / "part" / "checkpoints"))
-    c = _params(str(tmp_path / "one" / "checkpoints"))
+    a = checkpoint_params(str(tmp_path / "full" / "checkpoints"))
+    b = checkpoint_params(str(tmp_path / "part" / "checkpoints"))
+    c = checkpoint_params(str(tmp_path / "one" / "checkpoints"))
     assert any(k.startswith("grid.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -114,20 +107,10 @@ def test_fast_path_under_ddp_resumes_exactly(demo_scene, tmp_path):
 def test_ctrl_c_tears_down_and_resume_continues(demo_scene, tmp_path):
     """SIGINT to torchrun (Ctrl-C): both ranks stop, destroy the process group and exit within
     seconds; the newest complete checkpoint survives and train.resume=auto continues from it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO, free_port
     run = tmp_path / "ctrlc"
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), "-m", "nerf_dist", "train",
-           f"data.root={demo_scene}", f"run.dir={run}", "train.rays_per_batch=256",
-           "log.progress=false", "checkpoint.every=5", "train.steps=100000", "train.threads=1",
-           *TINY_MODEL]
+    cmd = nerf_dist_cmd(tiny_train_args(demo_scene, run, "checkpoint.every=5",
+                                        "train.steps=100000"), nproc=2)
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
                                 env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -150,5 +133,5 @@ def test_ctrl_c_tears_down_and_resume_continues(demo_scene, tmp_path):
     assert left.stdout.strip() == ""
     steps = Checkpointer(str(run / "checkpoints"), keep=10, is_main=False).list()
     assert steps and steps[-1] >= 10
-    res = _train(demo_scene, run, f"train.steps={steps[-1] + 5}", "train.resume=auto", nproc=2)
+    res = train_tiny(demo_scene, run, f"train.steps={steps[-1] + 5}", "train.resume=auto", nproc=2)
     assert f"resumed from step {steps[-1]}" in res.stdout

@@ -28,6 +28,8 @@ from conftest import REPO, TINY_MODEL, free_port, run_cli, wait_for_text, worker
 from nerf_dist.checkpoint import Checkpointer
 from nerf_dist.lifecycle import read_status
 
+pytestmark = pytest.mark.slow   # every test runs torchrun jobs of 2 ranks
+
 STEPS = 40
 EVERY = 5
 

@@ -6,13 +6,12 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, free_port, wait_for_text, worker_pids
+from conftest import REPO, TINY_MODEL, nerf_dist_cmd, wait_for_text, worker_pids
 from nerf_dist.checkpoint import Checkpointer
 from nerf_dist.cli import main
 from nerf_dist.lifecycle import (EXIT_RESUME, StallWatchdog, StopSignals, read_status,
@@ -27,16 +26,9 @@ def _args(scene, run, *extra):
             "train.resume=auto", *TINY_MODEL, *extra]
 
 
-def _cmd(args, nproc):
-    if nproc == 1:
-        return [sys.executable, "-m", "nerf_dist", *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(free_port()), "-m", "nerf_dist", *args]
-
-
 def _start(args, log, nproc=2):
     out = open(log, "w")
-    proc = subprocess.Popen(_cmd(args, nproc), stdout=out, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(nerf_dist_cmd(args, nproc), stdout=out, stderr=subprocess.STDOUT,
                             cwd=str(REPO), start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     out.close()
@@ -73,6 +65,7 @@ def reference_two_ranks(demo_scene, tmp_path_factory):
     return params
 
 
+@pytest.mark.slow
 def test_usr1_on_one_rank_stops_every_rank_at_one_step_and_resume_is_bit_identical(
         demo_scene, tmp_path, reference_two_ranks):
     run = tmp_path / "run"

@@ -3,9 +3,12 @@
 reaches a held-out PSNR far above the untrained model's, and depth close to the ground truth."""
 import json
 
+import pytest
+
 from conftest import REPO, run_cli
 
 
+@pytest.mark.slow
 def test_demo_training_beats_untrained_and_recovers_depth(demo_scene, tmp_path):
     run = tmp_path / "q"
     base = ["--config", str(REPO / "configs" / "demo.yaml"), f"data.root={demo_scene}",

@@ -25,6 +25,8 @@ import torch
 from conftest import REPO, TINY_MODEL
 from nerf_dist.checkpoint import Checkpointer
 
+pytestmark = pytest.mark.slow   # SLURM jobs of 2 ranks, minutes each
+
 SBATCH = REPO / "slurm" / "train.sbatch"
 STEPS = 120
 CKPT_EVERY = 30

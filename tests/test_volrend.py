@@ -1,8 +1,12 @@
+"""nerf_dist.volrend: weights, transmittance and compositing against hand-computed values.
+
+(Sampling tests live in tests/test_sampling.py.)
+"""
 import math
 
 import torch
 
-from nerf_dist import sampling, volrend
+from nerf_dist import volrend
 
 
 def test_constant_slab_transmittance():
@@ -42,43 +46,3 @@ def test_weights_sum_to_opacity_and_background():
     out_rgb, _, acc2 = volrend.composite(w, rgb, torch.zeros(5, 32), bg)
     assert torch.allclose(out_rgb, (1 - acc)[:, None] * bg, atol=1e-6)
     assert torch.allclose(acc2, acc)
-
-
-def test_stratified_within_bins():
-    g = torch.Generator().manual_seed(1)
-    t, bins = sampling.stratified(4, 8, 2.0, 6.0, perturb=True, generator=g)
-    assert t.shape == (4, 8) and bins.shape == (4, 9)
-    assert torch.all(t >= bins[:, :-1]) and torch.all(t <= bins[:, 1:])
-    t0, _ = sampling.stratified(4, 8, 2.0, 6.0, perturb=False)
-    assert torch.allclose(t0[0], torch.linspace(2.25, 5.75, 8))
-
-
-def test_importance_samples_concentrate_on_weights():
-    bins = torch.linspace(0.0, 10.0, 11)[None]
-    w = torch.zeros(1, 10)
-    w[0, 3] = 1.0                              # all mass in [3, 4]
-    g = torch.Generator().manual_seed(0)
-    t = sampling.sample_pdf(bins, w, 256, deterministic=False, generator=g)
-    frac = float(((t >= 3) & (t <= 4)).float().mean())
-    assert frac > 0.95
-    w2 = torch.zeros(1, 10)
-    w2[0, 2], w2[0, 7] = 1.0, 3.0             # 1:3 split
-    t2 = sampling.sample_pdf(bins, w2, 1000, deterministic=True)
-    a = float(((t2 >= 2) & (t2 <= 3)).float().mean())
-    b = float(((t2 >= 7) & (t2 <= 8)).float().mean())
-    assert abs(a - 0.25) < 0.02 and abs(b - 0.75) < 0.02
-    assert torch.all(t2[:, 1:] >= t2[:, :-1])
-
-
-def test_intervals_cover_near_far():
-    t = torch.tensor([[2.5, 3.0, 5.0]])
-    s, e = sampling.intervals(t, 2.0, 6.0)
-    assert torch.allclose(s, torch.tensor([[2.0, 2.75, 4.0]]))
-    assert torch.allclose(e, torch.tensor([[2.75, 4.0, 6.0]]))
-
-
-def test_row_noise_is_rank_independent():
-    idx_all = torch.arange(10)
-    a = sampling.RowNoise(5, 10, idx_all).rand(10, 4)
-    b = sampling.RowNoise(5, 10, torch.tensor([1, 3, 5])).rand(3, 4)
-    assert torch.equal(a[[1, 3, 5]], b)
