@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
@@ -48,8 +49,31 @@ class DataConfig:
     """Number of ray-cache shards; a multiple of every world size you use."""
     allow_outside_root: bool = False
     """Allow scene files (a file_path with ../ or an absolute path) outside data.root."""
+    cache_memory: str = "2GB"
+    """Shard data one rank holds ("2GB", "512MiB", or bytes); larger caches are streamed (README: Scenes larger than memory)."""
+
+    # NOTE: units: kB MB GB TB (powers of 1000), KiB MiB GiB TiB (powers of 1024), B or none.
+    _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+              "gb": 10**9, "t": 10**12, "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20,
+              "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
+
+    @property
+    def cache_memory_bytes(self) -> int:
+        """data.cache_memory in bytes; ConfigError naming the key when it is not a size."""
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*",
+                         str(self.cache_memory))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in self._UNITS:
+            raise ConfigError(f"config key 'data.cache_memory': expected a size such as 2GB, "
+                              f"512MiB or a number of bytes, got {self.cache_memory!r}")
+        n = float(m.group(1)) * self._UNITS[unit]
+        if not math.isfinite(n) or n < 1 << 16:
+            raise ConfigError(f"config key 'data.cache_memory': must be at least 64KiB, got "
+                              f"{self.cache_memory!r}")
+        return int(n)
 
     def __post_init__(self) -> None:
+        self.cache_memory_bytes  # noqa: B018 - validates data.cache_memory
         _check(self.format in ("auto", "blender", "llff", "ngp"), "data.format",
                f"must be auto|blender|llff|ngp, got {self.format!r}")
         _check(self.downscale >= 1, "data.downscale", f"must be >= 1, got {self.downscale}")

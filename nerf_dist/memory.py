@@ -38,8 +38,10 @@ WRITE_BYTES_PER_PIXEL = 128
 EVAL_BYTES_PER_PIXEL = 384
 # One tile in flight on a rank (tile_rays + render_chunked outputs + the cat + the CPU copy).
 TILE_BYTES_PER_PIXEL = 128
-# Rays kept in memory per training ray of the cache (rays_o, rays_d, viewdirs, rgb: float32).
-CACHE_BYTES_PER_RAY = 4 * 3 * _F32
+# Bytes a rank holds per cached pixel it owns, at most: rgb16 colours (6) + two int32 permutations
+# or, with a centre-crop warm-up, crop positions and two crop permutations (12); the loader
+# streams shards when the cache is larger than data.cache_memory (see nerf_dist.loader).
+CACHE_BYTES_PER_RAY = 6 + 12
 # Tile results sent to rank 0 per gather round, summed over the ranks (renderer.core): bounds what
 # rank 0 receives at once, whatever the frame size.
 ROUND_BYTES = 64 << 20
@@ -404,14 +406,17 @@ def train_estimate(cfg, n_cache_rays: int, world_size: int = 1,
     The rank's batch is ceil(rays_per_batch / world_size) rays; its activations are rays x
     samples_per_ray(train) x bytes_per_sample(train) (see those functions: for the fast model
     max_samples bounds the kept samples, so this is an upper bound). Weights count 4x (weights,
-    grads, two Adam moments). The rank's share of the ray cache (n_cache_rays / world_size x 48 B,
-    loaded by the RayLoader) is host memory; activations and weights go to the device (the host
-    when the device is the CPU).
+    grads, two Adam moments). The rank's share of the ray cache (n_cache_rays / world_size x
+    CACHE_BYTES_PER_RAY, at most data.cache_memory: the loader streams larger caches) is host
+    memory; activations and weights go to the device (the host when the device is the CPU).
     """
     rays = math.ceil(cfg.train.rays_per_batch / world_size)
     per_ray = bytes_per_ray(cfg.model, True)
-    host = {f"the rank's share of the ray cache ({math.ceil(n_cache_rays / world_size)} rays)":
-            math.ceil(n_cache_rays / world_size) * CACHE_BYTES_PER_RAY}
+    share = math.ceil(n_cache_rays / world_size) * CACHE_BYTES_PER_RAY
+    limit = cfg.data.cache_memory_bytes
+    host = {f"the rank's share of the ray cache ({math.ceil(n_cache_rays / world_size)} pixels)"
+            if share <= limit else f"ray cache shards streamed within data.cache_memory="
+                                   f"{cfg.data.cache_memory}": min(share, limit)}
     acts = {f"activations of {rays} rays x {samples_per_ray(cfg.model, True)} samples "
             f"(train.rays_per_batch={cfg.train.rays_per_batch} over {world_size} rank(s))":
             rays * per_ray,
@@ -449,8 +454,8 @@ def check_train_batch(cfg, n_cache_rays: int, world_size: int = 1,
                               f"rank(s))" if fit else "lower train.rays_per_batch")
               + ", lower model.n_samples/n_importance (vanilla) or model.max_samples (fast), "
                 "or train on more ranks",
-              "ray cache": "train on more ranks (each loads 1/world_size of the cache), or raise "
-                           "data.downscale",
+              "ray cache": "lower data.cache_memory (the loader then streams the cache in "
+                           "windows of shards), train on more ranks, or raise data.downscale",
               "weights": "the model itself does not fit: make it smaller"}
     what = f"training with train.rays_per_batch={rpb}"
     _compare(est["host"], host_available(), what + " on the host", advice)

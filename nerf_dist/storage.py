@@ -370,16 +370,48 @@ def listdir(path: str) -> list[str]:
         return []
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, writable: bool = False) -> bytes | bytearray:
+    """The whole file. writable: return a bytearray (numpy/torch can wrap it without a copy and
+    without a read-only warning; local files are read straight into it)."""
     if is_url(path):
         fs, p = _fs(path)
 
         def op():
             _fresh(fs, p)
             return fs.cat_file(p)
+        data = _retry("read", path, op)
+        return bytearray(data) if writable else data
+    with open(_local(path), "rb") as f:
+        if not writable:
+            return f.read()
+        buf = bytearray(os.fstat(f.fileno()).st_size)
+        got = f.readinto(buf)
+        rest = f.read()  # NOTE: a file that grew after fstat: keep everything, as read() would
+        if got < len(buf):
+            del buf[got:]
+        return buf + rest if rest else buf
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file (an HTTP range request for URLs); StorageError unless exactly
+    end - start bytes came back (a truncated answer or a short file)."""
+    if is_url(path):
+        fs, p = _fs(path)
+
+        def op():
+            _fresh(fs, p)
+            data = fs.cat_file(p, start=start, end=end)
+            if len(data) != end - start:
+                raise ConnectionError(f"short read: {len(data)} of {end - start} bytes")
+            return data
         return _retry("read", path, op)
     with open(_local(path), "rb") as f:
-        return f.read()
+        f.seek(start)
+        data = f.read(end - start)
+    if len(data) != end - start:
+        raise StorageError(f"cannot read {redact(path)}: bytes {start}..{end} asked, "
+                           f"{len(data)} there")
+    return data
 
 
 def read_text(path: str) -> str:

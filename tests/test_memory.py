@@ -175,9 +175,13 @@ def test_batch_that_cannot_fit_is_refused_with_what_fits(host_gib):
     w8 = memory.train_estimate(cfg, 10_000_000, 8, "cpu")["host"]
     act = lambda e: [v for k, v in e.items() if k.startswith("activations")][0]  # noqa: E731
     assert act(w8) * 8 == act(w1)
-    # the rank's share of a huge cache alone can be too much
-    with pytest.raises(MemoryBudgetError, match="ray cache"):
-        memory.check_train_batch(_cfg("train.rays_per_batch=64"), 200_000_000, 1, "cpu")
+    # the rank's share of a huge cache alone can be too much, unless the loader streams it
+    # within data.cache_memory (2GB by default)
+    with pytest.raises(MemoryBudgetError, match="ray cache.*lower data.cache_memory"):
+        memory.check_train_batch(_cfg("train.rays_per_batch=64", "data.cache_memory=8GB"),
+                                 300_000_000, 1, "cpu")
+    est = memory.check_train_batch(_cfg("train.rays_per_batch=64"), 300_000_000, 1, "cpu")
+    assert [v for k, v in est["host"].items() if "data.cache_memory=2GB" in k] == [2_000_000_000]
 
 
 # ------------------------------------------------------------------------------ estimates vs reality

@@ -8,6 +8,7 @@ import os
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
+from .lazy import LazyScene
 
 SPLITS = ("train", "val", "test")
 
@@ -61,6 +62,23 @@ def scene_sources(data_cfg: DataConfig, split: str) -> SceneFiles:
     return index_ngp(data_cfg, split).sources
 
 
+def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
+    """Like :func:`load_scene` but without decoding the images: a :class:`LazyScene` whose
+    frames are decoded one at a time (:meth:`LazyScene.image`) or all at once
+    (:meth:`LazyScene.load`, which is what load_scene returns). The image size comes from the
+    first file's header."""
+    _check_split(data_cfg, split)
+    fmt = scene_format(data_cfg)
+    if fmt == "blender":
+        from .blender import open_blender
+        return open_blender(data_cfg, split)
+    if fmt == "llff":
+        from .llff import open_llff
+        return open_llff(data_cfg, split)
+    from .ngp import open_ngp
+    return open_ngp(data_cfg, split)
+
+
 def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     """Read split ('train', 'val' or 'test') of the scene at data_cfg.root.
 
@@ -81,5 +99,5 @@ def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     return load_ngp(data_cfg, split)
 
 
-__all__ = ["Scene", "SceneError", "SceneFiles", "load_scene", "scene_sources", "scene_format",
+__all__ = ["Scene", "SceneError", "SceneFiles", "LazyScene", "load_scene", "open_scene", "scene_sources", "scene_format",
            "detect_format"]

@@ -20,7 +20,8 @@ import torch
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles, inside_root
-from .images import downscale_depth, drop_missing, load_images
+from .images import downscale_depth, drop_missing
+from .lazy import LazyScene, probe_size
 
 NEAR, FAR = 2.0, 6.0
 AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
@@ -166,6 +167,32 @@ def index_blender(data_cfg: DataConfig, split: str) -> BlenderIndex:
                         depth_files=depth_files)
 
 
+def open_blender(data_cfg: DataConfig, split: str) -> LazyScene:
+    """One split of a Blender synthetic scene, images not yet decoded (see :func:`load_blender`).
+
+    The image size comes from the first file's header; every frame must share it.
+    """
+    ix = index_blender(data_cfg, split)
+    angle = float(ix.data["camera_angle_x"])
+    bg = background_of(data_cfg)
+    f = data_cfg.downscale
+    h0, w0 = probe_size(ix.files[0], f)
+    n, H, W = len(ix.files), h0 // f, w0 // f
+    focal = 0.5 * w0 / math.tan(0.5 * angle) / f
+    K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])
+    return LazyScene(
+        files=ix.files, factor=f, background=bg, source=ix.path, frame_ids=ix.keep,
+        size0=(h0, w0),
+        K=torch.from_numpy(np.repeat(K[None], n, axis=0).astype(np.float32)),
+        c2w=torch.from_numpy(ix.c2w.astype(np.float32)),
+        near=NEAR, far=FAR, aabb=torch.tensor(AABB, dtype=torch.float32), split=split,
+        meta={"format": "blender", "root": data_cfg.root, "transforms": ix.path,
+              "camera_angle_x": angle, "downscale": f},
+        sources=ix.sources,
+        depths=lambda h, w: _load_depths(ix.depth_files, ix.keep, f, (h, w), ix.path),
+    )
+
+
 def load_blender(data_cfg: DataConfig, split: str) -> Scene:
     """Read one split of a Blender synthetic scene.
 
@@ -175,30 +202,7 @@ def load_blender(data_cfg: DataConfig, split: str) -> Scene:
     depths [n, H, W] when every frame names a ``depth_file``. Reads exactly
     ``index_blender(data_cfg, split).sources`` (recorded as Scene.sources).
     """
-    ix = index_blender(data_cfg, split)
-    angle = float(ix.data["camera_angle_x"])
-    bg = background_of(data_cfg)
-    f = data_cfg.downscale
-    images, (h0, w0) = load_images(ix.files, f, bg, ix.path, ix.keep)
-    n, H, W = images.shape[:3]
-    focal = 0.5 * w0 / math.tan(0.5 * angle) / f
-    K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])
-
-    depths = _load_depths(ix.depth_files, ix.keep, f, (H, W), ix.path)
-
-    return Scene(
-        images=torch.from_numpy(images),
-        K=torch.from_numpy(np.repeat(K[None], n, axis=0).astype(np.float32)),
-        c2w=torch.from_numpy(ix.c2w.astype(np.float32)),
-        near=NEAR, far=FAR,
-        aabb=torch.tensor(AABB, dtype=torch.float32),
-        background=torch.tensor(bg, dtype=torch.float32),
-        files=ix.files, split=split,
-        depths=depths,
-        meta={"format": "blender", "root": data_cfg.root, "transforms": ix.path,
-              "camera_angle_x": angle, "downscale": f},
-        sources=ix.sources,
-    )
+    return open_blender(data_cfg, split).load()
 
 
 def _load_depths(depth_files: list[str] | None, keep: list[int], factor: int,

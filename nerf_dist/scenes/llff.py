@@ -19,7 +19,8 @@ import torch
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
 from .blender import background_of
-from .images import list_images, load_images
+from .images import list_images
+from .lazy import LazyScene, probe_size
 
 
 def _normalize(v: np.ndarray) -> np.ndarray:
@@ -132,16 +133,8 @@ def index_llff(data_cfg: DataConfig, split: str) -> LlffIndex:
                      idx=idx, files=[files[i] for i in idx])
 
 
-def load_llff(data_cfg: DataConfig, split: str) -> Scene:
-    """Read one split of an LLFF scene.
-
-    Returns a Scene with c2w [n, 3, 4] (OpenGL, rescaled, recentred), K [n, 3, 3] (focal from
-    hwf scaled to the loaded width, principal point at the image centre). With NDC (data.ndc auto
-    or true): near = 0, far = 1, aabb = [-1, 1]^3, ndc_focal/ndc_size of the loaded images (the
-    NDC near plane is at z = -1 after the rescale, recorded as meta['ndc_near']). Without: near =
-    0.9 * min bound, far = max bound, aabb = camera centres +- far. Reads exactly
-    ``index_llff(data_cfg, split).sources`` (recorded as Scene.sources).
-    """
+def open_llff(data_cfg: DataConfig, split: str) -> LazyScene:
+    """One split of an LLFF scene, images not yet decoded (see :func:`load_llff`)."""
     root = data_cfg.root
     ix = index_llff(data_cfg, split)
     pb_path, poses, bds, factor, idx, files = ix.pb_path, ix.poses, ix.bds, ix.factor, ix.idx, ix.files
@@ -154,8 +147,8 @@ def load_llff(data_cfg: DataConfig, split: str) -> Scene:
     c2w = recenter(c2w)
 
     bg = background_of(data_cfg)
-    images, _ = load_images(files, factor, bg, pb_path, idx)
-    n, H, W = images.shape[:3]
+    size0 = probe_size(files[0], factor)
+    n, H, W = len(files), size0[0] // factor, size0[1] // factor
     focal = float(focal0) * W / float(w0)
     K = np.array([[focal, 0.0, W / 2.0], [0.0, focal, H / 2.0], [0.0, 0.0, 1.0]])
 
@@ -168,17 +161,27 @@ def load_llff(data_cfg: DataConfig, split: str) -> Scene:
         centres = c2w[:, :, 3]
         aabb = np.stack([centres.min(0) - far, centres.max(0) + far])
 
-    return Scene(
-        images=torch.from_numpy(images),
+    return LazyScene(
+        files=files, factor=factor, background=bg, source=pb_path, frame_ids=idx, size0=size0,
         K=torch.from_numpy(np.repeat(K[None], n, axis=0).astype(np.float32)),
         c2w=torch.from_numpy(c2w[idx].astype(np.float32)),
-        near=near, far=far,
-        aabb=torch.from_numpy(aabb.astype(np.float32)),
-        background=torch.tensor(bg, dtype=torch.float32),
-        files=files, split=split,
+        near=near, far=far, aabb=torch.from_numpy(aabb.astype(np.float32)), split=split,
         ndc=ndc, ndc_focal=focal if ndc else 0.0, ndc_size=(H, W) if ndc else (0, 0),
         meta={"format": "llff", "root": root, "scale": float(sc), "indices": idx,
               "bounds": [float(bds.min()), float(bds.max())], "ndc_near": 1.0,
               "hwf": [float(h0), float(w0), float(focal0)], "downscale": data_cfg.downscale},
         sources=ix.sources,
     )
+
+
+def load_llff(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of an LLFF scene.
+
+    Returns a Scene with c2w [n, 3, 4] (OpenGL, rescaled, recentred), K [n, 3, 3] (focal from
+    hwf scaled to the loaded width, principal point at the image centre). With NDC (data.ndc auto
+    or true): near = 0, far = 1, aabb = [-1, 1]^3, ndc_focal/ndc_size of the loaded images (the
+    NDC near plane is at z = -1 after the rescale, recorded as meta['ndc_near']). Without: near =
+    0.9 * min bound, far = max bound, aabb = camera centres +- far. Reads exactly
+    ``index_llff(data_cfg, split).sources`` (recorded as Scene.sources).
+    """
+    return open_llff(data_cfg, split).load()

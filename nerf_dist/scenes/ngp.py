@@ -25,7 +25,8 @@ import torch
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles, inside_root
 from .blender import background_of, frame_pose, get_frames, read_json, require, resolve_image
-from .images import drop_missing, load_images
+from .images import drop_missing
+from .lazy import LazyScene, probe_size
 
 NEAR = 0.05
 MAX_AABB_SCALE = 16.0
@@ -181,15 +182,9 @@ def index_ngp(data_cfg: DataConfig, split: str) -> NgpIndex:
                     all_poses=all_poses, source=source, jsons=jsons)
 
 
-def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
-    """Read one split of an instant-ngp / nerfstudio scene.
-
-    Returns a Scene with images [n, H, W, 3], per-frame K [n, 3, 3] (scaled by 1 / downscale;
-    cx, cy default to the image centre), distortion [n, 4] (k1 k2 p1 p2; None when no frame has
-    any), c2w [n, 3, 4] centred and scaled into [-1, 1]^3, near = 0.05, far = 2 sqrt(3) s and
-    aabb = [-s, s]^3 with s = aabb_scale (default 1, clipped to [1, 16]). Reads exactly
-    ``index_ngp(data_cfg, split).sources`` (recorded as Scene.sources).
-    """
+def open_ngp(data_cfg: DataConfig, split: str) -> LazyScene:
+    """One split of an instant-ngp / nerfstudio scene, images not yet decoded (see
+    :func:`load_ngp`)."""
     root = data_cfg.root
     ix = index_ngp(data_cfg, split)
     chosen, keep, files, intr, c2w = ix.chosen, ix.keep, ix.files, ix.intr, ix.c2w
@@ -198,9 +193,8 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
 
     bg = background_of(data_cfg)
     f = data_cfg.downscale
-    images, (h0, w0) = load_images(files, f, bg, source, [ids[k] for k in keep])
-    n, H, W = images.shape[:3]
-
+    h0, w0 = probe_size(files[0], f)
+    n = len(files)
     K = np.zeros((n, 3, 3))
     for k, it in enumerate(intr):
         if (it["w"] is not None and int(it["w"]) != w0) or (it["h"] is not None and int(it["h"]) != h0):
@@ -228,15 +222,27 @@ def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
     glob0 = chosen[0][3]
     s = glob0.get("aabb_scale", 1)
     s = float(min(max(_num(s, "aabb_scale", source), 1.0), MAX_AABB_SCALE))
-    return Scene(
-        images=torch.from_numpy(images),
+    return LazyScene(
+        files=files, factor=f, background=bg, source=source, frame_ids=[ids[k] for k in keep],
+        size0=(h0, w0), split=split,
         K=torch.from_numpy(K.astype(np.float32)),
         c2w=torch.from_numpy(c2w.astype(np.float32)),
         near=NEAR, far=2.0 * math.sqrt(3.0) * s,
         aabb=torch.tensor([[-s] * 3, [s] * 3], dtype=torch.float32),
-        background=torch.tensor(bg, dtype=torch.float32),
-        files=files, split=split, distortion=distortion,
+        distortion=distortion,
         meta={"format": "ngp", "root": root, "transforms": source, "scale": scale,
               "offset": offset.tolist(), "aabb_scale": s, "downscale": f},
         sources=ix.sources,
     )
+
+
+def load_ngp(data_cfg: DataConfig, split: str) -> Scene:
+    """Read one split of an instant-ngp / nerfstudio scene.
+
+    Returns a Scene with images [n, H, W, 3], per-frame K [n, 3, 3] (scaled by 1 / downscale;
+    cx, cy default to the image centre), distortion [n, 4] (k1 k2 p1 p2; None when no frame has
+    any), c2w [n, 3, 4] centred and scaled into [-1, 1]^3, near = 0.05, far = 2 sqrt(3) s and
+    aabb = [-s, s]^3 with s = aabb_scale (default 1, clipped to [1, 16]). Reads exactly
+    ``index_ngp(data_cfg, split).sources`` (recorded as Scene.sources).
+    """
+    return open_ngp(data_cfg, split).load()

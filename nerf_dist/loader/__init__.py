@@ -1,0 +1,281 @@
+"""Sharded, world-size-independent training batches over a pixel cache, in bounded memory.
+
+Which pixels step k draws is a pure function of (seed, k) and the cache's shape
+(:mod:`.schedule`: per-shard permutation streams, visited window by window). Rank r of N owns the
+shards r, r+N, r+2N, ... (S must be a multiple of N), holds only its shards of the active window
+(:mod:`.store`; the next window is read ahead on a background thread), and returns its owned
+shards' parts in window order. Global batches therefore do not depend on the number of ranks, and
+a run may resume on another world size.
+
+Memory: a rank holds at most data.cache_memory of shard data (colours, permutations, crop
+positions, the read-ahead; :meth:`RayLoader.bytes_held`). When the whole cache fits (S shards x
+their cost <= cache_memory) there is a single window: every shard is loaded once and every step
+draws from all of them, as format-2 caches did. Otherwise the window G is the largest divisor of
+S whose shards fit twice (in use + read ahead): a property of the run, the same on every world
+size; N ranks then hold about G/N shards each. A world size that does not divide G is refused
+with the data.cache_memory that would allow it.
+
+Rays are made per batch from the pixels' global indices by :meth:`RayCache.rays`
+(:func:`nerf_dist.rays.make_rays`) on `device`; colours are decoded on the CPU (bit-exact with
+the scene reader, see :mod:`nerf_dist.ray_cache.colour`).
+
+Versus format 2 (rays stored as float32): the same pixels in the same order at every step (when
+everything fits); colours bit-identical for 8-bit images read as they are (rgb8/rgba8), within
+7.7e-6 for downscaled ones (rgb16); rays within float rounding (per-ray camera matrices are
+applied as a batched product instead of one image at a time; a few ulp, measured in
+tests/test_ray_cache.py).
+
+Centre-crop warm-up: for steps < precrop_steps each shard draws only from its pixels with
+``crop < precrop_frac``, through its own permutation stream; afterwards the schedule restarts at
+step 0 of the full stream, so epoch 0 still sees every pixel.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..dist import raise_together
+from ..ray_cache import RayCache, RayCacheError, pixel_crop
+from .schedule import (_CROP, _FULL, WindowPlan, memory_for, plan_window, shard_batch_sizes,
+                       stream_positions, stream_seed)
+from .store import ShardStore, crop_positions
+
+BATCH_FIELDS = ("rays_o", "rays_d", "viewdirs", "rgb")
+
+
+class RayLoader:
+    """Batches of training rays for one rank.
+
+    Each :meth:`next` returns rays_o, rays_d, viewdirs, rgb: [b_local, 3] float32 on `device`, and
+    n_global (= rays_per_batch, the size of the global batch the local one is part of) and
+    index: [b_local] int64, the positions of these rays inside the global batch.
+    cache_memory: bytes of shard data one rank may hold (data.cache_memory); None = no bound.
+    """
+
+    def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
+                 precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu",
+                 prefetch: bool = False, cache_memory: int | None = None):
+        S = cache.n_shards
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad rank {rank} for world_size {world_size}")
+        if S % world_size != 0:
+            raise ValueError(f"the ray cache has {S} shards (data.cache_shards), which is not a "
+                             f"multiple of the world size {world_size}: set data.cache_shards to a "
+                             f"multiple of every world size you use (e.g. 64)")
+        if rays_per_batch < 1:
+            raise ValueError(f"rays_per_batch must be >= 1, got {rays_per_batch}")
+        self.cache = cache
+        self.rank, self.world_size = rank, world_size
+        self.rays_per_batch = int(rays_per_batch)
+        self.seed = int(seed)
+        self.precrop_steps = int(precrop_steps)
+        self.precrop_frac = float(precrop_frac)
+        self.device = torch.device(device)
+        self.n_shards = S
+        self.cache_memory = cache_memory
+        self.plan: WindowPlan = plan_window(cache.n_rays, S, self.rays_per_batch,
+                                            cache.bytes_per_pixel, cache_memory,
+                                            self.precrop_steps > 0)
+        self._check_window()
+        self.shards = list(range(rank, S, world_size))  # every shard this rank ever reads
+        self.b = self.plan.b  # rays per window position (= per shard when the window is all)
+        if self.precrop_steps > 0:
+            self._check_crop_coverage()
+        self._step = 0
+        self._lock = threading.RLock()
+        # NOTE: one worker thread builds every batch (batch_at is pure in the step), so prefetching
+        # cannot change the sequence and the shard store is never touched concurrently.
+        self._pool = None
+        self._pending = None  # (step, Future) of the batch being prefetched
+        if prefetch:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ray-loader-{rank}")
+        self.store = ShardStore(cache, read_ahead=self.plan.n_windows > 1,
+                                name=f"ray-loader-{rank}")
+        err = ""
+        try:
+            self.store.hold(self._owned(self._where(0)[1]))  # verified against size + sha256
+        except RayCacheError as e:
+            err = str(e)
+        # NOTE: collective (every rank builds its loader at the same point): a damaged shard is
+        # found only by the rank that owns it, and its peers must fail with it rather than wait
+        # for it in the first collective until the process-group timeout.
+        raise_together(err, rank, world_size, RayCacheError,
+                       others="rank {rank} found a damaged ray cache: {err}")
+
+    # ------------------------------------------------------------------ checks
+    def _check_window(self) -> None:
+        """ValueError unless windows split evenly over the ranks and feed whole batches."""
+        plan, N = self.plan, self.world_size
+        G, S = plan.window, plan.n_shards
+        if G % N:
+            bigger = next(d for d in range(G + 1, S + 1) if S % d == 0 and d % N == 0)
+            need = memory_for(plan, bigger, self.cache.n_rays, self.cache.bytes_per_pixel,
+                              self.precrop_steps > 0)
+            raise ValueError(
+                f"data.cache_memory={self.cache_memory} bytes streams the ray cache in windows of "
+                f"{G} shards, which do not split evenly over {N} ranks: raise data.cache_memory "
+                f"to at least {need} (windows of {bigger} shards; each rank then holds "
+                f"{bigger // N}), or train on a number of ranks that divides {G}")
+        smallest = min(self.cache.shard_sizes)
+        if G < S and max(plan.b) > smallest:
+            raise ValueError(
+                f"train.rays_per_batch={self.rays_per_batch} draws {max(plan.b)} rays a step from "
+                f"each of the {G} shards of a window, more than a shard holds ({smallest}): raise "
+                f"data.cache_memory (larger windows) or lower train.rays_per_batch")
+
+    def _check_crop_coverage(self) -> None:
+        """ValueError unless every shard that feeds batches holds a centre-crop ray.
+
+        NOTE: computed from the manifest's geometry for ALL shards, so every rank reaches the same
+        verdict (a check on owned shards only could fail on one rank and hang the others).
+        """
+        H, W, S = self.cache.H, self.cache.W, self.n_shards
+        rows = torch.arange(H).repeat_interleave(W)
+        cols = torch.arange(W).repeat(H)
+        pix = torch.nonzero(pixel_crop(rows, cols, H, W).float() < self.precrop_frac).flatten()
+        covered = torch.zeros(S, dtype=torch.bool)
+        for img in range(self.cache.n_images):
+            covered[(img * H * W + pix) % S] = True
+            if bool(covered.all()):
+                return
+        empty = [s for s in range(S) if not covered[s] and self.b[self.plan.position(s)] > 0]
+        if empty:
+            raise ValueError(f"ray cache {self.cache.url}: shard {empty[0]} (of {len(empty)}) holds "
+                             f"no ray inside the centre crop train.precrop_frac={self.precrop_frac} "
+                             f"({H}x{W} images, data.cache_shards={S}): raise train.precrop_frac or "
+                             f"pick a data.cache_shards that does not divide the image width")
+
+    # ------------------------------------------------------------------ schedule
+    def _where(self, step: int) -> tuple[int, list[int], int]:
+        """(stream, the window's shards, v) at global step `step`."""
+        stream, k = (_CROP, step) if step < self.precrop_steps else (_FULL, step - self.precrop_steps)
+        w, v = self.plan.at(self.seed, k)
+        return stream, self.plan.shards(w), v
+
+    def _owned(self, shards: list[int]) -> tuple[int, ...]:
+        return tuple(s for s in shards if s % self.world_size == self.rank)
+
+    def _next_window(self, step: int) -> tuple[int, ...] | None:
+        """This rank's shards of the next window unlike the current one (None: there is none)."""
+        plan = self.plan
+        if plan.n_windows == 1:
+            return None
+        cur = set(self._owned(self._where(step)[1]))
+        k, P, T = step, self.precrop_steps, plan.phase_steps
+        for _ in range(2 * plan.n_windows + 2):
+            local = k if k < P else k - P
+            nxt = k + T - local % (plan.n_windows * T) % T
+            k = P if k < P <= nxt else nxt
+            shards = self._owned(self._where(k)[1])
+            if set(shards) != cur:
+                return shards
+        return None
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    def bytes_held(self) -> int:
+        """Bytes of shard data this rank holds now (<= data.cache_memory)."""
+        return self.store.bytes_held()
+
+    def pixels_at(self, step: int) -> torch.Tensor:
+        """Global pixel indices [b_local] int64 of this rank's rays at `step`, in batch order,
+        computed from the schedule alone (nothing read, nothing cached)."""
+        stream, shards, v = self._where(step)
+        out = []
+        for j, s in enumerate(shards):
+            b = self.b[j]
+            if s % self.world_size == self.rank and b:
+                if stream == _FULL:
+                    pos = stream_positions(self.cache.shard_sizes[s], v * b, b, self.seed, _FULL, s)
+                else:
+                    crop = crop_positions(self.cache, s, self.precrop_frac)
+                    pos = crop[stream_positions(crop.numel(), v * b, b, self.seed, _CROP, s)].long()
+                out.append(s + pos * self.n_shards)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+
+    def batch_at(self, step: int) -> dict:
+        """The local batch of global step `step` (pure: does not move the cursor)."""
+        with self._lock:
+            stream, shards, v = self._where(step)
+            if stream == _FULL:
+                self.store.drop_crop()
+            self.store.hold(self._owned(shards))
+            ahead = self._next_window(step)
+            if ahead is not None:
+                self.store.prefetch(ahead)
+            S, q, gidx, where, off = self.n_shards, [], [], [], 0
+            for j, s in enumerate(shards):
+                b = self.b[j]
+                if s % self.world_size == self.rank and b:
+                    pos = self.store.positions(stream, s, v * b, b, self.seed, self.precrop_frac)
+                    q.append(self.store.colours[s][pos])
+                    gidx.append(s + pos * S)
+                    where.append(torch.arange(off, off + b))
+                off += b
+            c = self.cache.channels
+            q = torch.cat(q) if q else torch.zeros((0, c), dtype=torch.uint8)
+            gidx = torch.cat(gidx) if gidx else torch.zeros(0, dtype=torch.int64)
+            out: dict = self.cache.rays(gidx.to(self.device, non_blocking=True))
+            out["rgb"] = self.cache.rgb(q).to(self.device, non_blocking=True)
+            out["n_global"] = self.rays_per_batch
+            out["index"] = torch.cat(where) if where else torch.zeros(0, dtype=torch.int64)
+            return out
+
+    def next(self) -> dict:
+        """The local batch of the current step; then advance to the next step."""
+        if self._pool is None:
+            batch = self.batch_at(self._step)
+        else:
+            if self._pending is not None and self._pending[0] == self._step:
+                batch = self._pending[1].result()
+            else:
+                batch = self._pool.submit(self.batch_at, self._step).result()
+            self._pending = (self._step + 1, self._pool.submit(self.batch_at, self._step + 1))
+        self._step += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop the prefetch and read-ahead threads (if any)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pending = None, None
+        self.store.close()
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict:
+        return {"step": self._step, "seed": self.seed, "rays_per_batch": self.rays_per_batch,
+                "n_shards": self.n_shards, "window": self.plan.window}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Continue at sd['step']. Seed, batch size, shard count and window size must match
+        (world size may not). A state without 'window' (format-2 runs) had a single window."""
+        for k in ("seed", "rays_per_batch", "n_shards"):
+            if k in sd and int(sd[k]) != getattr(self, k):
+                raise ValueError(f"loader state has {k}={sd[k]}, this run has {getattr(self, k)}: "
+                                 f"resuming would not continue the same ray sequence")
+        window = int(sd.get("window", sd.get("n_shards", self.n_shards)))
+        if window != self.plan.window:
+            raise ValueError(
+                f"loader state drew rays from windows of {window} shards, but this run's "
+                f"data.cache_memory={self.cache_memory} gives windows of {self.plan.window}: "
+                f"resuming would not continue the same ray sequence; set data.cache_memory back "
+                f"to the value the run started with")
+        if self._pending is not None:  # NOTE: let a running prefetch finish before moving on
+            try:
+                self._pending[1].result()
+            except Exception:  # noqa: BLE001 - a stale batch; the next read reports real errors
+                pass
+        self._step = int(sd["step"])
+        self._pending = None  # a prefetched batch of the old cursor is stale
+
+
+__all__ = ["BATCH_FIELDS", "RayLoader", "WindowPlan", "plan_window", "shard_batch_sizes",
+           "stream_positions", "stream_seed"]
