@@ -14,8 +14,9 @@ sys.path.insert(0, str(REPO))
 
 from nerf_dist.config import load_config  # noqa: E402
 from nerf_dist.dist import DistInfo  # noqa: E402
-from nerf_dist.evaluation import render_view  # noqa: E402
+from nerf_dist.evaluation import render_views  # noqa: E402
 from nerf_dist.metrics import psnr  # noqa: E402
+from nerf_dist.renderer.core import RenderSetup  # noqa: E402
 from nerf_dist.scenes import load_scene  # noqa: E402
 from nerf_dist.trainer import Trainer  # noqa: E402
 
@@ -24,8 +25,8 @@ def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n
                    target_psnr: float | None = None, device: str = "cpu", log=print) -> dict:
     """Train in-process for budget_s seconds of training time (evaluation time excluded).
 
-    Every eval_every_s seconds, renders n_eval_views held-out (val) views and records their mean
-    PSNR. Returns {'curve': [(train_s, step, psnr)], 'steps', 'rays_per_s', 'time_to_target'}.
+    Every eval_every_s seconds, renders n_eval_views held-out (val) views (through the renderer,
+    as `nerf-dist eval` does) and records their mean PSNR. Returns {'curve': [(train_s, step, psnr)], 'steps', 'rays_per_s', 'time_to_target'}.
     """
     cfg = load_config(None, ["log.progress=false", "checkpoint.every=0", *overrides])
     dev = torch.device(device)
@@ -46,9 +47,9 @@ def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n
         rays += out["n_global"]
         if train_s >= next_eval or train_s >= budget_s or trainer.step >= cfg.train.steps:
             next_eval += eval_every_s
-            trainer.model.eval()
-            p = sum(psnr(render_view(trainer.model, val, i, cfg.model.chunk, dev)["rgb"],
-                         val.images[i]) for i in views) / len(views)
+            setup = RenderSetup.from_scene(trainer.model, val, cfg.model.chunk, dev)
+            p = sum(psnr(out["rgb"], val.images[i])
+                    for i, out in render_views(setup, val, views)) / len(views)
             trainer.model.train()
             curve.append((round(train_s, 1), trainer.step, round(p, 2)))
             log(f"  t={train_s:7.1f}s step={trainer.step:6d} val PSNR={p:6.2f} dB "

@@ -4,8 +4,8 @@
     python bench/train_bench.py lego [--precision bf16] [--minutes 10] [--target 20]
 
 `speed`: rays/s of one training step (8x256 MLP, 64 coarse + 128 importance samples, 1024 rays a
-batch, coarse + fine loss, Adam) and of rendering (no grad), on the current device, random rays
-through the lego box. `lego`: trains on ../shared/data/lego downscaled to 100x100 (downscale=8) and
+batch, coarse + fine loss, Adam) on random rays through the lego box, and of rendering one
+32x32 frame through the renderer (as `nerf-dist render` does; no grad), on the current device. `lego`: trains on ../shared/data/lego downscaled to 100x100 (downscale=8) and
 prints held-out val PSNR over time. Prints figures; asserts nothing.
 """
 from __future__ import annotations
@@ -17,7 +17,9 @@ import torch
 
 from common import LEGO, timed_training
 from nerf_dist.config import ModelConfig
-from nerf_dist.model import VanillaNeRF, render_chunked
+from nerf_dist.model import VanillaNeRF
+from nerf_dist.renderer.core import RenderSetup, render_frames
+from nerf_dist.renderer.paths import CameraPath
 from nerf_dist.trainer import make_adam
 
 
@@ -58,14 +60,27 @@ def speed(precision: str, steps: int, device: str, n_rays: int = 1024, compile: 
         step()
     sync()
     train_rps = steps * n_rays / (time.perf_counter() - t0)
-    rays = {"rays_o": rays_o, "rays_d": rays_d, "viewdirs": rays_d}
-    render_chunked(model, rays, 2.0, 6.0, 4096, bg)
+    # NOTE: a side x side frame from the same camera position; the focal length spreads the
+    # pixel rays over about the training rays' cone (uniform +-0.26 ~ a normal of std 0.15).
+    side = max(1, int(n_rays ** 0.5))
+    focal = side / (2 * 0.26)
+    cams = CameraPath(torch.tensor([[[focal, 0.0, side / 2], [0.0, focal, side / 2], [0.0, 0.0, 1.0]]]),
+                      torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]]]),
+                      side, side, "bench")
+    setup = RenderSetup(model, 2.0, 6.0, bg, chunk=4096, device=dev)
+
+    def render():
+        for _ in render_frames(setup, cams, [0], tile=64, balance="pixels"):
+            pass
+
+    render()  # warm-up
     sync()
     t0 = time.perf_counter()
     for _ in range(steps):
-        render_chunked(model, rays, 2.0, 6.0, 4096, bg)
+        render()
     sync()
-    render_rps = steps * n_rays / (time.perf_counter() - t0)
+    render_rps = steps * side * side / (time.perf_counter() - t0)
+    model.train()
     return {"train_rays_per_s": train_rps, "render_rays_per_s": render_rps}
 
 

@@ -1,158 +1,132 @@
-"""Evaluate a trained model on a scene split: render, compare, write images and a JSON report."""
+"""Evaluate a trained model on a scene split: render, compare, write images and a JSON report.
+
+Every image here comes from the tiled renderer (:func:`render_views` over
+:func:`nerf_dist.renderer.core.render_frames`), the same code as `nerf-dist render` and
+in-training validation, so the three agree pixel for pixel. Drawing helpers (colourised depth,
+contact sheets) live with the renderer's outputs, in :mod:`nerf_dist.renderer.images`.
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from .logger import Logger
 from .metrics import psnr, ssim
-from .model import render_chunked
-from .rays import scene_rays
+from .renderer.core import RenderSetup, check_memory, render_frames
+from .renderer.images import (colourise_depth, contact_sheet, depth_range, hit_depth, sheet_views,
+                              to_uint8)
+from .renderer.outputs import write_png
+from .renderer.paths import split_path
+
+DEFAULT_TILE = 64
+"""Tile side (pixels) of evaluation and validation renders; any size gives the same pixels."""
+
+FG_THRESHOLD = 0.02
+"""A ground-truth pixel is foreground when some channel differs from the scene's background
+colour by more than this (about 5 levels of 8 bits: above PNG/JPEG quantisation noise)."""
 
 
-def render_view(model, scene, index: int, chunk: int, device) -> dict:
-    """Render frame `index` of scene. Returns rgb [H, W, 3], depth [H, W], acc [H, W] on CPU."""
-    rays = {k: v.to(device) for k, v in scene_rays(scene, index).items()}
-    bg = scene.background.to(device)
-    out = render_chunked(model, rays, scene.near, scene.far, chunk, background=bg)
-    H, W = scene.H, scene.W
-    return {"rgb": out["rgb"].reshape(H, W, 3).clamp(0, 1).cpu(),
-            "depth": out["depth"].reshape(H, W).cpu(), "acc": out["acc"].reshape(H, W).cpu()}
+def render_views(setup: RenderSetup, scene, views: Iterable[int], rank: int = 0,
+                 world_size: int = 1, tile: int = DEFAULT_TILE) -> Iterator[tuple[int, dict]]:
+    """Frames `views` of `scene` through the tiled renderer -> (index, out) on rank 0, in order.
 
-
-def depth_range(depth: torch.Tensor, near: float, far: float) -> tuple[float, float]:
-    """Display range of a depth map: 2nd-98th percentile of its non-zero values (else near-far)."""
-    v = depth[depth > 0].float()
-    if v.numel() < 2:
-        return near, far
-    lo, hi = torch.quantile(v, torch.tensor([0.02, 0.98])).tolist()
-    return (lo, hi) if hi > lo else (near, far)
-
-
-def colourise_depth(depth: torch.Tensor, near: float, far: float,
-                    acc: torch.Tensor | None = None) -> torch.Tensor:
-    """depth [H, W] -> [H, W, 3] in [0, 1] (near = bright yellow, far = dark purple, 0 = black).
-
-    With acc [H, W] the depth is normalised by the opacity (the depth of what the ray hits) and
-    pixels with acc < 0.5 are black, so soft silhouette edges do not read as 'very near'.
+    out: rgb [H, W, 3] clamped to [0, 1], depth [H, W], acc [H, W] (float32, CPU). The cameras are
+    the split's own (:func:`split_path`: intrinsics, pose and lens distortion), so the pixels are
+    those training fits. Every rank must iterate to the end; with world_size 1 no collective runs
+    (in-training validation renders on rank 0 alone).
     """
-    if acc is not None:
-        depth = torch.where(acc > 0.5, depth / acc.clamp(min=1e-6), torch.zeros_like(depth))
-    d = ((depth - near) / max(far - near, 1e-9)).clamp(0, 1)
-    x = 1.0 - d
-    # NOTE: a compact viridis-like ramp; avoids a matplotlib dependency.
-    r = (0.27 + x * (0.99 - 0.27) * x).clamp(0, 1)
-    g = (0.0 + 0.9 * x).clamp(0, 1)
-    b = (0.33 + 0.4 * torch.sin(3.14159 * x) - 0.2 * x).clamp(0, 1)
-    img = torch.stack([r, g, b], -1)
-    return torch.where((depth > 0)[..., None], img, torch.zeros_like(img))
+    for i, out in render_frames(setup, split_path(scene), list(views), rank, world_size, tile):
+        out["rgb"] = out["rgb"].clamp(0, 1)
+        yield i, out
 
 
-def side_by_side(gt: torch.Tensor, rgb: torch.Tensor, depth: torch.Tensor, near: float,
-                 far: float) -> torch.Tensor:
-    """[H, 3W, 3]: ground truth | render | colourised depth."""
-    return torch.cat([gt.cpu(), rgb.cpu(),
-                      colourise_depth(depth.cpu(), *depth_range(depth.cpu(), near, far))], 1)
+def foreground_mask(gt: torch.Tensor, background: torch.Tensor,
+                    threshold: float = FG_THRESHOLD) -> torch.Tensor:
+    """[H, W] bool: ground-truth pixels (gt [H, W, 3]) differing from background [3] by more than
+    `threshold` in any channel."""
+    return ((gt.float() - background.float().to(gt.device)).abs() > threshold).any(-1)
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    return (img.clamp(0, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+def psnr_fg(pred: torch.Tensor, gt: torch.Tensor, background: torch.Tensor,
+            threshold: float = FG_THRESHOLD) -> float | None:
+    """PSNR (dB, peak 1) over the foreground pixels of gt only (:func:`foreground_mask`); None
+    when the view has no foreground. pred, gt: [H, W, 3] in [0, 1]; background: [3].
 
-
-def error_map(rgb: torch.Tensor, gt: torch.Tensor, gain: float = 4.0) -> torch.Tensor:
-    """[H, W, 3] grey image of the mean absolute colour error, amplified by `gain` (0 = black)."""
-    e = ((rgb.cpu() - gt.cpu()).abs().mean(-1) * gain).clamp(0, 1)
-    return e[..., None].expand(*e.shape, 3)
-
-
-def _shrink(img: torch.Tensor, max_side: int) -> torch.Tensor:
-    """Integer-factor area downscale of [H, W, C] so its longer side is <= max_side."""
-    f = max(1, -(-max(img.shape[0], img.shape[1]) // max_side))
-    if f == 1:
-        return img
-    x = img.permute(2, 0, 1)[None]
-    return torch.nn.functional.avg_pool2d(x, f, ceil_mode=True)[0].permute(1, 2, 0)
-
-
-def contact_sheet(rows: list[tuple], near: float, far: float, max_side: int = 256) -> torch.Tensor:
-    """rows of (gt, rgb, depth) -> [sum H, 4W, 3]: ground truth | render | depth | error per row."""
-    out = []
-    for gt, rgb, depth in rows:
-        d = depth.cpu()
-        cells = [gt.cpu(), rgb.cpu(), colourise_depth(d, *depth_range(d, near, far)),
-                 error_map(rgb, gt)]
-        out.append(torch.cat([_shrink(c, max_side) for c in cells], 1))
-    return torch.cat(out, 0)
-
-
-def sheet_views(n: int, max_views: int = 16) -> list[int]:
-    """Up to max_views view indices spread evenly over n views."""
-    if n <= max_views:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / (max_views - 1)) for i in range(max_views)})
+    NOTE: on object scenes over a plain background most pixels are background, which an untrained
+    model gets right by predicting the background colour: full-image PSNR then flatters it.
+    """
+    mask = foreground_mask(gt, background, threshold)
+    if not bool(mask.any()):
+        return None
+    return psnr(pred[mask], gt[mask])
 
 
 def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict | None = None,
-                   log=print, rank: int = 0, world_size: int = 1, tile: int = 64,
+                   log=print, rank: int = 0, world_size: int = 1, tile: int = DEFAULT_TILE,
                    tb_dir: str | None = None, step: int | None = None) -> dict | None:
     """Render every frame of `scene` with the tiled renderer across ranks; rank 0 writes.
 
     Every rank must call this (it holds collectives); ranks other than 0 return None. Rank 0
     writes rgb_NNN.png and depth_NNN.png per view, contact_sheet.png (ground truth | render |
     depth | error, up to 16 views) and report.json, and adds the contact-sheet rows to TensorBoard
-    under tb_dir when given. Returns the report: mean and per-image PSNR and SSIM (and depth error
-    when the scene has ground-truth depth), plus `extra` (steps, training wall-clock, ...).
+    under tb_dir when given. Returns the report: mean and per-image PSNR and SSIM, `psnr_fg` (PSNR
+    over foreground pixels only, :func:`psnr_fg`; the mean skips views without foreground, and is
+    None when no view has any), depth error when the scene has ground-truth depth, plus `extra`
+    (steps, training wall-clock, ...).
     """
-    from .renderer.core import RenderSetup, check_memory, render_frames
-    from .renderer.outputs import write_png
-    from .renderer.paths import split_path
     setup = RenderSetup.from_scene(model, scene, chunk, device)
     check_memory(setup, scene.W, scene.H, tile, rank, world_size, evaluate=True)
     setup.model = model.to(setup.device)
-    cams = split_path(scene)
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
     per_image = []
     keep = set(sheet_views(scene.n))
     rows = []
     t0 = time.time()
-    for i, out in render_frames(setup, cams, list(range(scene.n)), rank, world_size, tile):
-        out["rgb"] = out["rgb"].clamp(0, 1)
+    for i, out in render_views(setup, scene, range(scene.n), rank, world_size, tile):
         gt = scene.images[i]
         entry = {"index": i, "file": scene.files[i], "psnr": psnr(out["rgb"], gt),
+                 "psnr_fg": psnr_fg(out["rgb"], gt, scene.background),
                  "ssim": ssim(out["rgb"], gt)}
-        # NOTE: the depth of what a ray hits is the expected depth over its opacity.
-        hit_depth = torch.where(out["acc"] > 0.5, out["depth"] / out["acc"].clamp(min=1e-6),
-                                torch.zeros_like(out["depth"]))
+        depth = hit_depth(out["depth"], out["acc"])
         if scene.depths is not None:
             gt_d = scene.depths[i]
-            mask = (gt_d > 0) & (hit_depth > 0)
+            mask = (gt_d > 0) & (depth > 0)
             if mask.any():
-                entry["depth_abs_err"] = float((hit_depth[mask] - gt_d[mask]).abs().mean())
+                entry["depth_abs_err"] = float((depth[mask] - gt_d[mask]).abs().mean())
         per_image.append(entry)
         write_png(os.path.join(out_dir, f"rgb_{i:03d}.png"), to_uint8(out["rgb"]))
         write_png(os.path.join(out_dir, f"depth_{i:03d}.png"),
-                  to_uint8(colourise_depth(hit_depth, *depth_range(hit_depth, scene.near,
-                                                                   scene.far))))
+                  to_uint8(colourise_depth(depth, *depth_range(depth, scene.near, scene.far))))
         if i in keep:  # NOTE: keep the shrunk row only, so memory stays small for big images
-            rows.append((i, contact_sheet([(gt, out["rgb"], hit_depth)], scene.near, scene.far)))
-        log(f"  view {i + 1}/{scene.n}: PSNR {entry['psnr']:.2f} dB, SSIM {entry['ssim']:.3f}")
+            rows.append((i, contact_sheet([(gt, out["rgb"], depth)], scene.near, scene.far)))
+        fg_txt = "none" if entry["psnr_fg"] is None else f"{entry['psnr_fg']:.2f} dB"
+        log(f"  view {i + 1}/{scene.n}: PSNR {entry['psnr']:.2f} dB (foreground {fg_txt}), "
+            f"SSIM {entry['ssim']:.3f}")
     if rank != 0:
         return None
-    bad = [e["index"] for e in per_image if not (math.isfinite(e["psnr"]) and math.isfinite(e["ssim"]))]
+    # NOTE: NaN, not inf: rgb is clamped, so non-finite pixels show as NaN, while a view rendered
+    # exactly (mse 0) has an infinite PSNR and is no sign of divergence.
+    bad = [e["index"] for e in per_image if math.isnan(e["psnr"]) or math.isnan(e["ssim"])]
     if bad:
         raise RuntimeError(
             f"evaluation of {scene.split}: the model rendered non-finite pixels in view(s) {bad} "
             f"(PSNR/SSIM is NaN): the checkpoint diverged or is damaged; no report is written. "
             f"Evaluate an earlier checkpoint (nerf-dist render --checkpoint URL) or retrain with a "
             f"lower train.lr")
+    fg = [e["psnr_fg"] for e in per_image if e["psnr_fg"] is not None]
     report = {
         "split": scene.split, "n_images": scene.n,
         "psnr": float(np.mean([e["psnr"] for e in per_image])),
+        "psnr_fg": float(np.mean(fg)) if fg else None,
+        "psnr_fg_views": len(fg),
+        "fg_threshold": FG_THRESHOLD,
         "ssim": float(np.mean([e["ssim"] for e in per_image])),
         "render_seconds": time.time() - t0,
         "world_size": world_size,
@@ -167,12 +141,14 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
         report["depth_abs_err"] = float(np.mean(errs))
     write_png(os.path.join(out_dir, "contact_sheet.png"), to_uint8(torch.cat([r for _, r in rows])))
     if tb_dir:
-        from .logger import Logger
         tb = Logger(tb_dir, progress=False)
         for i, row in rows:
             tb.image(int(step or 0), f"eval_{scene.split}/view_{i:03d}", row)
-        tb.scalars(int(step or 0), {f"eval_{scene.split}/psnr": report["psnr"],
-                                    f"eval_{scene.split}/ssim": report["ssim"]})
+        values = {f"eval_{scene.split}/psnr": report["psnr"],
+                  f"eval_{scene.split}/ssim": report["ssim"]}
+        if report["psnr_fg"] is not None:
+            values[f"eval_{scene.split}/psnr_fg"] = report["psnr_fg"]
+        tb.scalars(int(step or 0), values)
         tb.close()
     tmp = os.path.join(out_dir, ".report.json.tmp")
     with open(tmp, "w") as f:

@@ -132,7 +132,7 @@ class Trainer:
                            "background": self.background.cpu()}
         self.loader = RayLoader(self.cache, dist.rank, dist.world_size, cfg.train.rays_per_batch,
                                 cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
-                                device=self.device, cache_memory=cfg.data.cache_memory_bytes)
+                                device=self.device)
 
         self.model = build_model(cfg.model, aabb).to(self.device)
         self.comm = _CommTimer()
@@ -437,38 +437,53 @@ class Trainer:
                 "stopped_by_signal": stop_signal, "nonfinite_skipped": self.nonfinite_total}
 
     # ------------------------------------------------------------------ validation
-    def evaluate_val(self) -> None:
-        """Render eval.n_images views of eval.split on rank 0; log PSNR and images."""
+    def evaluate_val(self) -> float | None:
+        """Render eval.n_images views of eval.split on rank 0 alone, through the renderer's code
+        (as `nerf-dist eval` does, so the numbers agree); log PSNR, foreground PSNR and an image.
+
+        Returns the mean PSNR on rank 0 (None elsewhere, or when validation is disabled).
+        """
         if not self.dist.is_main:
-            return
-        from .evaluation import render_view, side_by_side
+            return None
+        from .evaluation import DEFAULT_TILE, psnr_fg, render_views
+        from .metrics import psnr
+        from .renderer.core import RenderSetup
+        from .renderer.images import side_by_side
         from .scenes import load_scene
         if self.val_scene is None:
             try:
                 self.val_scene = load_scene(self.cfg.data, self.cfg.eval.split)
-                side = max(self.val_scene.W, self.val_scene.H)
-                memory.check_render(self.val_scene.W, self.val_scene.H, side, self.cfg.model.chunk,
-                                    self.cfg.model, 1, self.device)
+                memory.check_render(self.val_scene.W, self.val_scene.H, DEFAULT_TILE,
+                                    self.cfg.model.chunk, self.cfg.model, 1, self.device)
             except Exception as e:  # noqa: BLE001 - validation is optional during training
                 self.log.info(f"validation disabled: {e}")
                 self.val_scene = False
         if self.val_scene is False:
-            return
-        self.model.eval()
-        psnrs = []
-        for i in range(min(self.cfg.eval.n_images, self.val_scene.n)):
-            out = render_view(self.model, self.val_scene, i, self.cfg.model.chunk, self.device)
-            gt = self.val_scene.images[i]
-            mse = float(((out["rgb"] - gt) ** 2).mean())
-            psnrs.append(mse_to_psnr(mse))
+            return None
+        scene = self.val_scene
+        # NOTE: rank 0, world_size 1: the other ranks do not join, so no collective may run.
+        setup = RenderSetup.from_scene(self.model, scene, self.cfg.model.chunk, self.device)
+        psnrs, fgs = [], []
+        for i, out in render_views(setup, scene, range(min(self.cfg.eval.n_images, scene.n))):
+            gt = scene.images[i]
+            psnrs.append(psnr(out["rgb"], gt))
+            fg = psnr_fg(out["rgb"], gt, scene.background)
+            if fg is not None:
+                fgs.append(fg)
             if i == 0:
                 self.log.image(self.step, "eval/gt_rgb_depth",
-                               side_by_side(gt, out["rgb"], out["depth"], self.near, self.far))
+                               side_by_side(gt, out["rgb"], out["depth"], scene.near, scene.far))
         self.model.train()
         val = sum(psnrs) / len(psnrs)
-        self.log.scalars(self.step, {"eval/psnr": val})
-        self.log.info(f"step {self.step}: {self.cfg.eval.split} PSNR {val:.2f} dB "
+        values = {"eval/psnr": val}
+        fg_txt = ""
+        if fgs:
+            values["eval/psnr_fg"] = sum(fgs) / len(fgs)
+            fg_txt = f", foreground {values['eval/psnr_fg']:.2f} dB"
+        self.log.scalars(self.step, values)
+        self.log.info(f"step {self.step}: {self.cfg.eval.split} PSNR {val:.2f} dB{fg_txt} "
                       f"({len(psnrs)} view(s))")
+        return val
 
     def close(self) -> None:
         self.log.close()

@@ -104,6 +104,56 @@ def test_our_json_round_trip(tmp_path):
     assert torch.allclose(back.c2w, path.c2w, atol=1e-6) and torch.allclose(back.K, path.K)
 
 
+def test_distortion_survives_resize_first_and_json(tmp_path):
+    dist = torch.tensor([[-0.3, 0.05, 0.01, -0.005], [-0.1, 0.0, 0.0, 0.002], [0.2, -0.01, 0.0, 0.0]])
+    path = CameraPath(K[None].repeat(3, 1, 1), _rig(n=3)[:, :3, :4], 32, 32, "d", {}, dist)
+    assert torch.equal(path.resized(64, 16).distortion, dist)  # normalised coords: size-free
+    assert torch.equal(path.first(2).distortion, dist[:2])
+    f = tmp_path / "d.json"
+    write_camera_path(path, str(f))
+    data = json.loads(f.read_text())
+    assert data["camera_model"] == "opencv" and data["frames"][1]["p2"] == pytest.approx(0.002)
+    back = load_camera_path(str(f))
+    assert torch.allclose(back.distortion, dist) and torch.allclose(back.K, path.K)
+    # pinhole paths stay pinhole, and their JSON says so
+    plain = orbit_path(_rig(), K, 24, 32, 2)
+    assert plain.distortion is None and plain.resized(8, 8).distortion is None
+    write_camera_path(plain, str(f))
+    assert json.loads(f.read_text())["camera_model"] == "pinhole"
+    assert load_camera_path(str(f)).distortion is None
+    with pytest.raises(CameraPathError, match="distortion"):
+        CameraPath(K[None], _rig(n=1)[:, :3, :4], 32, 32, "bad", {}, torch.zeros(2, 4))
+
+
+def test_transforms_json_distortion_keys(tmp_path):
+    """instant-ngp keys: top-level k1 k2 p1 p2, a frame's own value wins, absent = 0."""
+    f = tmp_path / "transforms.json"
+    pose = np.eye(4).tolist()
+    f.write_text(json.dumps({"camera_model": "OPENCV", "w": 32, "h": 24, "fl_x": 30.0,
+                             "k1": -0.3, "k2": 0.05, "p1": 0.01,
+                             "frames": [{"transform_matrix": pose},
+                                        {"transform_matrix": pose, "k1": -0.1, "p2": 0.003}]}))
+    p = load_camera_path(str(f))
+    assert torch.allclose(p.distortion, torch.tensor([[-0.3, 0.05, 0.01, 0.0],
+                                                      [-0.1, 0.05, 0.01, 0.003]]))
+    f.write_text(json.dumps({"w": 32, "h": 24, "fl_x": 30.0, "k3": 0.1,
+                             "frames": [{"transform_matrix": pose, "k1": "x"}]}))
+    with pytest.raises(CameraPathError, match="frame 0: k1"):
+        load_camera_path(str(f))
+
+
+def test_split_path_carries_scene_distortion():
+    from types import SimpleNamespace
+
+    from nerf_dist.renderer.paths import split_path
+    dist = torch.tensor([[-0.3, 0.05, 0.01, -0.005], [0.0, 0.0, 0.0, 0.0]])
+    scene = SimpleNamespace(K=K[None].repeat(2, 1, 1), c2w=_rig(n=2), H=32, W=32, split="test",
+                            files=["a", "b"], distortion=dist)
+    assert torch.equal(split_path(scene).distortion, dist)
+    scene.distortion = None
+    assert split_path(scene).distortion is None
+
+
 def test_our_json_global_intrinsics_and_fov(tmp_path):
     f = tmp_path / "p.json"
     pose = np.eye(4).tolist()

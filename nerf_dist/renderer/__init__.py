@@ -4,6 +4,10 @@
 - :mod:`.paths`   camera paths: orbit, spiral, dataset split, JSON files (format documented there)
 - :mod:`.core`    tiles -> rays -> chunked model calls -> frames gathered on rank 0
 - :mod:`.outputs` atomic per-frame files, depth encodings, MP4/GIF
+- :mod:`.images`  drawing: colourised depth, side-by-side and contact-sheet images
+
+The one way from a model to an image: `nerf-dist render`, `nerf-dist eval`, in-training
+validation and the benchmarks all render through :func:`.core.render_frames`.
 - :mod:`.job`     the `render` command: load checkpoint, build path, render a folder with resume
 """
 from .core import RenderSetup, check_memory, render_frames, render_tile, tile_rays

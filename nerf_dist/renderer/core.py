@@ -20,9 +20,9 @@ from typing import Iterator
 import torch
 import torch.distributed as tdist
 
-from .. import dist
+from .. import dist, memory
 from ..model import render_chunked
-from ..rays import rays_from_pixels, to_ndc
+from ..rays import make_rays
 from .paths import CameraPath
 from .tiles import Tile, frame_batches, frame_tiles, plan_tiles
 
@@ -32,7 +32,8 @@ class RenderSetup:
     """Everything besides the cameras that a ray needs to become a pixel.
 
     background: [3]. ndc: convert rays to NDC with ndc_focal and ndc_size (H, W) of the training
-    cameras (forward-facing scenes); depth is then NDC t in [0, 1].
+    cameras (forward-facing scenes); depth is then NDC t in [0, 1]. Lens distortion belongs to
+    the cameras (:attr:`CameraPath.distortion`), not here.
     """
 
     model: torch.nn.Module
@@ -51,18 +52,26 @@ class RenderSetup:
                    torch.device(device), bool(scene.ndc), float(scene.ndc_focal),
                    tuple(scene.ndc_size))
 
+    @property
+    def ndc_args(self) -> tuple[int, int, float] | None:
+        """(H, W, focal) for :func:`nerf_dist.rays.make_rays`, or None without NDC."""
+        if not self.ndc:
+            return None
+        H, W = self.ndc_size
+        return int(H), int(W), float(self.ndc_focal)
+
 
 def tile_rays(setup: RenderSetup, cams: CameraPath, t: Tile) -> dict:
-    """rays_o, rays_d, viewdirs: [t.h * t.w, 3] through the pixel centres of tile t, row-major."""
+    """rays_o, rays_d, viewdirs: [t.h * t.w, 3] through the pixel centres of tile t, row-major.
+
+    The same rays as training's (:func:`nerf_dist.rays.make_rays`): the frame's lens distortion
+    is undone and forward-facing scenes go to NDC.
+    """
     j, i = torch.meshgrid(torch.arange(t.y0, t.y0 + t.h, dtype=torch.float32) + 0.5,
                           torch.arange(t.x0, t.x0 + t.w, dtype=torch.float32) + 0.5, indexing="ij")
     uv = torch.stack([i, j], -1).reshape(-1, 2)
-    rays_o, rays_d = rays_from_pixels(uv, cams.K[t.frame], cams.c2w[t.frame])
-    viewdirs = rays_d
-    if setup.ndc:
-        H, W = setup.ndc_size
-        rays_o, rays_d = to_ndc(rays_o, rays_d, H, W, setup.ndc_focal, 1.0)
-    return {"rays_o": rays_o, "rays_d": rays_d, "viewdirs": viewdirs}
+    dist_k = cams.distortion[t.frame] if cams.distortion is not None else None
+    return make_rays(uv, cams.K[t.frame], cams.c2w[t.frame], dist_k, setup.ndc_args)
 
 
 @torch.no_grad()
@@ -96,11 +105,11 @@ def check_memory(setup: RenderSetup, W: int, H: int, tile: int, rank: int = 0,
     every rank raises the same MemoryBudgetError (naming the rank that does not fit) and none is
     left waiting in a collective.
     """
-    from ..memory import check_render, on_all_ranks
     model = setup.model
     cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
-    on_all_ranks(lambda: check_render(W, H, tile, setup.chunk, cfg, world_size, setup.device,
-                                      evaluate=evaluate), rank, world_size)
+    memory.on_all_ranks(lambda: memory.check_render(W, H, tile, setup.chunk, cfg, world_size,
+                                                    setup.device, evaluate=evaluate),
+                        rank, world_size)
 
 
 def _split_rounds(tiles: list[Tile], n_rounds: int) -> list[list[Tile]]:
@@ -121,7 +130,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     """Render `frames` of `cams` across ranks; yields (frame, {rgb, depth, acc}) on rank 0.
 
     Every rank must iterate to the end (the loop holds collectives); ranks other than 0 yield
-    nothing. Frames come in batches (:func:`frame_batches`), in order. balance: 'pixels' plans
+    nothing. With world_size 1 there is no collective, so rank 0 may render alone while a
+    process group exists (in-training validation). Frames come in batches (:func:`frame_batches`), in order. balance: 'pixels' plans
     each batch by pixel count; 'time' weights tiles by the seconds per pixel measured at the same
     tile position in the previous batch (neighbouring frames cost alike), so cheap empty regions
     and expensive detailed ones even out across ranks.
@@ -133,7 +143,6 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     balanced round by round), and each round is gathered to rank 0 and pasted, so rank 0
     receives at most about memory.ROUND_BYTES of tile results at a time.
     """
-    from ..memory import FRAME_BYTES_PER_PIXEL, ROUND_BYTES
     if balance not in ("time", "pixels"):
         raise ValueError(f"balance must be 'time' or 'pixels', got {balance!r}")
     setup.model.eval()
@@ -161,8 +170,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
         if world_size == 1:
             rounds = [plan[0]]
         else:
-            total = sum(t.pixels for p in plan for t in p) * FRAME_BYTES_PER_PIXEL
-            rounds = _split_rounds(plan[rank], max(1, math.ceil(total / ROUND_BYTES)))
+            total = sum(t.pixels for p in plan for t in p) * memory.FRAME_BYTES_PER_PIXEL
+            rounds = _split_rounds(plan[rank], max(1, math.ceil(total / memory.ROUND_BYTES)))
         t_rank = 0.0
         for group in rounds:
             sent = []
@@ -188,7 +197,9 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
             stats["render_s"] = stats.get("render_s", 0.0) + t_rank
         if rank == 0:
             cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}
-        if balance == "time":
+        if balance == "time" and world_size > 1:
+            # NOTE: not when world_size is 1: in-training validation renders on rank 0 alone
+            # while a process group exists, and a broadcast there would wait for the others.
             cost_map = dist.broadcast_object(cost_map)
         if rank == 0:
             for f in batch:

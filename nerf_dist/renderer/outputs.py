@@ -18,8 +18,15 @@ from __future__ import annotations
 import os
 import warnings
 
+import imageio.v2 as iio2
+import imageio.v3 as iio
 import numpy as np
 import torch
+
+from .images import colourise_depth, to_uint8
+
+__all__ = ["DEPTH16_MAX", "FrameWriter", "clean_temp", "depth16_scale", "read_depth16",
+           "to_uint8", "write_png", "write_videos"]
 
 DEPTH16_MAX = 65535
 
@@ -29,11 +36,6 @@ def depth16_scale(far: float) -> float:
     return max(float(far), 1e-6) / DEPTH16_MAX
 
 
-def to_uint8(img) -> np.ndarray:
-    a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-    return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def _tmp(path: str) -> str:
     d, b = os.path.split(path)
     return os.path.join(d, f".{b}.tmp")
@@ -41,7 +43,6 @@ def _tmp(path: str) -> str:
 
 def write_png(path: str, arr: np.ndarray) -> None:
     """Write a PNG atomically (temp name, then os.replace)."""
-    import imageio.v3 as iio
     tmp = _tmp(path)
     iio.imwrite(tmp, arr, extension=".png")
     os.replace(tmp, path)
@@ -78,7 +79,6 @@ class FrameWriter:
 
     def write(self, frame: int, out: dict) -> None:
         """out: rgb [H, W, 3], depth [H, W], acc [H, W] (float tensors, CPU)."""
-        from ..evaluation import colourise_depth
         files = self.files(frame)
         for k in self.kinds:
             os.makedirs(os.path.dirname(files[k]), exist_ok=True)
@@ -99,7 +99,6 @@ class FrameWriter:
 
 def read_depth16(path: str, scale: float) -> np.ndarray:
     """A depth16 PNG -> depth [H, W] float32 in scene units."""
-    import imageio.v3 as iio
     return iio.imread(path).astype(np.float32) * scale
 
 
@@ -108,7 +107,6 @@ def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) ->
 
     Returns {'mp4': path, 'gif': path} for those written. Written under temporary names first.
     """
-    import imageio.v3 as iio
     frames = [iio.imread(p)[..., :3] for p in frame_files]
     if not frames:
         return {}
@@ -119,12 +117,12 @@ def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) ->
     os.replace(tmp, gif)
     written["gif"] = gif
     try:
+        # NOTE: imported here, not at the top: an optional extra (nerf_dist[video]), only probed.
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
         warnings.warn("imageio-ffmpeg is not installed (pip install 'nerf_dist[video]'): "
                       "no MP4 written, only the GIF", stacklevel=2)
         return written
-    import imageio.v2 as iio2
     H, W = frames[0].shape[:2]
     # NOTE: H.264 (yuv420p) needs even sides: pad by one edge row/column rather than resample.
     ph, pw = H % 2, W % 2

@@ -1,22 +1,28 @@
 """Camera paths: a 360-degree orbit, a forward-facing spiral, a dataset split, a JSON file.
 
-A :class:`CameraPath` is n pinhole cameras of one image size: K [n, 3, 3] and c2w [n, 3, 4]
-(OpenGL / Blender: x right, y up, looking down -z), in the scene's world coordinates (the ones
-the training cameras use after the scene reader's normalisation).
+A :class:`CameraPath` is n cameras of one image size: K [n, 3, 3], c2w [n, 3, 4] (OpenGL /
+Blender: x right, y up, looking down -z), in the scene's world coordinates (the ones the training
+cameras use after the scene reader's normalisation), and optionally per-frame OpenCV lens
+distortion [n, 4] (k1 k2 p1 p2), which rays undo exactly as training's do (nerf_dist.rays).
 
 Camera-path JSON, our format (a Blender/instant-ngp ``transforms.json`` is also accepted)::
 
     {
-      "camera_model": "pinhole",           # optional; only "pinhole" is supported
+      "camera_model": "pinhole",           # optional; "pinhole", or "opencv" with distortion
       "width": 800, "height": 600,         # image size in pixels (or "w", "h")
       "fl_x": 1111.1, "fl_y": 1111.1,      # focal lengths in pixels (fl_y defaults to fl_x);
                                            #   or "camera_angle_x" (horizontal FOV, radians)
       "cx": 400.0, "cy": 300.0,            # principal point (default: image centre)
+      "k1": -0.1, "k2": 0.01,              # optional OpenCV distortion k1 k2 p1 p2 (default 0),
+      "p1": 0.0, "p2": 0.0,                #   as in instant-ngp's transforms.json
       "frames": [                          # one entry per output frame, in order
         {"transform_matrix": [[r, r, r, tx], [r, r, r, ty], [r, r, r, tz], [0, 0, 0, 1]]},
         ...                                # a frame may override fl_x, fl_y, cx, cy (zoom)
-      ]
+      ]                                    #   and k1 k2 p1 p2
     }
+
+Distortion is kept only when the file names k1, k2, p1 or p2 somewhere (else cameras are pinhole);
+k3 and k4 are ignored with a warning, as the instant-ngp scene reader does.
 
 nerfstudio's ``camera_path.json`` (as written by its viewer / ``ns-render``) is read too::
 
@@ -33,11 +39,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..memory import MAX_SIDE
+
+DIST_KEYS = ("k1", "k2", "p1", "p2")
 
 class CameraPathError(ValueError):
     """A malformed camera-path file or unusable cameras; the message names the file and field."""
@@ -45,7 +55,11 @@ class CameraPathError(ValueError):
 
 @dataclass
 class CameraPath:
-    """n cameras of one image size. K: [n, 3, 3]; c2w: [n, 3, 4]; name: where it came from."""
+    """n cameras of one image size. K: [n, 3, 3]; c2w: [n, 3, 4]; name: where it came from.
+
+    distortion: [n, 4] OpenCV k1 k2 p1 p2 per frame (on normalised image coordinates, so it does
+    not change with the image size), or None for pinhole cameras.
+    """
 
     K: torch.Tensor
     c2w: torch.Tensor
@@ -53,30 +67,45 @@ class CameraPath:
     W: int
     name: str
     meta: dict = field(default_factory=dict)
+    distortion: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.distortion is not None and tuple(self.distortion.shape) != (self.n, 4):
+            raise CameraPathError(f"camera path {self.name}: distortion must be [{self.n}, 4] "
+                                  f"(k1 k2 p1 p2 per frame), got {list(self.distortion.shape)}")
 
     @property
     def n(self) -> int:
         return int(self.c2w.shape[0])
 
+    def _dist(self, n: int | None = None) -> torch.Tensor | None:
+        return None if self.distortion is None else self.distortion[:n].clone()
+
     def resized(self, W: int, H: int) -> "CameraPath":
-        """The same cameras at another image size (intrinsics scaled per axis)."""
+        """The same cameras at another image size (intrinsics scaled per axis; the distortion,
+        defined on normalised coordinates, is unchanged)."""
         K = self.K.clone()
         K[:, 0] *= W / self.W
         K[:, 1] *= H / self.H
-        return CameraPath(K, self.c2w.clone(), H, W, self.name, dict(self.meta))
+        return CameraPath(K, self.c2w.clone(), H, W, self.name, dict(self.meta), self._dist())
 
     def first(self, n: int) -> "CameraPath":
         return CameraPath(self.K[:n].clone(), self.c2w[:n].clone(), self.H, self.W, self.name,
-                          dict(self.meta))
+                          dict(self.meta), self._dist(n))
 
     def to_json(self) -> dict:
-        """Our camera-path JSON format (per-frame intrinsics)."""
+        """Our camera-path JSON format (per-frame intrinsics and, when present, distortion)."""
+        dists = self.distortion.tolist() if self.distortion is not None else [None] * self.n
         frames = []
-        for K, c2w in zip(self.K.tolist(), self.c2w.tolist()):
-            frames.append({"transform_matrix": [*c2w, [0.0, 0.0, 0.0, 1.0]],
-                           "fl_x": K[0][0], "fl_y": K[1][1], "cx": K[0][2], "cy": K[1][2]})
+        for K, c2w, d in zip(self.K.tolist(), self.c2w.tolist(), dists):
+            fr = {"transform_matrix": [*c2w, [0.0, 0.0, 0.0, 1.0]],
+                  "fl_x": K[0][0], "fl_y": K[1][1], "cx": K[0][2], "cy": K[1][2]}
+            if d is not None:
+                fr.update(zip(DIST_KEYS, d))
+            frames.append(fr)
         K0 = self.K[0].tolist()
-        return {"camera_model": "pinhole", "width": self.W, "height": self.H, "fl_x": K0[0][0],
+        return {"camera_model": "pinhole" if self.distortion is None else "opencv",
+                "width": self.W, "height": self.H, "fl_x": K0[0][0],
                 "fl_y": K0[1][1], "cx": K0[0][2], "cy": K0[1][2], "frames": frames}
 
 
@@ -94,7 +123,6 @@ def parse_resolution(text: str) -> tuple[int, int]:
     W, H = nums
     if W < 1 or H < 1:
         raise ValueError(f"--resolution must be at least 1x1, got {text!r}")
-    from ..memory import MAX_SIDE
     if W > MAX_SIDE or H > MAX_SIDE:
         raise ValueError(f"--resolution {text!r} is beyond any sensible size (at most {MAX_SIDE} "
                          f"pixels a side)")
@@ -220,10 +248,11 @@ def spiral_path(train_c2w, K: torch.Tensor, H: int, W: int, n_frames: int,
 
 
 def split_path(scene) -> CameraPath:
-    """The cameras of a loaded Scene split (distortion, if any, is not applied)."""
+    """The cameras of a loaded Scene split, with its per-frame lens distortion (if any)."""
+    dist = scene.distortion.clone().float() if scene.distortion is not None else None
     return CameraPath(scene.K.clone().float(), scene.c2w[:, :3, :4].clone().float(), scene.H,
                       scene.W, scene.split, {"kind": "split", "split": scene.split,
-                                             "files": list(scene.files)})
+                                             "files": list(scene.files)}, dist)
 
 
 # ------------------------------------------------------------------------------ JSON files
@@ -279,7 +308,7 @@ def _ours(data: dict, path: str) -> CameraPath:
     model = data.get("camera_model", "pinhole")
     if str(model).lower() not in ("pinhole", "opencv", "perspective"):
         raise CameraPathError(f"camera path {path}: camera_model {model!r} is not supported "
-                              f"(only pinhole)")
+                              f"(pinhole, or opencv with k1 k2 p1 p2)")
     W = data.get("width", data.get("w"))
     H = data.get("height", data.get("h"))
     if W is None or H is None:
@@ -310,9 +339,17 @@ def _ours(data: dict, path: str) -> CameraPath:
             raise CameraPathError(f"{where}: focal lengths must be > 0")
         return fx, fy, cx, cy
 
+    def lens(src: dict, where: str) -> list[float]:
+        # NOTE: as the instant-ngp reader: a frame's own value wins over the top level's, else 0.
+        return [_num(src[k], f"{where}: {k}") if k in src else
+                _num(data[k], f"camera path {path}: {k}") if k in data else 0.0
+                for k in DIST_KEYS]
+
     has_global = "fl_x" in data or "camera_angle_x" in data
     base = intr(data, None, f"camera path {path}") if has_global else None
-    Ks, poses = [], []
+    Ks, poses, dists = [], [], []
+    has_dist = any(k in data for k in DIST_KEYS)
+    ignored = {k for k in ("k3", "k4") if data.get(k)}
     for i, fr in enumerate(frames):
         where = f"camera path {path}: frame {i}"
         if not isinstance(fr, dict):
@@ -322,9 +359,16 @@ def _ours(data: dict, path: str) -> CameraPath:
         poses.append(_pose(fr["transform_matrix"], f"{where}: transform_matrix"))
         fx, fy, cx, cy = intr(fr, base, where)
         Ks.append([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        dists.append(lens(fr, where))
+        has_dist = has_dist or any(k in fr for k in DIST_KEYS)
+        ignored |= {k for k in ("k3", "k4") if fr.get(k)}
+    if ignored:
+        warnings.warn(f"camera path {path}: distortion fields {sorted(ignored)} are ignored "
+                      f"(only k1 k2 p1 p2 are used)", stacklevel=3)
     return CameraPath(torch.tensor(Ks, dtype=torch.float32),
                       torch.from_numpy(np.stack(poses).astype(np.float32)), H, W,
-                      os.path.basename(path), {"kind": "file", "file": path, "format": "nerf_dist"})
+                      os.path.basename(path), {"kind": "file", "file": path, "format": "nerf_dist"},
+                      torch.tensor(dists, dtype=torch.float32) if has_dist else None)
 
 
 def _nerfstudio(data: dict, path: str) -> CameraPath:
