@@ -199,7 +199,7 @@ if [ "$have_lego" = 1 ] && [ "$(left)" -ge 25 ]; then
     python -m nerf_dist train --config configs/lego_fast.yaml "data.root=$1" "run.dir=$2" \
       "data.cache_dir=$3" "train.steps=$5" train.resume=none checkpoint.every=0 eval.every=0 \
       log.progress=false "${@:9}" &&
-    python -m nerf_dist render --run "$2" --path orbit --frames "$6" --resolution "$7" \
+    python -m nerf_dist render --run-dir "$2" --path orbit --frames "$6" --resolution "$7" \
       --no-video --no-progress --out "$4"' \
     _ "$lego" "$rrun" "$cache" "$rout" "$render_steps" "$render_frames" "$render_res" _ "${toy[@]}" \
     2>&1 | tee -a "$log"

@@ -6,18 +6,26 @@ Config overrides are `section.key=value` arguments after the options.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from dataclasses import replace
 
 from . import __version__
-from .lifecycle import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_RESUME, EXIT_USAGE
+from .config import ConfigError, RenderConfig, describe_keys, load_config, with_section
+from .lifecycle import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_RESUME, EXIT_USAGE, STATUS_FILE,
+                        StopSignals, read_status, status_exit_code)
+from .storage import StorageError, redact, scrub
+
+# NOTE: lazy because every command that computes imports torch (seconds on a busy node): the
+# modules that do are imported inside the commands, so `nerf-dist status`, `keys` and `--help`
+# answer at once (status runs in SLURM scripts between a stop and a requeue).
 
 
 def _keys_help() -> str:
-    from .config import describe_keys
     lines = ["config keys (override with key=value):"]
     for key, default, doc in describe_keys():
-        lines.append(f"  {key:<26} {doc.splitlines()[0] if doc else ''} [default: {default!r}]")
+        lines.append(f"  {key:<26} {' '.join(doc.split())} [default: {default!r}]")
     return "\n".join(lines)
 
 
@@ -57,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                     "cut into tiles spread over the ranks; rank 0 writes rgb/, depth/ "
                     "(colourised), depth16/ (16-bit, scale in render.json), acc/, video.mp4 and "
                     "video.gif. Re-running the same command resumes (finished frames are "
-                    "skipped).",
+                    "skipped). Settings come from the render.* keys of the run's config "
+                    "(`nerf-dist keys`); the flags below, or render.KEY=VALUE, override them.",
         epilog="paths:\n"
                "  auto     spiral for forward-facing (NDC) scenes, orbit otherwise\n"
                "  orbit    360 deg around the training cameras' centre (their radius, elevation)\n"
@@ -67,40 +76,30 @@ def _parser() -> argparse.ArgumentParser:
                "                   frames: [{transform_matrix: 4x4 c2w}]}), transforms.json, or\n"
                "                   nerfstudio's camera_path.json (see nerf_dist/renderer/paths.py)")
     src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", "--run-dir", dest="run",
-                     help="run folder (newest checkpoint; holds config.yaml). Under torchrun "
-                          "write --run-dir: torchrun's own parser reads --run as its --run-path")
+    src.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR",
+                     help="run folder (newest checkpoint; holds config.yaml). --run is the same, "
+                          "but under torchrun only --run-dir works (torchrun reads --run as its "
+                          "own --run-path)")
     src.add_argument("--checkpoint", help="one checkpoint: step folder or state.pt (path or URL)")
-    r.add_argument("--path", default="auto",
-                   help="auto | orbit | spiral | train | val | test | FILE.json (default: auto)")
-    r.add_argument("--frames", type=int, default=None,
-                   help="frames of an orbit/spiral (default 36); first N cameras of a split/file")
-    r.add_argument("--resolution", default=None,
-                   help="WxH output size (default: the training / split / file size)")
+    _render_flags(r)
     r.add_argument("--out", default=None,
                    help="output folder (default: RUN_DIR/render_PATH, or ./render_PATH)")
-    r.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
-    r.add_argument("--balance", choices=("time", "pixels"), default="time",
-                   help="spread tiles by measured cost (time) or pixel count (default: time)")
-    r.add_argument("--fps", type=float, default=24.0, help="video frame rate (default 24)")
-    r.add_argument("--no-video", action="store_true", help="write frames only")
-    r.add_argument("--save-float", action="store_true",
-                   help="also write float/NNNNN.npz (rgb, depth, acc as float32)")
-    r.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0: default)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
+    r.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR "
+                                                "or render.tile=32")
 
     e = sub.add_parser("eval", help="evaluate a trained run on a split", formatter_class=fmt,
                        description="Render every view of a split with the newest checkpoint of "
                                    "RUN_DIR (tiles spread over the ranks under torchrun); write "
                                    "rgb/depth PNGs, contact_sheet.png and report.json (PSNR, "
-                                   "SSIM) once, and the sheet rows to TensorBoard.")
-    e.add_argument("--run", "--run-dir", dest="run", required=True,
-                   help="run folder (holds config.yaml); under torchrun write --run-dir")
+                                   "SSIM) once, and the sheet rows to TensorBoard. --tile "
+                                   "and --threads override render.tile and render.threads.")
+    e.add_argument("--run-dir", "--run", dest="run", required=True, metavar="RUN_DIR",
+                   help="run folder (holds config.yaml); --run is the same, but under torchrun "
+                        "only --run-dir works")
     e.add_argument("--split", default=None, help="split to evaluate (default: eval.test_split)")
     e.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval_SPLIT)")
-    e.add_argument("--tile", type=int, default=64, help="tile side in pixels (default 64)")
-    e.add_argument("--threads", type=int, default=0, help="torch CPU threads per rank (0: default)")
+    _render_flags(e, eval_only=True)
     e.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
 
     c = sub.add_parser("cache", help="build the sharded ray cache", formatter_class=fmt,
@@ -121,9 +120,10 @@ def _parser() -> argparse.ArgumentParser:
                                    "the report and images are.")
     d.add_argument("--config", default=None,
                    help="config file (default: configs/demo.yaml when present, else built-in)")
-    d.add_argument("--video-frames", type=int, default=30,
-                   help="frames of the closing orbit video (default 30)")
-    d.add_argument("--no-video", action="store_true", help="skip the closing orbit video")
+    d.add_argument("--video-frames", type=int, default=None,
+                   help="frames of the closing orbit video (render.frames; configs/demo.yaml: 30)")
+    d.add_argument("--no-video", action="store_true",
+                   help="skip the closing orbit video (render.video=false)")
     d.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
     s = sub.add_parser("demo-scene", help="write the procedural demo scene")
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "no status). Scripts use it after torchrun, whose own exit "
                                     "code does not carry the trainer's.")
     src = st.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-dir", "--run", dest="run", help="run folder")
+    src.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR", help="run folder")
     src.add_argument("--config", help="config file whose run.dir (after overrides) is the run")
     st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
@@ -148,57 +148,78 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _render_flags(p: argparse.ArgumentParser, eval_only: bool = False) -> None:
+    """The shorthands of the render.* keys. NOTE: every default is None ("not given"): the
+    defaults live in config.RenderConfig only (shown here from it), and a run's config.yaml may
+    set its own."""
+    R = RenderConfig
+    if not eval_only:
+        p.add_argument("--path", default=None,
+                       help="auto | orbit | spiral | train | val | test | FILE.json "
+                            f"(render.path, default {R.path})")
+        p.add_argument("--frames", type=int, default=None,
+                       help=f"frames of an orbit/spiral (render.frames, default {R.frames}); "
+                            "first N cameras of a split/file (render.max_frames, default all)")
+        p.add_argument("--resolution", default=None, metavar="WxH",
+                       help="output size (render.resolution; default: the training / split / "
+                            "file size)")
+    p.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help=f"tile side in pixels (render.tile, default {R.tile})")
+    if not eval_only:
+        p.add_argument("--balance", choices=("time", "pixels"), default=None,
+                       help="spread tiles by measured cost (time) or pixel count "
+                            f"(render.balance, default {R.balance})")
+        p.add_argument("--fps", type=float, default=None,
+                       help=f"video frame rate (render.fps, default {R.fps:g})")
+        p.add_argument("--no-video", action="store_true",
+                       help="write frames only (render.video=false)")
+        p.add_argument("--save-float", action="store_true",
+                       help="also write float/NNNNN.npz: rgb, depth, acc as float32 "
+                            "(render.save_float=true)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch CPU threads per rank (render.threads, default {R.threads}: "
+                        "torch's default)")
+
+
+def render_flag_values(args) -> dict:
+    """{RenderConfig field: value} of the render flags given on the command line (others absent).
+
+    --frames sets both render.frames (orbit/spiral) and render.max_frames (split/file), as the one
+    flag always meant "this many frames" whatever the path.
+    """
+    kw = {k: getattr(args, k) for k in ("tile", "threads", "path", "resolution", "balance", "fps")
+          if getattr(args, k, None) is not None}
+    if getattr(args, "frames", None) is not None:
+        kw["frames"] = kw["max_frames"] = args.frames
+    if getattr(args, "no_video", False):
+        kw["video"] = False
+    if getattr(args, "save_float", False):
+        kw["save_float"] = True
+    return kw
+
+
 # ------------------------------------------------------------------------------ commands
 
-def _terminate_as_interrupt() -> None:
-    """SIGTERM (torchrun stopping its workers, SLURM's time limit) -> KeyboardInterrupt, so the
-    `finally` blocks run and the process group is destroyed instead of the process vanishing."""
-    import signal
-
-    def handler(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. called from a test harness)
-        pass
-
+# NOTE: the commands import nerf_dist.commands (and with it torch) inside their bodies, so that
+# `nerf-dist status` and `--help` answer without importing torch.
 
 def _configure_storage(cfg) -> None:
     """Apply the storage.* keys (timeouts, retries) to every storage call of this process."""
-    from . import storage
-    storage.configure(cfg.storage.timeout_s, cfg.storage.retries, cfg.storage.backoff_s)
+    from .commands import configure_storage  # NOTE: lazy (torch), as above
+    configure_storage(cfg)
 
 
 def cmd_train(args) -> int:
     # NOTE: the stop handlers go in before torch is imported (seconds on a busy node): a
     # SIGTERM/SIGUSR1 that early is recorded, and training stops after its first step with a
     # checkpoint and exit 75 instead of the process dying of the signal.
-    from .lifecycle import StopSignals
     stop = StopSignals()
-    from . import dist
-    from .config import load_config
-    from .trainer import train
-    cfg = load_config(args.config, args.overrides)
-    _configure_storage(cfg)
-    info = dist.init(timeout_s=cfg.dist.timeout_s)
-    try:
-        res = train(cfg, info, stop)
-        # NOTE: all ranks reach the teardown together (rank 0 may still be writing its last
-        # checkpoint); tearing gloo down under a peer that is still busy can abort the process.
-        dist.barrier()
-        if info.is_main and not res["stopped_by_signal"]:
-            print(f"done: step {res['step']}, {res['elapsed']:.1f} s of training; "
-                  f"run folder {cfg.run.dir}", flush=True)
-    finally:
-        dist.close()
+    from .commands import train_run  # NOTE: lazy (torch), after the stop handlers
+    res = train_run(load_config(args.config, args.overrides), stop)
     return EXIT_RESUME if res["stopped_by_signal"] else 0
 
 
 def cmd_status(args) -> int:
-    import json
-
-    from .config import load_config
-    from .lifecycle import STATUS_FILE, read_status, status_exit_code
     run = args.run or load_config(args.config, args.overrides).run.dir
     doc = read_status(run)
     if doc is None:
@@ -209,11 +230,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from . import dist
-    from .config import load_config
-    from .ray_cache import ensure_cache, verify_shards
-    from .storage import redact
-    from .trainer import run_paths
+    from . import dist  # NOTE: lazy (torch), as above
+    from .ray_cache import ensure_cache, verify_shards  # NOTE: lazy (torch)
+    from .run_dir import run_paths  # NOTE: lazy (torch)
     cfg = load_config(args.config, args.overrides)
     _configure_storage(cfg)
     info = dist.init(timeout_s=cfg.dist.timeout_s)
@@ -232,128 +251,45 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def load_run(run_dir: str, overrides: list[str]):
-    """(cfg, model, step, elapsed) of a run folder's newest checkpoint, on the CPU."""
-    from .renderer.job import load_model
-    loaded = load_model(run_dir=run_dir, overrides=overrides)
-    return loaded.cfg, loaded.model, loaded.step, loaded.elapsed
+def _loaded_with_flags(args, checkpoint: str | None = None):
+    """The run's (or checkpoint's) model and config, cfg.render overridden by the render flags.
 
-
-def _set_threads(n: int) -> None:
-    if n < 0:
-        raise ValueError(f"--threads must be >= 0, got {n}")
-    if n:
-        import torch
-        torch.set_num_threads(n)
+    NOTE: the flags are checked before the checkpoint is read (a bad one fails at once, naming
+    its key and flag); the camera path and resolution are checked before any file is written.
+    """
+    from .run_dir import load_model  # NOTE: lazy (torch), as above
+    flags = render_flag_values(args)
+    replace(RenderConfig(), **flags)
+    loaded = load_model(run_dir=args.run, checkpoint=checkpoint, overrides=args.overrides)
+    loaded.cfg = with_section(loaded.cfg, "render", **flags)
+    return loaded
 
 
 def cmd_render(args) -> int:
-    from . import dist
-    from .renderer.job import PATH_KINDS, build_path, load_model, render_to_dir
-    from .renderer.paths import parse_resolution
-    # NOTE: everything that can be refused is checked before the process group or any file.
-    res = parse_resolution(args.resolution) if args.resolution is not None else None
-    if args.tile < 1:
-        raise ValueError(f"--tile must be >= 1, got {args.tile}")
-    _set_threads(args.threads)
-    loaded = load_model(run_dir=args.run, checkpoint=args.checkpoint, overrides=args.overrides)
-    cams, setup = build_path(loaded, args.path, args.frames, res)
-    name = args.path if args.path in PATH_KINDS else os.path.splitext(os.path.basename(args.path))[0]
-    out = args.out or os.path.join(args.run or ".", f"render_{name}")
-    _configure_storage(loaded.cfg)
-    _terminate_as_interrupt()
-    info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
-    try:
-        if info.is_main:
-            print(f"rendering {cams.n} frame(s) of {cams.name} at {cams.W}x{cams.H} from step "
-                  f"{loaded.step} on {info.world_size} rank(s) -> {out}", flush=True)
-        summary = render_to_dir(loaded, cams, setup, out, info.rank, info.world_size,
-                                info.device, args.tile, args.balance, args.fps, args.save_float,
-                                not args.no_video, not args.no_progress)
-        if info.is_main:
-            print(f"done: {summary['rendered']} frame(s) rendered, {summary['skipped']} already "
-                  f"there; {summary['frames_per_s']:.2f} frames/s, {summary['rays_per_s']:.0f} "
-                  f"rays/s", flush=True)
-            for kind, path in summary["videos"].items():
-                print(f"video ({kind}): {path}")
-            print(f"frames: {out}/rgb/")
-    finally:
-        dist.close()
+    from .commands import render_run  # NOTE: lazy (torch), as above
+    loaded = _loaded_with_flags(args, args.checkpoint)
+    render_run(loaded, args.out, args.run, progress=loaded.cfg.log.progress and not args.no_progress)
     return 0
 
 
 def cmd_eval(args) -> int:
-    from . import dist
-    from .evaluation import evaluate_split
-    from .scenes import load_scene
-    from .trainer import run_paths
-    _set_threads(getattr(args, "threads", 0))
-    cfg, model, step, elapsed = load_run(args.run, args.overrides)
-    split = args.split or cfg.eval.test_split
-    scene = load_scene(cfg.data, split)
-    _configure_storage(cfg)
-    info = dist.init(timeout_s=cfg.dist.timeout_s)
-    try:
-        model = model.to(info.device)
-        out = args.out or os.path.join(args.run, f"eval_{split}")
-        log = print if info.is_main else (lambda *_: None)
-        log(f"evaluating step {step} on {scene.n} {split} view(s) of {cfg.data.root} "
-            f"with {info.world_size} rank(s)")
-        rep = evaluate_split(model, scene, out, cfg.model.chunk, info.device,
-                             extra={"step": step, "train_seconds": elapsed}, log=log,
-                             rank=info.rank, world_size=info.world_size,
-                             tile=getattr(args, "tile", 64), tb_dir=run_paths(cfg)["tb"],
-                             step=step)
-        if info.is_main:
-            print(f"{split}: PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.3f}"
-                  + (f", depth error {rep['depth_abs_err']:.3f}" if "depth_abs_err" in rep else ""))
-            print(f"report: {os.path.join(out, 'report.json')}\nimages: {out}/ "
-                  f"(contact sheet: {os.path.join(out, 'contact_sheet.png')})")
-    finally:
-        dist.close()
+    from .commands import eval_run  # NOTE: lazy (torch), as above
+    eval_run(_loaded_with_flags(args), args.run, args.split, args.out)
     return 0
 
 
-def default_demo_config() -> str | None:
-    here = os.path.join(os.getcwd(), "configs", "demo.yaml")
-    pkg = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                       "demo.yaml")
-    for p in (here, pkg):
-        if os.path.exists(p):
-            return p
-    return None
-
-
 def cmd_demo(args) -> int:
-    from .config import load_config
-    from .scenes.demo import write_demo_scene
-    path = args.config or default_demo_config()
-    cfg = load_config(path, args.overrides)
-    if not os.path.exists(os.path.join(cfg.data.root, "transforms_train.json")):
-        print(f"writing the demo scene to {cfg.data.root} ...", flush=True)
-        write_demo_scene(cfg.data.root)
-    print(f"training with {path or 'built-in defaults'} -> {cfg.run.dir}", flush=True)
-    rc = cmd_train(argparse.Namespace(config=path, overrides=args.overrides))
-    if rc:
-        return rc
-    rc = cmd_eval(argparse.Namespace(run=cfg.run.dir, split=None, out=None, tile=64, threads=0,
-                                     overrides=args.overrides))
-    if rc or args.no_video:
-        return rc
-    # NOTE: the quick start ends with a short orbit video at the training resolution; the folder
-    # is named by the step so a re-run (which resumes and trains on) never clashes with it.
-    from .checkpoint import Checkpointer
-    from .trainer import run_paths
-    steps = Checkpointer(run_paths(cfg)["checkpoints"], cfg.checkpoint.keep, is_main=False).list()
-    out = os.path.join(cfg.run.dir, f"render_orbit_step{steps[-1] if steps else 0}")
-    return cmd_render(argparse.Namespace(
-        run=cfg.run.dir, checkpoint=None, path="auto", frames=args.video_frames, resolution=None,
-        out=out, tile=64, balance="time", fps=12.0, no_video=False, save_float=False,
-        threads=0, no_progress=not cfg.log.progress, overrides=args.overrides))
+    stop = StopSignals()
+    from .commands import demo_run  # NOTE: lazy (torch), after the stop handlers
+    # NOTE: the demo's flags are shorthands of render keys, applied like any override (checked
+    # before training; saved with the run, so `nerf-dist render --run-dir` repeats the video).
+    extra = ([f"render.frames={args.video_frames}"] if args.video_frames is not None else []) + (
+        ["render.video=false"] if args.no_video else [])
+    return demo_run(args.config, [*args.overrides, *extra], stop=stop)
 
 
 def cmd_demo_scene(args) -> int:
-    from .scenes.demo import write_demo_scene
+    from .scenes.demo import write_demo_scene  # NOTE: lazy (numpy, torch), as above
     if args.resolution < 8:
         raise ValueError(f"--resolution must be >= 8, got {args.resolution}")
     if args.views < 1:
@@ -382,8 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     # NOTE: no torch import on this path: `nerf-dist status` (run by SLURM scripts between a
     # stop and a requeue) must answer in a fraction of a second. SceneError, CheckpointError,
     # MemoryBudgetError, ... are ValueError or RuntimeError subclasses.
-    from .config import ConfigError
-    from .storage import StorageError, scrub
     known = (ConfigError, StorageError, FileNotFoundError, ValueError, RuntimeError)
     try:
         return COMMANDS[args.command](args) or 0

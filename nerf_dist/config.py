@@ -7,8 +7,10 @@ naming the dotted key.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import inspect
 import math
 import re
 import typing
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import yaml
+
+from . import storage
 
 
 class ConfigError(ValueError):
@@ -83,6 +87,11 @@ class DataConfig:
         _check(self.cache_shards >= 1, "data.cache_shards", "must be >= 1")
 
 
+# NOTE: the keys of nerf_dist.model.MODELS, written out because the config loads without torch
+# (`nerf-dist status`, `keys`); tests/test_model_fast.py checks that the two agree.
+MODEL_KINDS = ("vanilla", "fast")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "vanilla"
@@ -142,7 +151,8 @@ class ModelConfig:
     """Fast: stop marching a ray when its transmittance falls below this."""
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("vanilla", "fast"), "model.kind", f"must be vanilla|fast, got {self.kind!r}")
+        _check(self.kind in MODEL_KINDS, "model.kind",
+               f"must be {'|'.join(MODEL_KINDS)}, got {self.kind!r}")
         _check(self.precision in ("fp32", "bf16", "fp16"), "model.precision",
                f"must be fp32|bf16|fp16, got {self.precision!r}")
         for k in ("depth", "width", "n_samples", "chunk", "hidden", "hash_levels", "hash_features",
@@ -216,6 +226,58 @@ class EvalConfig:
         _check(self.n_images >= 1, "eval.n_images", "must be >= 1")
 
 
+_RESOLUTION_RE = re.compile(r"^\s*\d+\s*([x*]\s*\d+\s*)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """How `nerf-dist render` and `nerf-dist eval` (and the quick start's video) render.
+
+    The command-line flags of those commands (--tile, --balance, --path, --frames, --resolution,
+    --fps, --no-video, --save-float, --threads) are shorthands that override these keys.
+    """
+    tile: int = 64
+    """Tile side in pixels: frames are cut into tiles spread over the ranks (--tile)."""
+    balance: str = "time"
+    """time | pixels: spread tiles by the time tiles at the same place took in the previous batch of
+    frames, or by pixel count (--balance)."""
+    path: str = "auto"
+    """Camera path of `render`: auto (spiral for forward-facing scenes, orbit otherwise) | orbit |
+    spiral | train | val | test | a camera-path JSON file (--path)."""
+    frames: int = 36
+    """Frames of a generated path (orbit, spiral) (--frames)."""
+    max_frames: int = 0
+    """A split or camera-file path: render only its first N cameras; 0 = all (--frames)."""
+    resolution: str = ""
+    """Output size WxH (or N for N x N); empty = the path's own size (the training size for
+    orbit / spiral) (--resolution)."""
+    fps: float = 24.0
+    """Frame rate of video.mp4 / video.gif (--fps)."""
+    video: bool = True
+    """Write video.mp4 and video.gif after the frames (--no-video = false)."""
+    save_float: bool = False
+    """Also write float/NNNNN.npz (rgb, depth, acc as float32) (--save-float)."""
+    threads: int = 0
+    """torch CPU threads per rank while rendering or evaluating; 0 = torch's default (--threads)."""
+
+    def __post_init__(self) -> None:
+        _check(self.tile >= 1, "render.tile", f"must be >= 1 (--tile), got {self.tile}")
+        _check(self.balance in ("time", "pixels"), "render.balance",
+               f"must be time|pixels (--balance), got {self.balance!r}")
+        _check(bool(str(self.path).strip()), "render.path", "must not be empty (--path)")
+        _check(self.frames >= 1, "render.frames", f"must be >= 1 (--frames), got {self.frames}")
+        _check(self.max_frames >= 0, "render.max_frames",
+               f"must be >= 0 (--frames), got {self.max_frames}")
+        _check(self.resolution == "" or bool(_RESOLUTION_RE.match(self.resolution)),
+               "render.resolution", f"must look like WxH, e.g. 800x600 (--resolution), "
+                                    f"got {self.resolution!r}")
+        _check(self.resolution == "" or all(
+            int(p) >= 1 for p in re.split(r"[x*]", self.resolution.lower())),
+               "render.resolution", f"must be at least 1x1 (--resolution), got {self.resolution!r}")
+        _check(self.fps > 0, "render.fps", f"must be > 0 (--fps), got {self.fps}")
+        _check(self.threads >= 0, "render.threads", f"must be >= 0 (--threads), got {self.threads}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = "runs/default"
@@ -285,6 +347,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
     run: RunConfig = field(default_factory=RunConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -301,8 +364,6 @@ def _class_docs(cls: type) -> dict[str, str]:
     NOTE: cached: every CLI start builds `--help` epilogs from these, and parsing the source per
     field cost seconds of start-up on every rank (and every torchrun restart).
     """
-    import ast
-    import inspect
     try:
         tree = ast.parse(inspect.getsource(cls))
     except (OSError, TypeError):
@@ -449,7 +510,6 @@ def _merge(base: dict, over: dict) -> dict:
 
 def read_yaml(path: str) -> dict:
     """Read a YAML file safely; errors name the file."""
-    from . import storage
     try:
         text = storage.read_text(path)
     except FileNotFoundError as e:
@@ -480,6 +540,13 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     return from_dict(_merge(to_dict(cfg), parse_overrides(overrides)))
 
 
+def with_section(cfg: Config, section: str, **values: Any) -> Config:
+    """cfg with some keys of one section replaced, validated as a file's would be (a bad value
+    raises ConfigError naming its key). E.g. ``with_section(cfg, "render", tile=32)``: how the
+    CLI's shorthand flags (--tile, ...) override the config."""
+    return replace(cfg, **{section: replace(getattr(cfg, section), **values)}) if values else cfg
+
+
 # Keys whose change makes a checkpoint incompatible (model shapes) or a different dataset.
 MODEL_DATA_KEYS = ("model.", "data.root", "data.format", "data.downscale", "data.white_background",
                    "data.llff_hold", "data.ndc", "data.skip_missing")
@@ -500,6 +567,7 @@ def diff_keys(a: Config, b: Config, prefixes: tuple[str, ...] = MODEL_DATA_KEYS)
     return out
 
 
-__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "EvalConfig", "RunConfig",
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "EvalConfig", "RenderConfig", "RunConfig",
            "CheckpointConfig", "LogConfig", "DistConfig", "StorageConfig", "ConfigError", "load_config", "from_dict", "to_dict",
-           "dump_yaml", "describe_keys", "parse_overrides", "with_overrides", "diff_keys", "replace"]
+           "dump_yaml", "describe_keys", "parse_overrides", "with_overrides", "with_section", "diff_keys",
+           "replace"]

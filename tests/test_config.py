@@ -55,3 +55,97 @@ def test_describe_and_diff():
     b = load_config(None, ["model.width=128", "train.lr=1e-3", "model.chunk=1"])
     d = diff_keys(a, b)
     assert len(d) == 1 and d[0].startswith("model.width")
+
+
+# ----------------------------------------------------------------------------- render section
+
+def test_render_section_defaults_overrides_and_docs(tmp_path):
+    from nerf_dist.config import RenderConfig
+    cfg = load_config(None, [])
+    assert cfg.render == RenderConfig()
+    assert (cfg.render.tile, cfg.render.balance, cfg.render.path, cfg.render.resolution) == (
+        64, "time", "auto", "")
+    p = tmp_path / "c.yaml"
+    p.write_text("render:\n  tile: 16\n  fps: 12\n  resolution: 32x24\n")
+    cfg = load_config(str(p), ["render.tile=32", "render.balance=pixels", "render.path=test",
+                               "render.resolution=64"])
+    assert (cfg.render.tile, cfg.render.fps, cfg.render.balance) == (32, 12.0, "pixels")
+    assert (cfg.render.path, cfg.render.resolution) == ("test", "64")
+    q = tmp_path / "r.yaml"
+    q.write_text(dump_yaml(cfg))
+    assert load_config(str(q)) == cfg
+    # a YAML null resolution means "the path's own size", as the empty string does
+    p.write_text("render:\n  resolution: null\n")
+    assert load_config(str(p)).render.resolution == ""
+    keys = {k: (v, doc) for k, v, doc in describe_keys()}
+    for k in ("render.tile", "render.balance", "render.fps", "render.frames", "render.max_frames",
+              "render.path", "render.resolution", "render.video", "render.save_float",
+              "render.threads"):
+        assert k in keys and keys[k][1], k
+    assert keys["render.tile"][0] == 64
+
+
+@pytest.mark.parametrize("override,flag", [
+    ("render.tile=0", "--tile"), ("render.balance=rows", "--balance"),
+    ("render.frames=0", "--frames"), ("render.max_frames=-1", "--frames"),
+    ("render.resolution=32x0", "--resolution"), ("render.resolution=wide", "--resolution"),
+    ("render.resolution=0", "--resolution"), ("render.fps=0", "--fps"),
+    ("render.threads=-1", "--threads"), ("render.path=", "--path"), ("render.tiles=3", "render.tiles"),
+])
+def test_bad_render_values_name_key_and_flag(override, flag):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as e:
+        load_config(None, [override])
+    assert flag in str(e.value)
+
+
+def test_with_section_validates_like_a_file():
+    from nerf_dist.config import with_section
+    cfg = load_config(None, [])
+    assert with_section(cfg, "render") is cfg
+    new = with_section(cfg, "render", tile=8, fps=30.0)
+    assert (new.render.tile, new.render.fps, new.render.balance) == (8, 30.0, "time")
+    assert new.model == cfg.model and cfg.render.tile == 64
+    with pytest.raises(ConfigError, match=r"render\.tile.*--tile"):
+        with_section(cfg, "render", tile=0)
+
+
+def test_render_keys_do_not_make_a_checkpoint_incompatible():
+    a = load_config(None, [])
+    b = load_config(None, ["render.tile=8", "render.path=test"])
+    assert diff_keys(a, b) == []
+
+
+def test_keys_command_prints_the_render_section(capsys):
+    from nerf_dist.cli import main
+    assert main(["keys"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.strip().startswith("render.balance "))
+    # the whole docstring, not its first line only
+    assert "pixel count (--balance)" in line and "[default: 'time']" in line
+    assert "render.tile" in out and "[default: 64]" in out
+
+
+def test_render_flags_override_the_config_only_when_given():
+    from nerf_dist.cli import _parser, render_flag_values
+    p = _parser()
+    args = p.parse_args(["render", "--run-dir", "r"])
+    assert render_flag_values(args) == {}
+    args = p.parse_args(["render", "--run", "r", "--tile", "16", "--frames", "5", "--fps", "12",
+                         "--no-video", "--save-float", "--path", "test", "--resolution", "8x6",
+                         "--balance", "pixels", "--threads", "1"])
+    assert args.run == "r"
+    assert render_flag_values(args) == {
+        "tile": 16, "frames": 5, "max_frames": 5, "fps": 12.0, "video": False, "save_float": True,
+        "path": "test", "resolution": "8x6", "balance": "pixels", "threads": 1}
+    args = p.parse_args(["eval", "--run-dir", "r", "--tile", "8"])
+    assert render_flag_values(args) == {"tile": 8}
+
+
+def test_run_dir_is_the_flag_help_shows_first(capsys):
+    from nerf_dist.cli import _parser
+    for cmd in ("render", "eval", "status"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args([cmd, "--help"])
+        out = capsys.readouterr().out
+        assert "--run-dir RUN_DIR, --run RUN_DIR" in out, (cmd, out)

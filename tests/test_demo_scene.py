@@ -1,4 +1,5 @@
-"""The procedural demo scene: exact geometry, determinism, and that it loads as a Blender scene."""
+"""The procedural demo scene: exact geometry, determinism, and that it loads as a Blender scene;
+the quick start (`nerf-dist demo`) on it, in this process."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from nerf_dist.config import DataConfig
+from conftest import REPO
+from nerf_dist.config import DataConfig, load_config
 from nerf_dist.scenes import load_scene
 from nerf_dist.scenes import demo
 
@@ -74,3 +76,54 @@ def test_demo_scene_deterministic_depth_and_loads(tmp_path):
     c = tmp_path / "c"
     demo.write_demo_scene(c, resolution=24, views=6, seed=4)
     assert (c / "train" / "r_0.png").read_bytes() != (a / "train" / "r_0.png").read_bytes()
+
+
+# ----------------------------------------------------------------------------- the quick start
+
+def _demo_args(scene, run, *extra):
+    # configs/demo.yaml as shipped, shrunk to a few steps of small batches on the 32x32 scene
+    return ["demo", "--config", REPO / "configs" / "demo.yaml", f"data.root={scene}",
+            f"run.dir={run}", "train.rays_per_batch=256", "train.threads=1", "eval.every=0",
+            "checkpoint.every=0", "log.progress=false", *extra]
+
+
+def test_demo_yaml_stops_on_steps_with_a_generous_time_cap():
+    cfg = load_config(str(REPO / "configs" / "demo.yaml"))
+    # NOTE: the quick start's result must not depend on the machine's load: it stops on a step
+    # count; the time cap is a safety net far beyond an idle 2-core machine's few minutes.
+    assert cfg.train.steps > 0 and cfg.train.lr_decay_steps == cfg.train.steps
+    assert cfg.train.max_seconds >= 1800
+    assert cfg.render.frames == 30 and cfg.render.fps == 12
+
+
+def test_demo_trains_evaluates_and_renders_then_resumes(cli, demo_scene, tmp_path):
+    run = tmp_path / "demo_run"
+    res = cli(*_demo_args(demo_scene, run, "train.steps=4", "--video-frames", "2"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert "test: PSNR" in out and "(foreground" in out and "SSIM" in out, out
+    assert "stopped on the time cap" not in out
+    report = json.loads((run / "eval_test" / "report.json").read_text())
+    assert report["step"] == 4 and "psnr_fg" in report
+    video = run / "render_orbit_step4"
+    assert sorted(p.name for p in (video / "rgb").iterdir()) == ["00000.png", "00001.png"]
+    assert (video / "video.gif").exists()
+    assert json.loads((video / "render.json").read_text())["fps"] == 12  # configs/demo.yaml
+    # the run's saved config carries the render section (so `render --run-dir` repeats it)
+    saved = load_config(str(run / "config.yaml"))
+    assert (saved.render.frames, saved.render.fps) == (2, 12.0)
+    # a second run resumes a finished run: no training, the same evaluation and video
+    res = cli(*_demo_args(demo_scene, run, "train.steps=4", "--video-frames", "2"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 already there" in res.stdout
+
+
+def test_demo_says_when_the_time_cap_stopped_it(cli, demo_scene, tmp_path):
+    run = tmp_path / "capped"
+    res = cli(*_demo_args(demo_scene, run, "train.steps=1000", "train.max_seconds=0.001",
+                          "--no-video"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(ln for ln in res.stdout.splitlines() if "below what the quick start promises" in ln)
+    assert line.startswith("stopped on the time cap train.max_seconds=0.001 at step ")
+    assert " of 1000" in line
+    assert not any(p.name.startswith("render_") for p in run.iterdir())  # --no-video
