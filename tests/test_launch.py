@@ -104,6 +104,7 @@ def train_sh_run(demo_scene, tmp_path_factory):
     return res, run
 
 
+@pytest.mark.slow
 def test_train_two_cpu_ranks_finishes_with_checkpoints(train_sh_run):
     res, run = train_sh_run
     out = res.stdout + res.stderr
@@ -127,6 +128,7 @@ def test_train_bad_override_fails_before_starting_ranks(demo_scene, tmp_path):
     assert missing.returncode == 1 and "nope.yaml" in missing.stderr
 
 
+@pytest.mark.slow
 def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scene, tmp_path):
     run, log = tmp_path / "run", tmp_path / "train.log"
     args = _train_args(demo_scene, run, "train.steps=100000", "checkpoint.every=5")
@@ -155,6 +157,7 @@ def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scen
 
 # ----------------------------------------------------------------------------- render.sh
 
+@pytest.mark.slow
 def test_render_two_cpu_ranks_passes_options_through(train_sh_run, tmp_path):
     res, run = train_sh_run
     assert res.returncode == 0, res.stderr[-3000:]

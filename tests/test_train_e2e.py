@@ -1,82 +1,38 @@
-"""End-to-end: train, checkpoint, resume exactly, evaluate; bad-run errors; TensorBoard events."""
+"""End-to-end: train, checkpoint, resume exactly, evaluate; TensorBoard events.
+
+(Bad-run and config errors: tests/test_cli.py, in-process.)
+"""
 import json
 import os
 
+import pytest
 import torch
 
-from conftest import TINY_MODEL, run_cli
-from nerf_dist.checkpoint import Checkpointer
+from conftest import checkpoint_params, run_cli, train_tiny
 
 
-def _train(scene, run_dir, *extra, nproc=1, env=None, ckpt=None):
-    args = ["train", f"data.root={scene}", f"run.dir={run_dir}", "train.rays_per_batch=256",
-            "log.every=5", "log.progress=false", "checkpoint.every=10", "train.threads=1",
-            *TINY_MODEL, *extra]
-    if ckpt:
-        args.append(f"checkpoint.dir={ckpt}")
-    res = run_cli(args, env=env, nproc=nproc)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res
-
-
-def _params(url, step=None):
-    loaded = Checkpointer(url, keep=10, is_main=False).load(step)
-    assert loaded is not None
-    return loaded[1]["model"]
-
-
+@pytest.mark.slow
 def test_resume_is_bit_identical(demo_scene, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     cache = tmp_path / "cache"
-    _train(demo_scene, full, "train.steps=20", f"data.cache_dir={cache}")
-    _train(demo_scene, part, "train.steps=10", f"data.cache_dir={cache}")
-    res = _train(demo_scene, part, "train.steps=20", "train.resume=auto", f"data.cache_dir={cache}")
+    train_tiny(demo_scene, full, "train.steps=20", f"data.cache_dir={cache}")
+    train_tiny(demo_scene, part, "train.steps=10", f"data.cache_dir={cache}")
+    res = train_tiny(demo_scene, part, "train.steps=20", "train.resume=auto",
+                     f"data.cache_dir={cache}")
     assert "resumed from step 10" in res.stdout
-    a = _params(str(full / "checkpoints"))
-    b = _params(str(part / "checkpoints"))
+    a = checkpoint_params(str(full / "checkpoints"))
+    b = checkpoint_params(str(part / "checkpoints"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # and training changed something (the comparison is not vacuous)
-    c = _params(str(part / "checkpoints"), 10)
+    c = checkpoint_params(str(part / "checkpoints"), 10)
     assert any(not torch.equal(a[k], c[k]) for k in a)
-
-
-def test_resume_with_other_model_is_an_error(demo_scene, tmp_path):
-    run = tmp_path / "r"
-    _train(demo_scene, run, "train.steps=5")
-    args = ["train", f"data.root={demo_scene}", f"run.dir={run}", "train.steps=10",
-            "train.resume=auto", "log.progress=false", *TINY_MODEL, "model.width=48"]
-    res = run_cli(args)
-    assert res.returncode != 0
-    assert "model.width" in res.stderr and "32" in res.stderr and "48" in res.stderr
-
-
-def test_unwritable_checkpoint_dir_fails_before_training(demo_scene, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    res = run_cli(["train", f"data.root={demo_scene}", f"run.dir={tmp_path / 'r'}",
-                   f"checkpoint.dir={blocker / 'ckpt'}", "train.steps=5", *TINY_MODEL])
-    assert res.returncode != 0
-    assert "checkpoint.dir" in res.stderr and str(blocker) in res.stderr
-    assert "training" not in res.stdout
-
-
-def test_bad_config_key_is_named(demo_scene, tmp_path):
-    res = run_cli(["train", f"data.root={demo_scene}", "train.stepz=5"])
-    assert res.returncode != 0 and "train.stepz" in res.stderr
-    assert "Traceback" not in res.stderr
-
-
-def test_missing_scene_is_named(tmp_path):
-    res = run_cli(["train", f"data.root={tmp_path / 'nowhere'}", f"run.dir={tmp_path / 'r'}"])
-    assert res.returncode != 0 and "nowhere" in res.stderr
-    assert "Traceback" not in res.stderr
 
 
 def test_tensorboard_events_and_eval_report(demo_scene, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run = tmp_path / "tb_run"
-    _train(demo_scene, run, "train.steps=10", "eval.every=10")
+    train_tiny(demo_scene, run, "train.steps=10", "eval.every=10")
     ea = EventAccumulator(str(run / "tb"))
     ea.Reload()
     tags = set(ea.Tags()["scalars"])
