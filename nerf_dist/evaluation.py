@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from .config import RenderConfig
 from .logger import Logger
 from .metrics import psnr, ssim
 from .renderer.core import RenderSetup, check_memory, render_frames
@@ -24,16 +25,13 @@ from .renderer.images import (colourise_depth, contact_sheet, depth_range, hit_d
 from .renderer.outputs import write_png
 from .renderer.paths import split_path
 
-DEFAULT_TILE = 64
-"""Tile side (pixels) of evaluation and validation renders; any size gives the same pixels."""
-
 FG_THRESHOLD = 0.02
 """A ground-truth pixel is foreground when some channel differs from the scene's background
 colour by more than this (about 5 levels of 8 bits: above PNG/JPEG quantisation noise)."""
 
 
 def render_views(setup: RenderSetup, scene, views: Iterable[int], rank: int = 0,
-                 world_size: int = 1, tile: int = DEFAULT_TILE) -> Iterator[tuple[int, dict]]:
+                 world_size: int = 1, tile: int = RenderConfig.tile) -> Iterator[tuple[int, dict]]:
     """Frames `views` of `scene` through the tiled renderer -> (index, out) on rank 0, in order.
 
     out: rgb [H, W, 3] clamped to [0, 1], depth [H, W], acc [H, W] (float32, CPU). The cameras are
@@ -68,7 +66,7 @@ def psnr_fg(pred: torch.Tensor, gt: torch.Tensor, background: torch.Tensor,
 
 
 def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict | None = None,
-                   log=print, rank: int = 0, world_size: int = 1, tile: int = DEFAULT_TILE,
+                   log=print, rank: int = 0, world_size: int = 1, tile: int = RenderConfig.tile,
                    tb_dir: str | None = None, step: int | None = None) -> dict | None:
     """Render every frame of `scene` with the tiled renderer across ranks; rank 0 writes.
 

@@ -445,7 +445,7 @@ class Trainer:
         """
         if not self.dist.is_main:
             return None
-        from .evaluation import DEFAULT_TILE, psnr_fg, render_views
+        from .evaluation import psnr_fg, render_views
         from .metrics import psnr
         from .renderer.core import RenderSetup
         from .renderer.images import side_by_side
@@ -453,7 +453,7 @@ class Trainer:
         if self.val_scene is None:
             try:
                 self.val_scene = load_scene(self.cfg.data, self.cfg.eval.split)
-                memory.check_render(self.val_scene.W, self.val_scene.H, DEFAULT_TILE,
+                memory.check_render(self.val_scene.W, self.val_scene.H, self.cfg.render.tile,
                                     self.cfg.model.chunk, self.cfg.model, 1, self.device)
             except Exception as e:  # noqa: BLE001 - validation is optional during training
                 self.log.info(f"validation disabled: {e}")
@@ -464,7 +464,8 @@ class Trainer:
         # NOTE: rank 0, world_size 1: the other ranks do not join, so no collective may run.
         setup = RenderSetup.from_scene(self.model, scene, self.cfg.model.chunk, self.device)
         psnrs, fgs = [], []
-        for i, out in render_views(setup, scene, range(min(self.cfg.eval.n_images, scene.n))):
+        views = range(min(self.cfg.eval.n_images, scene.n))
+        for i, out in render_views(setup, scene, views, tile=self.cfg.render.tile):
             gt = scene.images[i]
             psnrs.append(psnr(out["rgb"], gt))
             fg = psnr_fg(out["rgb"], gt, scene.background)
