@@ -197,3 +197,50 @@ def test_eval_refuses_an_absurd_tile(cli, tiny_run, tmp_path):
 def test_eval_of_a_folder_that_is_no_run(cli, tmp_path):
     res = cli("eval", "--run", tmp_path / "nowhere")
     assert res.returncode == 1 and f"{tmp_path / 'nowhere'}/config.yaml not found" in res.stderr
+
+
+# ----------------------------------------------------------------------------- render settings (cfg.render)
+
+def test_render_settings_come_from_render_keys_and_flags_override_them(cli, tiny_run, tmp_path):
+    import json
+
+    import imageio.v3 as iio
+    out = tmp_path / "keys"
+    res = cli("render", "--run-dir", tiny_run, "--out", out, "--no-progress", "render.frames=2",
+              "render.fps=5", "render.video=false", "render.resolution=12x10", "render.tile=8")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (out / "rgb").iterdir()) == ["00000.png", "00001.png"]
+    assert iio.imread(out / "rgb" / "00000.png").shape == (10, 12, 3)
+    meta = json.loads((out / "render.json").read_text())
+    assert meta["fps"] == 5 and meta["last_run"]["tile"] == 8
+    assert not (out / "video.gif").exists()          # render.video=false
+    # a flag beats the key it stands for; --frames also limits a split (render.max_frames)
+    out = tmp_path / "flags"
+    res = cli("render", "--run-dir", tiny_run, "--out", out, "--no-progress", "--frames", "3",
+              "--no-video", "--path", "orbit", "render.frames=5", "render.path=test")
+    assert res.returncode == 0, res.stderr
+    assert len(list((out / "rgb").iterdir())) == 3
+    out = tmp_path / "split"
+    res = cli("render", "--run-dir", tiny_run, "--out", out, "--no-progress", "render.path=test",
+              "render.max_frames=2", "render.video=false")
+    assert res.returncode == 0, res.stderr
+    assert len(list((out / "rgb").iterdir())) == 2
+    assert json.loads((out / "render.json").read_text())["settings"]["path"] == "test"
+
+
+def test_eval_takes_its_tile_from_render_tile(cli, tiny_run, tmp_path):
+    res = cli("eval", "--run-dir", tiny_run, "--out", tmp_path / "e", "render.tile=100000")
+    assert res.returncode == 1 and "--tile=100000" in res.stderr, res.stderr
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["render.tile=0"], "render.tile"), (["render.balance=rows"], "render.balance"),
+    (["--fps", "0"], "--fps"), (["render.resolution=wide"], "render.resolution"),
+])
+def test_bad_render_settings_are_named_before_anything_is_written(cli, tiny_run, tmp_path, extra,
+                                                                  needle):
+    out = tmp_path / "bad"
+    res = cli("render", "--run-dir", tiny_run, "--out", out, "--no-progress", *extra)
+    assert res.returncode == 1 and needle in res.stderr, res.stderr
+    assert not out.exists()
