@@ -1,15 +1,26 @@
-"""Radiance fields: (points, viewdirs) -> (rgb, sigma).
+"""Radiance fields: (points, viewdirs) -> (rgb, sigma), and the autocast every field runs under.
 
 The vanilla field is the NeRF paper's MLP; the fast field (hash grid) lives in
 :mod:`nerf_dist.field_fast`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from .encoding import FrequencyEncoding
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Autocast for a field evaluation (model.precision); fp32 = no autocast. fp16 falls back to
+    bf16 on CPU."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" or device.type != "cuda" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class NeRFMLP(nn.Module):

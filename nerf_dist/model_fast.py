@@ -1,9 +1,10 @@
 """Fast path: occupancy-grid ray marching -> hash-grid field -> volume rendering.
 
-Same interface as :class:`nerf_dist.model.VanillaNeRF` (see :mod:`nerf_dist.model`):
-model(rays_o, rays_d, viewdirs, near, far, train=, generator=, background=) -> dict(rgb, depth, acc,
-samples_per_ray). Plus ``update_step(step, generator)``, which the trainer calls every step before
-the forward pass to keep the occupancy grid up to date.
+Implements the model protocol (:mod:`nerf_dist.model_base`): model(rays_o, rays_d, viewdirs, near,
+far, train=, generator=, background=) -> dict(rgb, depth, acc, samples_per_ray). Its
+``before_step(step, generator)``, which the trainer calls every step before the forward pass, keeps
+the occupancy grid up to date; Adam runs with eps 1e-15 (hash-table entries see rare, tiny
+gradients); it logs the grid's occupied fraction.
 
 Marching: each ray is cut into steps of length aabb diagonal / march_steps over
 [near, far] ∩ aabb (start offset jittered in training); steps whose midpoint lies in an unoccupied
@@ -13,34 +14,34 @@ Early termination: in training a no-grad density pass finds where each ray's tra
 below early_stop_eps and the samples behind are dropped before the differentiable pass; at
 inference rays are evaluated in segments and opaque rays stop being evaluated.
 
-NOTE (DDP): the occupancy grid lives in buffers. update_step is a deterministic function of the
-parameters (identical on all ranks after each all-reduce), the step and the generator (seed it from
-(seed, step), the same on every rank), so all ranks keep identical grids without communication.
-DDP's broadcast_buffers can be left on (rank 0's grid is then copied each forward, which is
-harmless); turning it off saves that traffic (res^3 floats + bools). Call update_step on the
-un-wrapped module (ddp.module).
+NOTE (DDP): the occupancy grid lives in buffers. before_step is a deterministic function of the
+parameters (identical on all ranks after each all-reduce), the step and the generator (seeded from
+(seed, step), the same on every rank), so all ranks keep identical grids without communication and
+DDP need not broadcast them (the trainer tells it not to). Call before_step on the un-wrapped
+module (ddp.module).
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .config import ModelConfig
-from .field_fast import HashField
-from .model import autocast_context
-from .occupancy import OccupancyGrid
 from . import sampling, volrend
+from .config import ModelConfig
+from .field import autocast_context
+from .field_fast import HashField
+from .model_base import NeRFModel
+from .occupancy import OccupancyGrid
 
 # Columns (samples per ray) rendered at a time at inference, between early-termination checks.
 _EVAL_SEGMENT = 32
 
 
-class FastNeRF(nn.Module):
+class FastNeRF(NeRFModel):
     """Hash-grid NeRF with an occupancy grid. aabb: [2, 3] scene box (min, max)."""
 
-    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor):
-        super().__init__()
-        self.cfg = cfg
+    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None):
+        super().__init__(cfg)
+        if aabb is None:
+            raise ValueError("model.kind=fast needs the scene's aabb")
         aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
         self.register_buffer("aabb", aabb.clone())
         self.field = HashField(aabb, cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
@@ -54,8 +55,14 @@ class FastNeRF(nn.Module):
         if cfg.compile:
             self._fns = {k: torch.compile(v, dynamic=True) for k, v in self._fns.items()}
 
-    # ------------------------------------------------------------------ occupancy grid
-    def update_step(self, step: int, generator: torch.Generator | None = None) -> bool:
+    # ------------------------------------------------------------------ protocol
+    def optimizer_settings(self) -> dict:
+        return {"params": list(self.parameters()), "eps": 1e-15}
+
+    def log_scalars(self) -> dict[str, float]:
+        return {"occupied_frac": self.grid.occupied_frac}
+
+    def before_step(self, step: int, generator: torch.Generator | None = None) -> bool:
         """Update the occupancy grid if `step` is an update step (else a no-op); True if updated."""
         if step % self.cfg.grid_update_every != 0:
             return False

@@ -15,12 +15,11 @@ import time
 
 import torch
 import torch.distributed as tdist
-import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import memory, storage
 from .checkpoint import Checkpointer
-from .config import Config, ConfigError, diff_keys, from_dict, to_dict
+from .config import Config, ConfigError, diff_keys, from_dict
 from .dist import DistInfo, broadcast_object
 from .lifecycle import NonFiniteError, StallWatchdog, StopSignals, write_status
 from .loader import RayLoader
@@ -28,6 +27,7 @@ from .logger import make_logger
 from .metrics import mse_to_psnr
 from .model import build_model
 from .ray_cache import ensure_cache
+from .run_dir import config_at_rest, run_paths, write_config
 from .sampling import RowNoise
 
 
@@ -37,33 +37,10 @@ def step_seed(seed: int, step: int, stream: str = "") -> int:
     return int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF
 
 
-def config_at_rest(cfg: Config) -> dict:
-    """The config as saved (config.yaml, checkpoints): every credential removed from every URL.
-
-    NOTE: ``s3://KEY:SECRET@bucket/x`` is saved as ``s3://bucket/x``, which still works where the
-    credentials come from the environment, as they should.
-    """
-    def strip(v):
-        return v.replace("://***@", "://") if isinstance(v, str) else v
-    tree = storage.redact_tree(to_dict(cfg))
-    return {k: ({kk: strip(vv) for kk, vv in v.items()} if isinstance(v, dict) else strip(v))
-            for k, v in tree.items()}
-
-
 def lr_at(cfg: Config, step: int) -> float:
     """Exponential decay from train.lr to train.lr_final over train.lr_decay_steps."""
     t = cfg.train
     return t.lr * (t.lr_final / t.lr) ** (step / t.lr_decay_steps)
-
-
-def run_paths(cfg: Config) -> dict:
-    run = cfg.run.dir
-    return {
-        "run": run,
-        "checkpoints": cfg.checkpoint.dir or os.path.join(run, "checkpoints"),
-        "cache": cfg.data.cache_dir or os.path.join(run, "ray_cache"),
-        "tb": cfg.log.dir or os.path.join(run, "tb"),
-    }
 
 
 def make_adam(params, lr: float, eps: float, weight_decay: float) -> torch.optim.Adam:
@@ -150,8 +127,8 @@ class Trainer:
             self.ddp.register_comm_hook(None, self.comm.hook)
         else:
             self.ddp = self.model
-        eps = 1e-15 if cfg.model.kind == "fast" else 1e-8
-        self.optim = make_adam(self.model.parameters(), cfg.train.lr, eps, cfg.train.weight_decay)
+        opt = self.model.optimizer_settings()
+        self.optim = make_adam(opt["params"], cfg.train.lr, opt["eps"], cfg.train.weight_decay)
         # NOTE: fp16 autocast needs loss scaling (its range underflows small gradients); bf16 does not.
         self.scaler = torch.amp.GradScaler("cuda", enabled=(cfg.model.precision == "fp16"
                                                              and self.device.type == "cuda"))
@@ -161,8 +138,7 @@ class Trainer:
         self.elapsed = 0.0          # training seconds accumulated over all sessions of this run
         self.val_scene = None
         if dist.is_main:
-            with open(os.path.join(cfg.run.dir, "config.yaml"), "w") as f:
-                f.write(yaml.safe_dump(config_at_rest(cfg), sort_keys=False))
+            write_config(cfg)
         self._maybe_resume()
 
     # ------------------------------------------------------------------ setup helpers
@@ -257,9 +233,8 @@ class Trainer:
         if index is None:
             index = torch.arange(batch["rgb"].shape[0])
         noise = RowNoise(step_seed(self.cfg.seed, step, "jitter"), n_global, index)
-        if hasattr(self.model, "update_step"):
-            self.model.update_step(step, torch.Generator().manual_seed(
-                step_seed(self.cfg.seed, step, "grid")))
+        self.model.before_step(step, torch.Generator().manual_seed(
+            step_seed(self.cfg.seed, step, "grid")))
         for g in self.optim.param_groups:
             g["lr"] = lr_at(self.cfg, step)
         t1 = time.perf_counter()
@@ -271,8 +246,8 @@ class Trainer:
         scale = self.dist.world_size / (n_global * 3)
         sse = ((out["rgb"] - batch["rgb"]) ** 2).sum()
         loss = sse * scale
-        if "rgb_coarse" in out:
-            loss = loss + ((out["rgb_coarse"] - batch["rgb"]) ** 2).sum() * scale
+        for key in self.model.rgb_keys()[1:]:
+            loss = loss + ((out[key] - batch["rgb"]) ** 2).sum() * scale
         self.optim.zero_grad(set_to_none=True)
         if self.dist.distributed:
             with self.watchdog.waiting(f"the gradient all-reduce of step {step}"):
@@ -292,7 +267,7 @@ class Trainer:
                 "n_global": n_global, "t_data": t1 - t0, "t_compute": t2 - t1,
                 "t_allreduce": self.comm.seconds, "stop": stop, "nonfinite": nonfinite,
                 "budget": budget,
-                "samples_per_ray": float(out.get("samples_per_ray", torch.tensor(0.0)))}
+                "samples_per_ray": float(out["samples_per_ray"])}
 
     def _nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
         """0-d bool tensor: the loss or (without fp16 loss scaling) any gradient is non-finite.
@@ -409,6 +384,7 @@ class Trainer:
                           "time/forward_backward_s": last["t_compute"],
                           "time/allreduce_s": last["t_allreduce"],
                           "train/samples_per_ray": last["samples_per_ray"]}
+                values.update({f"model/{k}": v for k, v in self.model.log_scalars().items()})
                 self.log.scalars(self.step, values)
                 self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
             # NOTE: no validation render when stopping: the lead time before SIGKILL is for the save.
@@ -541,4 +517,4 @@ def train(cfg: Config, dist: DistInfo, stop: StopSignals | None = None) -> dict:
             trainer.close()
 
 
-__all__ = ["Trainer", "train", "lr_at", "step_seed", "run_paths"]
+__all__ = ["Trainer", "train", "lr_at", "step_seed"]

@@ -1,11 +1,16 @@
-"""FastNeRF: interface, gradients, empty-space skipping, early termination, and a quick fit."""
+"""FastNeRF: interface, gradients, empty-space skipping, early termination, and a quick fit; the
+model protocol and registry every kind shares (nerf_dist.model_base, nerf_dist.model)."""
 import math
+import re
 import time
 
+import pytest
 import torch
 
+from nerf_dist import config as config_mod
 from nerf_dist.config import ModelConfig
-from nerf_dist.model import build_model
+from nerf_dist.model import MODELS, build_model
+from nerf_dist.model_base import NeRFModel
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 SMALL = dict(kind="fast", hash_levels=8, hash_features=2, hash_log2_size=14, hash_base_res=8,
@@ -43,8 +48,8 @@ def test_forward_backward_interface():
     model = make()
     o, d = camera_rays(256, 0)
     g = torch.Generator().manual_seed(0)
-    assert model.update_step(0, g)
-    assert not model.update_step(1, g)                       # no-op between update steps
+    assert model.before_step(0, g)
+    assert not model.before_step(1, g)                       # no-op between update steps
     out = model(o, d, d, 2.0, 4.5, train=True, generator=g, background=torch.ones(3))
     assert out["rgb"].shape == (256, 3) and out["depth"].shape == (256,) and out["acc"].shape == (256,)
     assert out["samples_per_ray"].ndim == 0 and float(out["samples_per_ray"]) > 0
@@ -78,7 +83,7 @@ def test_empty_space_is_skipped():
     before = model(o, d, d, 2.0, 4.5, train=True, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.field.density_mlp[-1].bias[0] = -20.0           # the field is empty everywhere
-    model.update_step(0, torch.Generator().manual_seed(0))
+    model.before_step(0, torch.Generator().manual_seed(0))
     assert model.grid.occupied_frac == 0.0
     after = model(o, d, d, 2.0, 4.5, train=True, generator=torch.Generator().manual_seed(0),
                   background=torch.ones(3))
@@ -92,6 +97,7 @@ def test_state_dict_has_grid_and_no_compiled_duplicates():
     assert not any("_orig_mod" in k for k in sd)
 
 
+@pytest.mark.slow
 def test_quick_fit_sphere():
     model = make(grid_update_every=4, grid_ema_decay=0.8)
     o, d = camera_rays(4096, 3)
@@ -103,7 +109,7 @@ def test_quick_fit_sphere():
     # NOTE: kept small (~100 steps of 512 rays) so it runs in well under a minute on 2 busy cores.
     for step in range(100):
         g = torch.Generator().manual_seed(step)
-        model.update_step(step, g)
+        model.before_step(step, g)
         sel = torch.randint(0, 4096, (512,), generator=g)
         out = model(o[sel], d[sel], d[sel], 2.0, 4.5, train=True, generator=g, background=bg)
         loss = ((out["rgb"] - target[sel]) ** 2).mean()
@@ -132,3 +138,32 @@ def test_bf16_forward_backward():
     out["rgb"].sum().backward()
     assert model.field.encoding.table.grad.dtype == torch.float32
     assert model.field.density_mlp[0].weight.grad is not None
+
+
+def test_registry_matches_the_config_and_every_kind_is_a_protocol_model():
+    assert tuple(MODELS) == config_mod.MODEL_KINDS
+    assert all(issubclass(cls, NeRFModel) for cls in MODELS.values())
+    cfg = ModelConfig()
+    object.__setattr__(cfg, "kind", "nope")     # past the config's own check
+    msg = "'nope' is not a registered model: vanilla | fast"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        build_model(cfg)
+    with pytest.raises(ValueError, match="aabb"):
+        build_model(ModelConfig(**SMALL))
+
+
+def test_protocol_hooks_of_each_kind():
+    vanilla = build_model(ModelConfig(depth=2, width=16, skip=0, n_samples=4, n_importance=4))
+    assert vanilla.before_step(0, torch.Generator().manual_seed(0)) is False
+    assert vanilla.rgb_keys() == ("rgb", "rgb_coarse") and vanilla.log_scalars() == {}
+    opt = vanilla.optimizer_settings()
+    assert opt["eps"] == 1e-8 and len(opt["params"]) == len(list(vanilla.parameters()))
+    coarse_only = build_model(ModelConfig(depth=2, width=16, skip=0, n_samples=4, n_importance=0))
+    assert coarse_only.rgb_keys() == ("rgb",)
+    fast = make()
+    assert fast.optimizer_settings()["eps"] == 1e-15 and fast.rgb_keys() == ("rgb",)
+    assert fast.log_scalars() == {"occupied_frac": 1.0}        # everything occupied until updated
+    with torch.no_grad():
+        fast.field.density_mlp[-1].bias[0] = -20.0
+    assert fast.before_step(0, torch.Generator().manual_seed(0))
+    assert fast.log_scalars() == {"occupied_frac": 0.0}

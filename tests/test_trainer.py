@@ -1,5 +1,6 @@
 """Trainer guards: non-finite loss/gradient policy (all ranks agree), resume sanity, eval refusing
 NaN metrics. NaN is injected into one rank's batch colours, the way a corrupt input would bring it.
+And the model protocol: a model kind the trainer has never heard of trains through it.
 """
 import os
 import traceback
@@ -10,13 +11,17 @@ import torch.multiprocessing as mp
 
 from conftest import TINY_MODEL, free_port
 from nerf_dist import checkpoint as ckpt_mod
+from nerf_dist import config as config_mod
 from nerf_dist.checkpoint import Checkpointer
 from nerf_dist.cli import main
 from nerf_dist.config import load_config
 from nerf_dist.dist import DistInfo
 from nerf_dist.lifecycle import NonFiniteError, read_status
 from nerf_dist.loader import RayLoader
-from nerf_dist.trainer import train
+from nerf_dist.model import MODELS
+from nerf_dist.model_base import NeRFModel
+from nerf_dist.run_dir import load_model
+from nerf_dist.trainer import Trainer, train
 
 
 def _cfg(scene, run, *extra):
@@ -159,3 +164,57 @@ def test_impossible_batch_fails_before_training(demo_scene, tmp_path, capsys):
     assert "1000000000" in err and "20480" in err, err      # the batch and the cache's rays
     assert Checkpointer(str(tmp_path / "r" / "checkpoints"), is_main=False).list() == []
     assert read_status(str(tmp_path / "r"))["state"] == "failed"
+
+
+class _ToyNeRF(NeRFModel):
+    """A third model kind, defined here: one learnable colour for every ray. It uses every hook
+    of the protocol, so the test sees each reach the trainer (and a checkpoint load it back)."""
+
+    def __init__(self, cfg, aabb=None):
+        super().__init__(cfg)
+        self.colour = torch.nn.Parameter(torch.zeros(3))
+        self.register_buffer("hook_calls", torch.zeros((), dtype=torch.int64))
+
+    def before_step(self, step, generator=None):
+        self.hook_calls += 1
+        return True
+
+    def optimizer_settings(self):
+        return {"params": [{"params": [self.colour], "weight_decay": 0.0}], "eps": 1e-6}
+
+    def log_scalars(self):
+        return {"hook_calls": float(self.hook_calls)}
+
+    def forward(self, rays_o, rays_d, viewdirs, near, far, *, train=False, generator=None,
+                background=None):
+        n = rays_o.shape[0]
+        return {"rgb": torch.sigmoid(self.colour).expand(n, 3), "depth": torch.zeros(n),
+                "acc": torch.ones(n), "samples_per_ray": torch.tensor(1.0)}
+
+
+def test_a_third_model_kind_trains_without_trainer_changes(demo_scene, tmp_path, monkeypatch):
+    # NOTE: registering the kind is all it takes (the config's list of names and the registry).
+    monkeypatch.setattr(config_mod, "MODEL_KINDS", (*config_mod.MODEL_KINDS, "toy"))
+    monkeypatch.setitem(MODELS, "toy", _ToyNeRF)
+    cfg = load_config(None, [f"data.root={demo_scene}", f"run.dir={tmp_path / 'r'}",
+                             "train.rays_per_batch=64", "log.progress=false", "log.every=1",
+                             "train.threads=1", "train.steps=3", "train.lr=0.1",
+                             "model.kind=toy", "eval.every=0"])
+    trainer = Trainer(cfg, DistInfo())
+    logged = []
+    real_scalars = trainer.log.scalars
+    monkeypatch.setattr(trainer.log, "scalars",
+                        lambda step, values: (logged.append((step, values)),
+                                              real_scalars(step, values)))
+    try:
+        assert isinstance(trainer.model, _ToyNeRF)
+        assert trainer.optim.param_groups[0]["eps"] == 1e-6
+        res = trainer.train()
+    finally:
+        trainer.close()
+    assert res["step"] == 3 and int(trainer.model.hook_calls) == 3
+    assert [v["model/hook_calls"] for _, v in logged] == [1.0, 2.0, 3.0]
+    assert bool((trainer.model.colour.detach() != 0).all())          # it learned something
+    loaded = load_model(run_dir=str(tmp_path / "r"))
+    assert isinstance(loaded.model, _ToyNeRF) and loaded.step == 3
+    torch.testing.assert_close(loaded.model.colour, trainer.model.colour.detach())

@@ -8,85 +8,17 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..run_dir import Loaded, load_model  # noqa: F401 - load_model re-exported for callers
 from .core import RenderSetup, check_memory, render_frames
 from .outputs import FrameWriter, clean_temp, write_videos
 from .paths import CameraPath, load_camera_path, orbit_path, spiral_path, split_path
 
 PATH_KINDS = ("auto", "orbit", "spiral", "train", "val", "test")
 RENDER_JSON_VERSION = 1
-
-
-@dataclass
-class Loaded:
-    """A trained model and what rendering needs from its checkpoint."""
-
-    cfg: object
-    model: torch.nn.Module
-    step: int
-    elapsed: float
-    scene: dict          # near, far, aabb, background (from the checkpoint)
-    source: str          # where the checkpoint came from (for messages and render.json)
-
-
-def load_model(run_dir: str | None = None, checkpoint: str | None = None,
-               overrides: list[str] | tuple = ()) -> Loaded:
-    """Load the newest checkpoint of a run folder, or one checkpoint URL, onto the CPU.
-
-    The model is built from the checkpoint's own saved config (overridden by run-time keys such
-    as model.chunk); a checkpoint whose tensors do not fit that model, or that lacks model /
-    config / scene entries, raises CheckpointError naming it.
-    """
-    from .. import storage
-    from ..checkpoint import CheckpointError, Checkpointer, load_url
-    from ..config import ConfigError, diff_keys, from_dict, load_config, with_overrides
-    from ..model import build_model
-    from ..trainer import run_paths
-    if (run_dir is None) == (checkpoint is None):
-        raise ValueError("give exactly one of --run RUN_DIR or --checkpoint URL")
-    run_cfg = None
-    if run_dir is not None:
-        cfg_path = os.path.join(run_dir, "config.yaml")
-        if not os.path.exists(cfg_path):
-            raise ConfigError(f"{cfg_path} not found: is {run_dir} a nerf-dist run folder?")
-        run_cfg = load_config(cfg_path, list(overrides))
-        url = run_paths(run_cfg)["checkpoints"]
-        loaded = Checkpointer(url, run_cfg.checkpoint.keep, is_main=False).load()
-        if loaded is None:
-            raise CheckpointError(f"no complete checkpoint in {storage.redact(url)} "
-                                  f"(has run {run_dir} saved one yet?)")
-        source = url
-    else:
-        source = checkpoint
-        loaded = load_url(checkpoint)
-    step, state = loaded
-    name = storage.redact(source)
-    missing = [k for k in ("model", "config", "scene") if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {name} is not a nerf-dist training checkpoint "
-                              f"(missing {', '.join(missing)})")
-    try:
-        saved = from_dict(state["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {name} holds an incompatible config: {e}") from e
-    cfg = run_cfg if run_cfg is not None else with_overrides(saved, list(overrides))
-    diffs = diff_keys(saved, cfg, ("model.",))
-    if diffs:
-        raise CheckpointError(f"checkpoint {name} was trained with another model config; "
-                              f"differing keys: {'; '.join(diffs)}")
-    scene = state["scene"]
-    try:
-        model = build_model(cfg.model, torch.as_tensor(scene["aabb"], dtype=torch.float32))
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {name} does not fit model.kind={cfg.model.kind}: "
-                              f"{str(e).splitlines()[0][:300]}") from e
-    model.eval()
-    return Loaded(cfg, model, int(step), float(state.get("elapsed", 0.0)), scene, name)
 
 
 def build_path(loaded: Loaded, path: str = "auto", n_frames: int | None = None,
