@@ -116,11 +116,14 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="quick start: demo scene, train, evaluate, video", formatter_class=fmt,
                        description="Generate the demo scene at data.root when absent, train with "
-                                   "configs/demo.yaml, evaluate the test split and print where "
-                                   "the report and images are.")
+                                   "configs/demo.yaml until train.steps (train.max_seconds is a "
+                                   "safety net; the demo says when it stopped the run first), "
+                                   "evaluate the test split (PSNR over the whole image and over "
+                                   "the foreground) and end with an orbit video; print where the "
+                                   "report, images and video are.")
     d.add_argument("--config", default=None,
                    help="config file (default: configs/demo.yaml when present, else built-in)")
-    d.add_argument("--video-frames", type=int, default=None,
+    d.add_argument("--video-frames", type=int, default=None, metavar="N",
                    help="frames of the closing orbit video (render.frames; configs/demo.yaml: 30)")
     d.add_argument("--no-video", action="store_true",
                    help="skip the closing orbit video (render.video=false)")
