@@ -109,7 +109,8 @@ class Trainer:
                            "background": self.background.cpu()}
         self.loader = RayLoader(self.cache, dist.rank, dist.world_size, cfg.train.rays_per_batch,
                                 cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
-                                device=self.device, cache_memory=cfg.data.cache_memory_bytes)
+                                device=self.device, cache_memory=cfg.data.cache_memory_bytes,
+                                log=self.log.info)
 
         self.model = build_model(cfg.model, aabb).to(self.device)
         self.comm = _CommTimer()

@@ -254,6 +254,20 @@ def test_memory_url(tmp_path):
     assert again.url == cache.url
 
 
+def test_streamed_build_on_s3_through_part_files(tmp_path, s3_server):
+    """A build larger than its buffer on the S3 emulator: parts, range reads, then shards."""
+    scene = make_scene(H=64, W=64)
+    cfg = DataConfig(root=make_root(tmp_path), cache_shards=4, cache_memory="64KiB")
+    base = f"s3://{s3_server['bucket']}/rc-{uuid.uuid4().hex[:8]}"
+    logs = []
+    cache = ensure_cache(cfg, base, scene=scene, log=logs.append)
+    assert cache.url.startswith("s3://") and any("committed" in m for m in logs)
+    assert_close(assemble(cache), expected(scene))
+    assert storage.listdir(cache.url) == sorted(["manifest.json"] + [f"shard-{s:05d}.bin" for s in range(4)])
+    local = ensure_cache(cfg, str(tmp_path / "local"), scene=scene, **QUIET)
+    assert local.checksums == cache.checksums
+
+
 def test_errors_name_the_url(tmp_path, monkeypatch):
     scene = make_scene()
     cfg = DataConfig(root=make_root(tmp_path), cache_shards=4)

@@ -32,6 +32,7 @@ step 0 of the full stream, so epoch 0 still sees every pixel.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -55,7 +56,7 @@ class RayLoader:
 
     def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
                  precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu",
-                 prefetch: bool = False, cache_memory: int | None = None):
+                 prefetch: bool = False, cache_memory: int | None = None, log=None):
         S = cache.n_shards
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")
@@ -89,7 +90,6 @@ class RayLoader:
         self._pool = None
         self._pending = None  # (step, Future) of the batch being prefetched
         if prefetch:
-            from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ray-loader-{rank}")
         self.store = ShardStore(cache, read_ahead=self.plan.n_windows > 1,
                                 name=f"ray-loader-{rank}")
@@ -103,6 +103,20 @@ class RayLoader:
         # for it in the first collective until the process-group timeout.
         raise_together(err, rank, world_size, RayCacheError,
                        others="rank {rank} found a damaged ray cache: {err}")
+        if log is not None:
+            log(self.describe())
+
+    def describe(self) -> str:
+        """One line: how this rank holds the cache (whole, or streamed in windows)."""
+        plan, N = self.plan, self.world_size
+        limit = "no limit" if self.cache_memory is None else \
+            f"data.cache_memory={self.cache_memory / 1e6:.1f} MB"
+        if plan.n_windows == 1:
+            return (f"ray loader: the whole cache in memory ({self.bytes_held() / 1e6:.1f} MB on "
+                    f"this rank, {limit})")
+        return (f"ray loader: streaming windows of {plan.window} of {plan.n_shards} shards "
+                f"({plan.window // N} on each of {N} rank(s)), {plan.phase_steps} steps each, the "
+                f"next window read ahead ({limit})")
 
     # ------------------------------------------------------------------ checks
     def _check_window(self) -> None:
