@@ -19,11 +19,13 @@ Rays are made per batch from the pixels' global indices by :meth:`RayCache.rays`
 (:func:`nerf_dist.rays.make_rays`) on `device`; colours are decoded on the CPU (bit-exact with
 the scene reader, see :mod:`nerf_dist.ray_cache.colour`).
 
-Versus format 2 (rays stored as float32): the same pixels in the same order at every step (when
-everything fits); colours bit-identical for 8-bit images read as they are (rgb8/rgba8), within
-7.7e-6 for downscaled ones (rgb16); rays within float rounding (per-ray camera matrices are
-applied as a batched product instead of one image at a time; a few ulp, measured in
-tests/test_ray_cache.py).
+Versus format 2 (rays stored as float32), when everything fits: the same pixels in the same
+order at every step; colours bit-identical for 8-bit images read as they are (rgb8/rgba8), within
+7.7e-6 for downscaled ones (rgb16); rays_o bit-identical, rays_d/viewdirs within float rounding
+(per-ray camera matrices are applied as a batched product instead of one image at a time). So the
+trajectory equals format 2's within float tolerance, not bit for bit. Measured over 200 batches
+of 4096 on lego 800x800: rgb identical, max |diff| 1.8e-7 in rays_d; lego 100x100 (rgb16): 7.6e-6
+in rgb, 1.2e-7 in rays_d.
 
 Centre-crop warm-up: for steps < precrop_steps each shard draws only from its pixels with
 ``crop < precrop_frac``, through its own permutation stream; afterwards the schedule restarts at
