@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 
 class NullLogger:
@@ -30,6 +31,8 @@ class Logger(NullLogger):
         self.stream = stream or sys.stdout
         self.writer = None
         if tb_dir:
+            # NOTE: lazy because TensorBoard's writer takes ~0.4 s to import and only rank 0, with
+            # a log folder, ever builds one.
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(tb_dir)
         self.use_bar = progress
@@ -58,7 +61,6 @@ class Logger(NullLogger):
     def start_progress(self, total: int, initial: int = 0) -> None:
         if not self.use_bar:
             return
-        from tqdm import tqdm
         self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, file=self.stream,
                         desc="train", unit="step", mininterval=1.0)
 

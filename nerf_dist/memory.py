@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 
+import torch
+
 from .dist import raise_together
 
 # Hard sanity limits, independent of the machine: values beyond them are mistakes, not requests.
@@ -177,7 +179,6 @@ def device_available(device) -> tuple[int, str] | None:
     None for a CPU device."""
     if _device_type(device) != "cuda":
         return None
-    import torch
     if not torch.cuda.is_available():
         return None
     dev = torch.device(device)

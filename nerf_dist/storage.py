@@ -246,6 +246,8 @@ def _options(url: str) -> dict:
     if proto not in ("s3", "s3a"):
         return {}
     try:
+        # NOTE: lazy because fsspec (asyncio with it) costs ~0.1 s to import in every command,
+        # `nerf-dist status` included, and only URLs ("://") ever need it.
         from fsspec.config import conf
         base = dict((conf.get(proto) or {}).get("config_kwargs") or {})
     except ImportError:
@@ -256,7 +258,7 @@ def _options(url: str) -> dict:
 
 
 def _fs(url: str):
-    import fsspec
+    import fsspec  # NOTE: lazy because only URLs need fsspec (see _options)
     try:
         fs, p = fsspec.core.url_to_fs(url, **_options(url))
     except Exception as e:  # noqa: BLE001 - unknown protocol, missing backend, bad URL
@@ -292,6 +294,7 @@ def _put(fs, p: str, data: bytes) -> None:
     own deadline, which cancels it: timeout_s per started 32 MiB.
     """
     try:
+        # NOTE: lazy because only URLs need fsspec (see _options)
         from fsspec.asyn import AsyncFileSystem, sync
     except ImportError:  # pragma: no cover - fsspec always has it
         AsyncFileSystem = ()

@@ -10,6 +10,7 @@ uninterrupted one, and N ranks follow the trajectory of one rank.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import time
 
@@ -21,14 +22,18 @@ from . import memory, storage
 from .checkpoint import Checkpointer
 from .config import Config, ConfigError, diff_keys, from_dict
 from .dist import DistInfo, broadcast_object
+from .evaluation import psnr_fg, render_views
 from .lifecycle import NonFiniteError, StallWatchdog, StopSignals, write_status
 from .loader import RayLoader
 from .logger import make_logger
-from .metrics import mse_to_psnr
+from .metrics import mse_to_psnr, psnr
 from .model import build_model
 from .ray_cache import ensure_cache
+from .renderer.core import RenderSetup
+from .renderer.images import side_by_side
 from .run_dir import config_at_rest, run_paths, write_config
 from .sampling import RowNoise
+from .scenes import load_scene
 
 
 def step_seed(seed: int, step: int, stream: str = "") -> int:
@@ -120,7 +125,6 @@ class Trainer:
             # them (saves the grid's traffic every step; gloo also cannot send bool/int16 buffers).
             DDP._set_params_and_buffers_to_ignore_for_model(
                 self.model, [n for n, _ in self.model.named_buffers()])
-            import inspect
             sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                     inspect.signature(DDP.__init__).parameters else {"broadcast_buffers": False})
             self.ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
@@ -422,11 +426,6 @@ class Trainer:
         """
         if not self.dist.is_main:
             return None
-        from .evaluation import psnr_fg, render_views
-        from .metrics import psnr
-        from .renderer.core import RenderSetup
-        from .renderer.images import side_by_side
-        from .scenes import load_scene
         if self.val_scene is None:
             try:
                 self.val_scene = load_scene(self.cfg.data, self.cfg.eval.split)

@@ -117,7 +117,7 @@ def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) ->
     os.replace(tmp, gif)
     written["gif"] = gif
     try:
-        # NOTE: imported here, not at the top: an optional extra (nerf_dist[video]), only probed.
+        # NOTE: lazy because it is an optional extra (nerf_dist[video]), only probed here.
         import imageio_ffmpeg  # noqa: F401
     except ImportError:
         warnings.warn("imageio-ffmpeg is not installed (pip install 'nerf_dist[video]'): "

@@ -8,7 +8,10 @@ import os
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
+from .blender import index_blender, load_blender, open_blender
 from .lazy import LazyScene
+from .llff import index_llff, load_llff, open_llff
+from .ngp import index_ngp, load_ngp, open_ngp
 
 SPLITS = ("train", "val", "test")
 
@@ -53,12 +56,9 @@ def scene_sources(data_cfg: DataConfig, split: str) -> SceneFiles:
     _check_split(data_cfg, split)
     fmt = scene_format(data_cfg)
     if fmt == "blender":
-        from .blender import index_blender
         return index_blender(data_cfg, split).sources
     if fmt == "llff":
-        from .llff import index_llff
         return index_llff(data_cfg, split).sources
-    from .ngp import index_ngp
     return index_ngp(data_cfg, split).sources
 
 
@@ -70,12 +70,9 @@ def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
     _check_split(data_cfg, split)
     fmt = scene_format(data_cfg)
     if fmt == "blender":
-        from .blender import open_blender
         return open_blender(data_cfg, split)
     if fmt == "llff":
-        from .llff import open_llff
         return open_llff(data_cfg, split)
-    from .ngp import open_ngp
     return open_ngp(data_cfg, split)
 
 
@@ -90,12 +87,9 @@ def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     _check_split(data_cfg, split)
     fmt = scene_format(data_cfg)
     if fmt == "blender":
-        from .blender import load_blender
         return load_blender(data_cfg, split)
     if fmt == "llff":
-        from .llff import load_llff
         return load_llff(data_cfg, split)
-    from .ngp import load_ngp
     return load_ngp(data_cfg, split)
 
 

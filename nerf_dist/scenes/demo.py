@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+import imageio.v3 as iio
 import numpy as np
 
 CAMERA_ANGLE_X = 0.6911112070083618  # lego's horizontal field of view
@@ -208,8 +209,6 @@ def write_demo_scene(out_dir: str, resolution: int = 64, views: int = 40, seed: 
     [H, W] depth maps. Same arguments give the same bytes. Returns a summary dict: root,
     resolution, focal, camera_angle_x, near, far and per-split frame counts.
     """
-    import imageio.v3 as iio
-
     if resolution < 1 or views < 1:
         raise ValueError(f"resolution and views must be >= 1, got {resolution}, {views}")
     out_dir = str(out_dir)

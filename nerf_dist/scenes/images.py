@@ -10,6 +10,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
+import imageio.v3 as iio
 import numpy as np
 
 from .base import SceneError
@@ -25,8 +26,6 @@ def read_image(path: str) -> np.ndarray:
     NOTE: 16-bit grey PNGs keep full precision; Pillow (imageio's PNG backend) decodes 16-bit
     RGB/RGBA PNGs to 8 bits per channel, so those are read at 8-bit precision.
     """
-    import imageio.v3 as iio
-
     if not os.path.isfile(path):
         raise SceneError(f"image file not found: {path}")
     try:

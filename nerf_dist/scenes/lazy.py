@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .base import Scene, SceneError, SceneFiles
 from .images import composite, downscale, load_images, read_image
@@ -25,7 +26,6 @@ def probe_size(path: str, factor: int) -> tuple[int, int]:
     Pillow cannot tell; SceneError as the readers raise it (undecodable, smaller than factor)."""
     size = None
     try:
-        from PIL import Image
         with Image.open(path) as im:
             size = (int(im.size[1]), int(im.size[0]))
     except Exception:  # noqa: BLE001 - any Pillow failure: decode, which names the problem
