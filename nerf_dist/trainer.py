@@ -408,7 +408,8 @@ class Trainer:
             self.save()
         self.log.close()
         if stopped_by_budget and self.dist.is_main:
-            print(f"train.max_seconds={cfg.train.max_seconds:g} spent: stopped at step {self.step}",
+            print(f"stopped on the time cap train.max_seconds={cfg.train.max_seconds:g} at step "
+                  f"{self.step} of {total} (checkpoint written; train.resume=auto trains on)",
                   flush=True)
         if stop_signal and self.dist.is_main:
             print(f"stopped by {stop_signal} at step {self.step} of {total}: checkpoint step "

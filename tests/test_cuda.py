@@ -160,7 +160,7 @@ def test_checkpoint_saved_on_gpu_loads_without_a_gpu(demo_scene, tmp_path):
     assert tensors and all(v.device.type == "cpu" for v in tensors)
     # and a process that sees no GPU at all loads it (as `nerf-dist render` on a laptop would)
     code = ("import hashlib, json, torch\n"
-            "from nerf_dist.renderer.job import load_model\n"
+            "from nerf_dist.run_dir import load_model\n"
             "assert not torch.cuda.is_available()\n"
             f"m = load_model(run_dir={str(run)!r}).model\n"
             "print(json.dumps({k: hashlib.sha256(v.detach().contiguous().numpy().tobytes())"

@@ -11,28 +11,36 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .. import dist, storage
 from ..run_dir import Loaded, load_model  # noqa: F401 - load_model re-exported for callers
+from ..scenes import load_scene
+from ..scenes.base import SceneError
 from .core import RenderSetup, check_memory, render_frames
 from .outputs import FrameWriter, clean_temp, write_videos
-from .paths import CameraPath, load_camera_path, orbit_path, spiral_path, split_path
+from .paths import (CameraPath, load_camera_path, orbit_path, parse_resolution, spiral_path,
+                    split_path)
 
 PATH_KINDS = ("auto", "orbit", "spiral", "train", "val", "test")
 RENDER_JSON_VERSION = 1
 
 
-def build_path(loaded: Loaded, path: str = "auto", n_frames: int | None = None,
+def build_path(loaded: Loaded, path: str | None = None, n_frames: int | None = None,
                resolution: tuple[int, int] | None = None) -> tuple[CameraPath, RenderSetup]:
     """Camera path + render setup (near/far/background from the checkpoint, NDC from the scene).
 
-    path: auto (spiral for forward-facing scenes, orbit otherwise), orbit, spiral, a split name,
-    or a camera-path JSON file. n_frames: frames of an orbit/spiral (default 36), or the first n
-    cameras of a split / file. resolution: (W, H), default the path's own (training size for
-    orbit/spiral).
+    Settings not given come from ``loaded.cfg.render``. path (render.path): auto (spiral for
+    forward-facing scenes, orbit otherwise), orbit, spiral, a split name, or a camera-path JSON
+    file. n_frames: frames of an orbit/spiral (render.frames), or the first n cameras of a split /
+    file (render.max_frames; 0 = all). resolution: (W, H) (render.resolution), default the path's
+    own (training size for orbit/spiral).
     """
-    from ..scenes import load_scene
-    from ..scenes.base import SceneError
     cfg = loaded.cfg
+    r = cfg.render
+    path = r.path if path is None else path
+    if resolution is None and r.resolution:
+        resolution = parse_resolution(r.resolution)
     if n_frames is not None and n_frames < 1:
         raise ValueError(f"--frames must be >= 1, got {n_frames}")
     if resolution is not None and (resolution[0] < 1 or resolution[1] < 1):
@@ -55,14 +63,14 @@ def build_path(loaded: Loaded, path: str = "auto", n_frames: int | None = None,
                                  + ("" if not is_file else ", or data.ndc=false") + ")") from e
     if path in ("auto", "orbit", "spiral"):
         kind = ("spiral" if ref.ndc else "orbit") if path == "auto" else path
-        n = n_frames or 36
+        n = n_frames or r.frames
         if kind == "orbit":
             cams = orbit_path(ref.c2w, ref.K[0], ref.H, ref.W, n)
         else:
             bounds = ref.meta.get("bounds", (ref.near, ref.far))
             cams = spiral_path(ref.c2w, ref.K[0], ref.H, ref.W, n, bounds)
-    elif n_frames is not None:
-        cams = cams.first(n_frames)
+    elif n_frames is not None or r.max_frames:
+        cams = cams.first(n_frames or r.max_frames)
     if resolution is not None and (resolution[0], resolution[1]) != (cams.W, cams.H):
         cams = cams.resized(*resolution)
     sc = loaded.scene
@@ -77,7 +85,6 @@ def build_path(loaded: Loaded, path: str = "auto", n_frames: int | None = None,
 def _fingerprint(loaded: Loaded, cams: CameraPath, setup: RenderSetup) -> dict:
     poses = np.concatenate([cams.K.numpy().reshape(cams.n, -1), cams.c2w.numpy().reshape(cams.n, -1)], 1)
     digest = hashlib.sha256(np.round(poses.astype(np.float64), 4).tobytes()).hexdigest()[:16]
-    from .. import storage
     src = loaded.source if storage.is_url(loaded.source) else os.path.abspath(loaded.source)
     return {"checkpoint": src, "step": loaded.step, "path": cams.name,
             "n_frames": cams.n, "width": cams.W, "height": cams.H, "cameras_sha": digest,
@@ -85,15 +92,22 @@ def _fingerprint(loaded: Loaded, cams: CameraPath, setup: RenderSetup) -> dict:
 
 
 def render_to_dir(loaded: Loaded, cams: CameraPath, setup: RenderSetup, out_dir: str, rank: int = 0,
-                  world_size: int = 1, device=None, tile: int = 64, balance: str = "time",
-                  fps: float = 24.0, save_float: bool = False, video: bool = True,
+                  world_size: int = 1, device=None, tile: int | None = None,
+                  balance: str | None = None, fps: float | None = None,
+                  save_float: bool | None = None, video: bool | None = None,
                   progress: bool = True, log=print) -> dict | None:
     """Render every frame of `cams` into out_dir (layout: :mod:`.outputs`), resuming.
 
-    Frames already complete on disk are skipped; a render.json from other settings is an error.
-    Returns a summary dict on rank 0 (None elsewhere).
+    tile, balance, fps, save_float, video: None = ``loaded.cfg.render``'s. Frames already
+    complete on disk are skipped; a render.json from other settings is an error. Returns a
+    summary dict on rank 0 (None elsewhere).
     """
-    from .. import dist
+    r = loaded.cfg.render
+    tile = r.tile if tile is None else tile
+    balance = r.balance if balance is None else balance
+    fps = r.fps if fps is None else fps
+    save_float = r.save_float if save_float is None else save_float
+    video = r.video if video is None else video
     if tile < 1:
         raise ValueError(f"--tile must be >= 1, got {tile}")
     if fps <= 0:
@@ -134,7 +148,6 @@ def render_to_dir(loaded: Loaded, cams: CameraPath, setup: RenderSetup, out_dir:
         log(f"resuming: {skipped} of {cams.n} frame(s) already in {out_dir}")
     bar = None
     if is_main and progress:
-        from tqdm import tqdm
         bar = tqdm(total=cams.n, initial=skipped, unit="frame", desc="render", dynamic_ncols=True,
                    mininterval=0.5)
     stats: dict = {}
