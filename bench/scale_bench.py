@@ -270,7 +270,8 @@ def measure_scene(cli: Cli, name: str, root: Path, n_pixels: int, a, log=print) 
     common = [f"data.root={root}", f"data.cache_dir={cache_dir}", *TRAIN_OVERRIDES,
               f"data.cache_shards={a.shards}", *a.extra]
     budgets = a.cache_memory if cli.has_cache_memory else [""]
-    row = {"scene": name, "pixels": n_pixels, "code": cli.commit, "tag": a.tag}
+    row = {"scene": name, "pixels": n_pixels, "code": cli.commit, "tag": a.tag,
+           "cache_memory": (budgets[0] or "default") if cli.has_cache_memory else None}
     log(f"[{name}] building the cache ({n_pixels / 1e6:.1f} M pixels)")
     mem = [f"data.cache_memory={budgets[0]}"] if budgets[0] else []
     res = run_measured(cli.cmd(["cache", "--config", config, *common, *mem,
