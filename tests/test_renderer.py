@@ -6,6 +6,7 @@ the single-rank render within max |diff| <= 1e-5 (rgb, acc) and 1e-5 * far (dept
 """
 import json
 import os
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -18,6 +19,8 @@ from nerf_dist.model import build_model
 from nerf_dist.rays import scene_rays
 from nerf_dist.renderer import (RenderSetup, frame_batches, plan_tiles, rank_loads, render_frames,
                                 tile_rays)
+from nerf_dist.renderer.job import _fingerprint
+from nerf_dist.renderer.paths import CameraPath
 from nerf_dist.renderer.tiles import Tile
 
 TOL = 1e-5
@@ -345,3 +348,19 @@ def test_eval_two_ranks_matches_one(trained_run, tmp_path):
     sheet = iio.imread(b / "contact_sheet.png")
     assert sheet.shape == (8 * 32, 4 * 32, 3)
     assert (b / "rgb_007.png").exists() and not list(b.glob(".*tmp*"))
+
+
+def test_resume_fingerprint_sees_distortion():
+    """A partial render is not resumed after the cameras' distortion alone changed."""
+    K = torch.tensor([[[20.0, 0, 16], [0, 20.0, 12], [0, 0, 1]]])
+    c2w = torch.eye(4)[None, :3]
+    loaded = SimpleNamespace(source="/x/run", step=3)
+    setup = SimpleNamespace(ndc=False)
+    pinhole = _fingerprint(loaded, CameraPath(K, c2w, 24, 32, "p"), setup)
+    zeros = _fingerprint(loaded, CameraPath(K, c2w, 24, 32, "p", distortion=torch.zeros(1, 4)),
+                         setup)
+    bent = _fingerprint(loaded, CameraPath(K, c2w, 24, 32, "p",
+                                           distortion=torch.tensor([[-0.3, 0.05, 0.01, 0.0]])),
+                        setup)
+    assert pinhole["cameras_sha"] == zeros["cameras_sha"]  # old pinhole renders still resume
+    assert bent["cameras_sha"] != pinhole["cameras_sha"]

@@ -83,7 +83,12 @@ def build_path(loaded: Loaded, path: str | None = None, n_frames: int | None = N
 
 
 def _fingerprint(loaded: Loaded, cams: CameraPath, setup: RenderSetup) -> dict:
-    poses = np.concatenate([cams.K.numpy().reshape(cams.n, -1), cams.c2w.numpy().reshape(cams.n, -1)], 1)
+    parts = [cams.K.numpy().reshape(cams.n, -1), cams.c2w.numpy().reshape(cams.n, -1)]
+    # NOTE: distortion only when present, so renders of pinhole cameras keep their old digest
+    # (a partial render from before distortion existed still resumes).
+    if cams.distortion is not None and bool((cams.distortion != 0).any()):
+        parts.append(cams.distortion.numpy().reshape(cams.n, -1))
+    poses = np.concatenate(parts, 1)
     digest = hashlib.sha256(np.round(poses.astype(np.float64), 4).tobytes()).hexdigest()[:16]
     src = loaded.source if storage.is_url(loaded.source) else os.path.abspath(loaded.source)
     return {"checkpoint": src, "step": loaded.step, "path": cams.name,
