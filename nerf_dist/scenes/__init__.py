@@ -84,13 +84,7 @@ def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     :func:`nerf_dist.scenes.ngp.load_ngp` for what each returns. Scene.sources lists every file
     read (the ray-cache key covers exactly those).
     """
-    _check_split(data_cfg, split)
-    fmt = scene_format(data_cfg)
-    if fmt == "blender":
-        return load_blender(data_cfg, split)
-    if fmt == "llff":
-        return load_llff(data_cfg, split)
-    return load_ngp(data_cfg, split)
+    return open_scene(data_cfg, split).load()
 
 
 __all__ = ["Scene", "SceneError", "SceneFiles", "LazyScene", "load_scene", "open_scene", "scene_sources", "scene_format",
