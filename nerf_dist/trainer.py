@@ -308,7 +308,9 @@ class Trainer:
     def _global_mse(self, sse: torch.Tensor, n_global: int) -> float:
         s = sse.detach().float().clone()
         if self.dist.distributed:
-            tdist.all_reduce(s)
+            # NOTE: every collective sits under the watchdog, so a frozen peer is always named.
+            with self.watchdog.waiting(f"the other ranks' loss of step {self.step}"):
+                tdist.all_reduce(s)
         return float(s) / (n_global * 3)
 
     def _guarded_step(self, t_start: float) -> dict:
