@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import sys
 import time
 
 import torch
@@ -19,9 +20,10 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import memory, storage
-from .checkpoint import Checkpointer
+from .checkpoint import CheckpointError, Checkpointer, load_url
 from .config import Config, ConfigError, diff_keys, from_dict
-from .dist import DistInfo, broadcast_object
+from .dist import (CollectiveError, DistInfo, all_gather_object, broadcast_object,
+                   check_replicas, collective, raise_together)
 from .evaluation import psnr_fg, render_views
 from .lifecycle import NonFiniteError, StallWatchdog, StopSignals, write_status
 from .loader import RayLoader
@@ -33,7 +35,7 @@ from .renderer.core import RenderSetup
 from .renderer.images import side_by_side
 from .run_dir import config_at_rest, run_paths, write_config
 from .sampling import RowNoise
-from .scenes import load_scene
+from .scenes import open_scene
 
 
 def step_seed(seed: int, step: int, stream: str = "") -> int:
@@ -58,20 +60,33 @@ def make_adam(params, lr: float, eps: float, weight_decay: float) -> torch.optim
 
 
 class _CommTimer:
-    """DDP communication hook that times each gradient bucket's all-reduce (seconds per step)."""
+    """DDP communication hook that times each gradient bucket's all-reduce (seconds per step).
+
+    ``error`` records a failure of the all-reduce itself, so the trainer can tell a failed
+    collective from any other error of the backward pass by where it happened, not by its text.
+    """
 
     def __init__(self):
         self.seconds = 0.0
+        self.error: BaseException | None = None
 
     def hook(self, state, bucket):
         t0 = time.perf_counter()
         buf = bucket.buffer()
         buf.div_(tdist.get_world_size())
-        fut = tdist.all_reduce(buf, async_op=True).get_future()
+        try:
+            fut = tdist.all_reduce(buf, async_op=True).get_future()
+        except Exception as e:
+            self.error = e
+            raise
 
         def done(f):
             self.seconds += time.perf_counter() - t0
-            return f.value()[0]
+            try:
+                return f.value()[0]
+            except Exception as e:
+                self.error = e
+                raise
         return fut.then(done)
 
 
@@ -98,6 +113,9 @@ class Trainer:
             os.makedirs(cfg.run.dir, exist_ok=True)
         self.ckpt = Checkpointer(self.paths["checkpoints"], cfg.checkpoint.keep, dist.is_main)
         self._check_checkpoint_dir()
+        # NOTE: the resume decision (and its config checks) comes before the ray-cache build, so a
+        # mistyped override on an existing run is refused in seconds and changes nothing.
+        resume = self._resume_state()
 
         with self.watchdog.waiting("the ray cache (building or reading it, or a peer doing so)"):
             self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
@@ -123,6 +141,7 @@ class Trainer:
             # NOTE: buffers (occupancy grid, hash-grid index tables) are constants or deterministic
             # functions of (parameters, seed, step), identical on every rank: DDP need not broadcast
             # them (saves the grid's traffic every step; gloo also cannot send bool/int16 buffers).
+            # The replica digest (dist.check_replicas) verifies that at resume and every save.
             DDP._set_params_and_buffers_to_ignore_for_model(
                 self.model, [n for n, _ in self.model.named_buffers()])
             sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
@@ -141,10 +160,17 @@ class Trainer:
         self.saved_step = -1        # newest checkpoint this run wrote or resumed from
         self.nonfinite_total = 0    # steps skipped for a non-finite loss/gradient (this session)
         self.elapsed = 0.0          # training seconds accumulated over all sessions of this run
+        self.digest_ms = 0.0        # time of the newest replica check (ms)
         self.val_scene = None
+        if resume is not None:
+            self.load_state_dict(resume)
+            del resume
+            self.log.info(f"resumed from step {self.step} "
+                          f"({storage.redact(self.paths['checkpoints'])})")
+            self._check_replicas(f"resume at step {self.step}")
+        # NOTE: written only once the resume checks passed: a refused resume leaves it untouched.
         if dist.is_main:
             write_config(cfg)
-        self._maybe_resume()
 
     # ------------------------------------------------------------------ setup helpers
     def _check_checkpoint_dir(self) -> None:
@@ -158,36 +184,97 @@ class Trainer:
         if err:
             raise RuntimeError(f"checkpoint.dir: {err}")
 
-    def _maybe_resume(self) -> None:
+    def _resume_state(self) -> dict | None:
+        """The checkpoint state to resume from, the same step on every rank (None: start at 0).
+
+        Rank 0 alone chooses: it lists, loads and verifies the newest committed checkpoint
+        (falling back past damaged ones), checks its config against this run's and that steps
+        are left, and broadcasts its verdict. Every other rank then loads exactly that step.
+        A failure on any rank (a refused config, a storage error after its retries) is raised on
+        every rank together; a fallback past a damaged checkpoint is said in every rank's log.
+        """
+        verdict, state = None, None
+        if self.dist.is_main:
+            try:
+                verdict, state = self._choose_checkpoint()
+            except Exception as e:  # noqa: BLE001 - raised on every rank below
+                verdict = {"error": type(e).__name__, "message": str(e)}
+                if not self.dist.distributed:
+                    raise
+                mine = e
+        with self.watchdog.waiting("rank 0 to choose the checkpoint to resume from"):
+            verdict = broadcast_object(verdict)
+        if verdict.get("error"):
+            if self.dist.is_main:
+                raise mine
+            cls = {"ConfigError": ConfigError, "CheckpointError": CheckpointError}.get(
+                verdict["error"], RuntimeError)
+            raise cls(f"rank 0 refused to resume: {verdict['message']}")
+        for note in verdict.get("skipped", []):
+            print(f"[rank {self.dist.rank}] {note}; every rank falls back to the previous "
+                  f"checkpoint", file=sys.stderr, flush=True)
+        step = verdict.get("step")
+        if step is None:
+            return None
+        if not self.dist.is_main:
+            err = None
+            try:
+                with self.watchdog.waiting(f"checkpoint step {step} to be read"):
+                    state = (self.ckpt.load_step(step) if verdict["url"] is None
+                             else load_url(verdict["url"])[1])
+                if int(state["step"]) != step:
+                    err = (f"checkpoint {storage.redact(verdict['url'] or self.ckpt.url)} read on "
+                           f"rank {self.dist.rank} holds step {state['step']}, rank 0 read step "
+                           f"{step}: storage changed under the run")
+            except Exception as e:  # noqa: BLE001 - raised on every rank below
+                err = f"rank {self.dist.rank} could not load checkpoint step {step}: {e}"
+        else:
+            err = None
+        with self.watchdog.waiting(f"the other ranks to load checkpoint step {step}"):
+            raise_together(err, self.dist.rank, self.dist.world_size, CheckpointError)
+        return state
+
+    def _choose_checkpoint(self) -> tuple[dict, dict | None]:
+        """Rank 0: (verdict for the other ranks, the loaded state or None). Raises on a refusal."""
         mode = self.cfg.train.resume
+        where = storage.redact(self.paths["checkpoints"])
         if mode == "none":
             existing = self.ckpt.list()
             if existing:
                 raise RuntimeError(
-                    f"checkpoint.dir {storage.redact(self.paths['checkpoints'])} already holds "
-                    f"checkpoints (newest: step {existing[-1]}) and train.resume=none: continue with "
-                    f"train.resume=auto, or use another run.dir / checkpoint.dir")
-            return
-        loaded = self.ckpt.load() if mode == "auto" else self.ckpt.load_url(mode)
-        if loaded is None:
-            if mode != "auto":
-                raise RuntimeError(f"train.resume: no checkpoint at {storage.redact(mode)}")
-            self.log.info(f"resume=auto: no checkpoint in {storage.redact(self.paths['checkpoints'])}"
-                          f", starting from step 0")
-            return
-        step, state = loaded
+                    f"checkpoint.dir {where} already holds checkpoints (newest: step "
+                    f"{existing[-1]}) and train.resume=none: continue with train.resume=auto, or "
+                    f"use another run.dir / checkpoint.dir")
+            return {"step": None}, None
+        skipped: list[str] = []
+        if mode == "auto":
+            found = self.ckpt.newest_good()
+            if found is None:
+                self.log.info(f"resume=auto: no checkpoint in {where}, starting from step 0")
+                return {"step": None}, None
+            step, state, skipped = found
+        else:
+            step, state = self.ckpt.load_url(mode)
         saved = from_dict(state["config"])
         diffs = diff_keys(saved, from_dict(config_at_rest(self.cfg)))
         if diffs:
             raise ConfigError("cannot resume: the checkpoint was trained with a different model or "
                               "data config; differing keys: " + "; ".join(diffs))
-        self.load_state_dict(state)
-        self.log.info(f"resumed from step {self.step} ({storage.redact(self.paths['checkpoints'])})")
-        if self.step >= self.cfg.train.steps and not self.cfg.train.allow_finished:
+        if step >= self.cfg.train.steps and not self.cfg.train.allow_finished:
             raise RuntimeError(
-                f"train.resume={mode}: the checkpoint is at step {self.step} and train.steps="
+                f"train.resume={mode}: the checkpoint is at step {step} and train.steps="
                 f"{self.cfg.train.steps}, so there is nothing left to train. Raise train.steps to "
                 f"train on, or pass train.allow_finished=true to accept a finished run")
+        return ({"step": int(step), "skipped": skipped,
+                 "url": None if mode == "auto" else mode}, state)
+
+    def _check_replicas(self, when: str) -> str:
+        """dist.check_replicas under the watchdog and typed collective errors; times it."""
+        t0 = time.perf_counter()
+        with self.watchdog.waiting(f"the replica check ({when})"):
+            digest = check_replicas(self.model, self.dist.rank, self.dist.world_size, when)
+        self.digest_ms = (time.perf_counter() - t0) * 1e3
+        return digest
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -196,7 +283,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optim.state_dict(),
             "grad_scaler": self.scaler.state_dict(),
-            "scheduler": {"lr": lr_at(self.cfg, self.step), "kind": "exponential"},
             "loader": self.loader.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.seed},
             "config": config_at_rest(self.cfg),
@@ -217,10 +303,30 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
 
     def save(self) -> None:
-        with self.watchdog.waiting(f"checkpoint step {self.step} to be written"):
-            url = self.ckpt.save(self.step, self.state_dict())
+        """Check the replicas, then write checkpoint ``self.step`` (rank 0).
+
+        Collective: every rank checks the replica digest first (a mismatch raises on every rank
+        and writes nothing), and a failed write on rank 0 is raised on every rank together.
+        """
+        digest = self._check_replicas(f"checkpoint step {self.step}")
+        err = None
+        if self.dist.is_main:
+            state = self.state_dict()
+            state["replicas"] = {"world_size": self.dist.world_size, "digest": digest}
+            try:
+                self.ckpt.save(self.step, state)
+            except Exception as e:  # noqa: BLE001 - raised on every rank below
+                if not self.dist.distributed:
+                    raise
+                err = f"rank 0 could not write checkpoint step {self.step}: {e}"
+            del state
+        with self.watchdog.waiting(f"rank 0 to write checkpoint step {self.step}"):
+            raise_together(err, self.dist.rank, self.dist.world_size, CheckpointError)
+        url = self.ckpt.step_url(self.step)
         self.saved_step = self.step
-        self.log.info(f"checkpoint step {self.step} -> {storage.redact(url)}")
+        self.log.info(f"checkpoint step {self.step} -> {storage.redact(url)} (replicas agree: "
+                      f"{self.dist.world_size} rank(s), digest {digest}, checked in "
+                      f"{self.digest_ms:.1f} ms)")
 
     # ------------------------------------------------------------------ training
     def train_step(self, budget_spent: bool = False) -> dict:
@@ -255,8 +361,15 @@ class Trainer:
             loss = loss + ((out[key] - batch["rgb"]) ** 2).sum() * scale
         self.optim.zero_grad(set_to_none=True)
         if self.dist.distributed:
+            self.comm.error = None
             with self.watchdog.waiting(f"the gradient all-reduce of step {step}"):
-                self.scaler.scale(loss).backward()
+                try:
+                    self.scaler.scale(loss).backward()
+                except RuntimeError as e:
+                    if self.comm.error is None:
+                        raise
+                    raise CollectiveError(f"the gradient all-reduce of step {step}",
+                                          self.comm.error) from e
         else:
             self.scaler.scale(loss).backward()
         stop, nonfinite, budget = self._agree(self._nonfinite(loss), budget_spent)
@@ -300,7 +413,8 @@ class Trainer:
         flags[1] = nonfinite.to(flags.dtype)
         flags[2] = float(budget_spent and self.dist.is_main)
         if self.dist.distributed:
-            with self.watchdog.waiting(f"the other ranks to finish step {self.step}"):
+            what = f"the other ranks to finish step {self.step}"
+            with self.watchdog.waiting(what), collective(what):
                 tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
         a, b, c = (flags > 0).tolist()
         return a, b, c
@@ -309,7 +423,8 @@ class Trainer:
         s = sse.detach().float().clone()
         if self.dist.distributed:
             # NOTE: every collective sits under the watchdog, so a frozen peer is always named.
-            with self.watchdog.waiting(f"the other ranks' loss of step {self.step}"):
+            what = f"the other ranks' loss of step {self.step}"
+            with self.watchdog.waiting(what), collective(what):
                 tdist.all_reduce(s)
         return float(s) / (n_global * 3)
 
@@ -317,18 +432,11 @@ class Trainer:
         """train_step, with a peer's failure (dead, frozen, unreachable) named as such."""
         try:
             return self.train_step(self._budget_spent(t_start))
-        except RuntimeError as e:
-            text = str(e)
-            if not self.dist.distributed or not any(
-                    k in text for k in ("Timed out", "timed out", "Connection closed",
-                                        "Connection reset", "NCCL", "Broken pipe")):
-                raise
-            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), text)
-            raise RuntimeError(
-                f"step {self.step}: a collective with the other ranks failed: a peer rank died, "
-                f"froze or became unreachable (dist.timeout_s={self.cfg.dist.timeout_s:g}). Newest "
-                f"checkpoint: step {self.saved_step}; resume with train.resume=auto. Cause: "
-                f"{first[:300]}") from e
+        except CollectiveError as e:
+            raise CollectiveError(
+                f"step {self.step}: waiting for {e.what}", e.cause,
+                f"(dist.timeout_s={self.cfg.dist.timeout_s:g}) Newest checkpoint: step "
+                f"{self.saved_step}; resume with train.resume=auto.") from e
 
     def _budget_spent(self, t_start: float) -> bool:
         budget = self.cfg.train.max_seconds
@@ -394,11 +502,12 @@ class Trainer:
                 values.update({f"model/{k}": v for k, v in self.model.log_scalars().items()})
                 self.log.scalars(self.step, values)
                 self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
-            # NOTE: no validation render when stopping: the lead time before SIGKILL is for the save.
-            if cfg.eval.every and self.step % cfg.eval.every == 0 and not last["stop"]:
-                self.evaluate_val()
             if cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0:
                 self.save()
+            # NOTE: after the save (a stop or crash during validation loses nothing), and not when
+            # stopping: the lead time before SIGKILL is for the save.
+            if cfg.eval.every and self.step % cfg.eval.every == 0 and not last["stop"]:
+                self.evaluate_val()
             if last["stop"]:
                 stop_signal = (self.stop.requested if self.stop and self.stop.requested
                                else "a signal on another rank")
@@ -421,39 +530,72 @@ class Trainer:
                 "stopped_by_signal": stop_signal, "nonfinite_skipped": self.nonfinite_total}
 
     # ------------------------------------------------------------------ validation
-    def evaluate_val(self) -> float | None:
-        """Render eval.n_images views of eval.split on rank 0 alone, through the renderer's code
-        (as `nerf-dist eval` does, so the numbers agree); log PSNR, foreground PSNR and an image.
+    def _open_val_scene(self):
+        """The eval split as a LazyScene (cameras only) on every rank, or False when any rank
+        cannot open it or render it within memory (said once; training goes on without it)."""
+        err = None
+        scene = False
+        try:
+            scene = open_scene(self.cfg.data, self.cfg.eval.split)
+            memory.check_render(scene.W, scene.H, self.cfg.render.tile, self.cfg.model.chunk,
+                                self.cfg.model, self.dist.world_size, self.device)
+        except Exception as e:  # noqa: BLE001 - validation is optional during training
+            err = f"rank {self.dist.rank}: {e}"
+        with self.watchdog.waiting("the other ranks to open the validation views"):
+            errs = [e for e in all_gather_object(err, self.dist.rank, self.dist.world_size) if e]
+        if errs:
+            self.log.info(f"validation disabled: {errs[0]}")
+            return False
+        return scene
 
-        Returns the mean PSNR on rank 0 (None elsewhere, or when validation is disabled).
+    def _stop_anywhere(self) -> bool:
+        """Collective: a stop signal arrived on any rank (checked between validation views)."""
+        flag = torch.tensor([float(self.stop is not None and self.stop.requested is not None)],
+                            device=self.device)
+        if self.dist.distributed:
+            what = "the other ranks between validation views"
+            with self.watchdog.waiting(what), collective(what):
+                tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def evaluate_val(self) -> float | None:
+        """Render eval.n_images views of eval.split on all ranks together, through the tiled
+        renderer (as `nerf-dist eval` does, so the numbers agree); rank 0 decodes each view's
+        ground truth as it scores it, logs PSNR, foreground PSNR and an image.
+
+        Every rank must call it (collective). Between views the ranks agree on stop signals: a
+        stop ends validation early. Returns the mean PSNR on rank 0 (None elsewhere, when
+        validation is disabled, or when a stop came before the first view was scored).
         """
-        if not self.dist.is_main:
-            return None
         if self.val_scene is None:
-            try:
-                self.val_scene = load_scene(self.cfg.data, self.cfg.eval.split)
-                memory.check_render(self.val_scene.W, self.val_scene.H, self.cfg.render.tile,
-                                    self.cfg.model.chunk, self.cfg.model, 1, self.device)
-            except Exception as e:  # noqa: BLE001 - validation is optional during training
-                self.log.info(f"validation disabled: {e}")
-                self.val_scene = False
+            self.val_scene = self._open_val_scene()
         if self.val_scene is False:
             return None
         scene = self.val_scene
-        # NOTE: rank 0, world_size 1: the other ranks do not join, so no collective may run.
-        setup = RenderSetup.from_scene(self.model, scene, self.cfg.model.chunk, self.device)
+        background = torch.tensor(scene.background, dtype=torch.float32)
+        setup = RenderSetup(self.model, float(scene.near), float(scene.far), background,
+                            self.cfg.model.chunk, self.device, bool(scene.ndc),
+                            float(scene.ndc_focal), tuple(scene.ndc_size))
         psnrs, fgs = [], []
-        views = range(min(self.cfg.eval.n_images, scene.n))
-        for i, out in render_views(setup, scene, views, tile=self.cfg.render.tile):
-            gt = scene.images[i]
-            psnrs.append(psnr(out["rgb"], gt))
-            fg = psnr_fg(out["rgb"], gt, scene.background)
-            if fg is not None:
-                fgs.append(fg)
-            if i == 0:
-                self.log.image(self.step, "eval/gt_rgb_depth",
-                               side_by_side(gt, out["rgb"], out["depth"], scene.near, scene.far))
+        for v in range(min(self.cfg.eval.n_images, scene.n)):
+            if v > 0 and self._stop_anywhere():
+                self.log.info(f"step {self.step}: validation cut short by a stop signal after "
+                              f"{v} view(s)")
+                break
+            for i, out in render_views(setup, scene, [v], self.dist.rank, self.dist.world_size,
+                                       tile=self.cfg.render.tile):
+                gt = torch.from_numpy(scene.image(i))
+                psnrs.append(psnr(out["rgb"], gt))
+                fg = psnr_fg(out["rgb"], gt, background)
+                if fg is not None:
+                    fgs.append(fg)
+                if i == 0:
+                    self.log.image(self.step, "eval/gt_rgb_depth",
+                                   side_by_side(gt, out["rgb"], out["depth"], scene.near,
+                                                scene.far))
         self.model.train()
+        if not psnrs:
+            return None
         val = sum(psnrs) / len(psnrs)
         values = {"eval/psnr": val}
         fg_txt = ""
