@@ -27,7 +27,8 @@ class ShardStore:
     """Colours of the owned shards of one window, read on demand or ahead.
 
     colours: {shard: [n_s, C] uint8/uint16}. Only the thread that builds batches calls the
-    methods; the read-ahead thread only runs :meth:`read`, which touches nothing here.
+    methods; the read-ahead thread only runs :meth:`read`, whose one write here is appending to
+    ``reads`` (a list append is atomic in CPython; readers wait for the read-ahead to land).
     """
 
     def __init__(self, cache: RayCache, read_ahead: bool, name: str = "ray-loader"):
@@ -132,6 +133,7 @@ class ShardStore:
         return n
 
     def close(self) -> None:
+        """Stop the read-ahead thread (a read in flight finishes first); idempotent."""
         if self._pool is not None:
             self.cancel_ahead()
             self._pool.shutdown(wait=True, cancel_futures=True)
