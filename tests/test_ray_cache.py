@@ -2,10 +2,12 @@
 multi-rank builds, fsspec URLs, verification, retries on flaky storage, errors."""
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import shutil
+import time
 import uuid
 
 import fsspec
@@ -369,6 +371,46 @@ def test_ensure_cache_with_two_gloo_ranks(tmp_path):
     assert "shard-00001.bin is damaged" in res[1]["err"]
     assert res[0]["err"].startswith("RayCacheError: rank 1 failed while reading its ray cache "
                                     "shards for step 0") and "shard-00001.bin" in res[0]["err"]
+
+
+ALONE_TIMEOUT_S = 30.0
+
+
+def _rank0_alone_worker(rank, world_size, init_file, root, base, out, step):
+    """ensure_cache on 2 gloo ranks where a step rank 0 does alone fails with a storage error."""
+    import torch.distributed as tdist
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                             world_size=world_size,
+                             timeout=datetime.timedelta(seconds=ALONE_TIMEOUT_S))
+    rc_build.open_scene = lambda cfg, split: rc_build.InMemory(make_scene())
+    if rank == 0:
+        def fail(*a, **k):
+            raise storage.StorageError(f"cannot write {base}: simulated outage in {step}")
+        setattr(rc_build, step, fail)
+    err, t_fail = "", time.time()
+    try:
+        ensure_cache(DataConfig(root=root, cache_shards=4), base, rank, world_size, **QUIET)
+        tdist.barrier()  # NOTE: where a rank that missed the failure would wait until the timeout
+    except Exception as e:  # noqa: BLE001 - the test reads it
+        err = f"{type(e).__name__}: {e}"
+    torch.save({"err": err, "start": t_fail, "exit": time.time()}, f"{out}.{rank}")
+    tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("step", ["write_manifest", "_cache_problem"])
+def test_a_failed_rank0_only_step_of_the_build_stops_both_ranks(tmp_path, step):
+    """Rank 0 alone checks the cache and commits it (manifest); a storage error there is raised
+    on rank 0 as itself and on rank 1 naming rank 0 and the error, before dist.timeout_s."""
+    import torch.multiprocessing as mp
+    root, base, out = make_root(tmp_path), str(tmp_path / "cache"), str(tmp_path / "out")
+    mp.spawn(_rank0_alone_worker, args=(2, str(tmp_path / "init"), root, base, out, step),
+             nprocs=2)
+    res = [torch.load(f"{out}.{r}") for r in range(2)]
+    doing = "committing" if step == "write_manifest" else "checking"
+    assert res[0]["err"] == f"StorageError: cannot write {base}: simulated outage in {step}"
+    assert res[1]["err"].startswith(f"RayCacheError: rank 0 failed while {doing} the ray cache ")
+    assert res[1]["err"].endswith(f"StorageError: cannot write {base}: simulated outage in {step}")
+    assert all(r["exit"] < r["start"] + ALONE_TIMEOUT_S for r in res)
 
 
 # ----------------------------------------------------------------------------- verification
