@@ -387,6 +387,34 @@ def test_resume_mid_window_reads_that_window_once(big):
         ld.close()
 
 
+def test_a_read_ahead_that_failed_is_read_again_at_the_switch(big, monkeypatch, capsys):
+    """A transient failure while reading a window ahead (a whole visit before it is needed)
+    does not stop the run: the window is read again when entered; the batches do not change."""
+    clean = RayLoader(big, 0, 1, 40, seed=1, cache_memory=WINDOW_MEMORY)
+    T = clean.plan.phase_steps
+    want = [clean.next() for _ in range(2 * T)]
+    clean.close()
+    ld = RayLoader(big, 0, 1, 40, seed=1, cache_memory=WINDOW_MEMORY)
+    second = ld.plan.shards(ld.plan.at(1, T)[0])
+    failed = []
+    orig = RayCache.read_shard
+
+    def flaky(self, s, verify=True):
+        if s == second[0] and not failed:
+            failed.append(s)
+            raise ShardReadError(f"cannot read ray cache shard {s}: simulated outage", s)
+        return orig(self, s, verify)
+    monkeypatch.setattr(RayCache, "read_shard", flaky)
+    try:
+        for step in range(2 * T):
+            got = ld.next()
+            assert all(torch.equal(want[step][k], got[k]) for k in BATCH_FIELDS), step
+    finally:
+        ld.close()
+    assert failed and ld.store.sync_reads == 2  # the first window, and the retried one
+    assert f"reading ray cache shards {second}" in capsys.readouterr().err
+
+
 def test_close_stops_the_read_ahead_thread(big):
     ld = RayLoader(big, 0, 1, 40, seed=1, cache_memory=WINDOW_MEMORY)
     ld.next()  # holds the first window and starts reading the next one
