@@ -11,8 +11,8 @@ Failures reach every rank. Nothing is read when the loader is built: the first b
 window of its step (so a run resumed mid-window reads that window once, not window 0 first).
 Because the schedule is global, every rank enters a new window at the same step; there the ranks
 agree once (one small all-gather per window, none on the other steps, :meth:`RayLoader.batch_at`):
-a shard that a rank could not read (storage error, missing, damaged; found by the read-ahead or
-by a read at the switch) raises on that rank its own :class:`~nerf_dist.ray_cache.ShardReadError`
+a shard that a rank could not read (storage error, missing, damaged: found by the read-ahead and
+read once more at the switch, or by a read at the switch) raises on that rank its own :class:`~nerf_dist.ray_cache.ShardReadError`
 (a StorageError) and on every other rank a RayCacheError naming that rank and that shard, so no
 rank goes on into the gradient all-reduce and waits there until dist.timeout_s.
 
