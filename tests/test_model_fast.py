@@ -1,5 +1,5 @@
 """FastNeRF: interface, gradients, empty-space skipping, early termination, and a quick fit; the
-model protocol and registry every kind shares (nerf_dist.model_base, nerf_dist.model)."""
+model protocol and registry every kind shares (nerf_dist.models.base, nerf_dist.models.registry)."""
 import math
 import re
 import time
@@ -7,10 +7,9 @@ import time
 import pytest
 import torch
 
-from nerf_dist import config as config_mod
 from nerf_dist.config import ModelConfig
-from nerf_dist.model import MODELS, build_model
-from nerf_dist.model_base import NeRFModel
+from nerf_dist.models import KINDS, build_model, model_class
+from nerf_dist.models.base import NeRFModel
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 SMALL = dict(kind="fast", hash_levels=8, hash_features=2, hash_log2_size=14, hash_base_res=8,
@@ -141,8 +140,9 @@ def test_bf16_forward_backward():
 
 
 def test_registry_matches_the_config_and_every_kind_is_a_protocol_model():
-    assert tuple(MODELS) == config_mod.MODEL_KINDS
-    assert all(issubclass(cls, NeRFModel) for cls in MODELS.values())
+    assert tuple(KINDS) == ("vanilla", "fast")
+    assert all(issubclass(model_class(k), NeRFModel) for k in KINDS)
+    assert all(isinstance(ModelConfig(), k.config) for k in KINDS.values())
     cfg = ModelConfig()
     object.__setattr__(cfg, "kind", "nope")     # past the config's own check
     msg = "'nope' is not a registered model: vanilla | fast"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from nerf_dist import sampling
+from nerf_dist.render_ops import sampling
 
 
 # ----------------------------------------------------------------------------- stratified

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from nerf_dist import volrend
+from nerf_dist.render_ops import volrend
 
 
 def test_constant_slab_transmittance():
