@@ -25,7 +25,9 @@ import os
 import torch
 
 from .dist import raise_together
+from .loader.schedule import CROP_BYTES, PERM_BYTES
 from .models.registry import memory_estimate as model_memory
+from .ray_cache.colour import bytes_per_pixel
 
 # Hard sanity limits, independent of the machine: values beyond them are mistakes, not requests.
 MAX_SIDE = 1 << 20          # pixels per image side
@@ -43,9 +45,9 @@ EVAL_BYTES_PER_PIXEL = 384
 # One tile in flight on a rank (tile_rays + render_chunked outputs + the cat + the CPU copy).
 TILE_BYTES_PER_PIXEL = 128
 # Bytes a rank holds per cached pixel it owns, at most: rgb16 colours (6) + two int32 permutations
-# or, with a centre-crop warm-up, crop positions and two crop permutations (12); the loader
+# (8) or, with a centre-crop warm-up, crop positions and two crop permutations (12); the loader
 # streams shards when the cache is larger than data.cache_memory (see nerf_dist.loader).
-CACHE_BYTES_PER_RAY = 6 + 12
+CACHE_BYTES_PER_RAY = bytes_per_pixel("rgb16") + max(PERM_BYTES, CROP_BYTES)
 # Tile results sent to rank 0 per gather round, summed over the ranks (renderer.core): bounds what
 # rank 0 receives at once, whatever the frame size.
 ROUND_BYTES = 64 << 20
