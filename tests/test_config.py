@@ -210,3 +210,39 @@ def test_two_kinds_may_share_a_key_only_with_one_meaning():
     _check_shared_keys([A, B])                    # B extends A: `hidden` is one key of both
     with pytest.raises(TypeError, match="model.hidden"):
         _check_shared_keys([A, C])
+
+
+def test_a_new_kind_brings_its_keys_with_one_registry_entry():
+    from dataclasses import dataclass, fields
+
+    from nerf_dist.config_check import check
+    from nerf_dist.models.config import key_kinds, model_config_class
+    from nerf_dist.models.hashgrid.config import HashGridConfig
+    from nerf_dist.models.registry import KINDS, Kind
+
+    @dataclass(frozen=True)
+    class ToyConfig:
+        toy_size: int = 3
+        """Toy: its one key."""
+
+        def __post_init__(self) -> None:
+            check(self.toy_size >= 1, "model.toy_size", "must be >= 1")
+
+    @dataclass(frozen=True)
+    class CaptureConfig(HashGridConfig):
+        contract: bool = True
+        """Capture: a kind extending the hash grid's keys."""
+
+    kinds = {**KINDS, "toy": Kind(ToyConfig, "x:Y"), "capture": Kind(CaptureConfig, "x:Z")}
+    cls = model_config_class(kinds)
+    names = [f.name for f in fields(cls)]
+    assert names[:4] == ["kind", "chunk", "precision", "compile"]
+    assert "toy_size" in names and "contract" in names and names.count("hash_levels") == 1
+    assert cls(toy_size=5).toy_size == 5 and cls().max_samples == 256
+    with pytest.raises(ConfigError, match=r"model\.toy_size"):
+        cls(toy_size=0)
+    with pytest.raises(ConfigError, match=r"model\.hash_log2_size"):
+        cls(hash_log2_size=2)                     # the other kinds' keys are still checked
+    owners = key_kinds(kinds)
+    assert owners["toy_size"] == ("toy",) and owners["hash_levels"] == ("fast", "capture")
+    assert owners["contract"] == ("capture",) and owners["width"] == ("vanilla",)

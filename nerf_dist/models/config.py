@@ -44,16 +44,17 @@ class CommonModelConfig:
         check(self.chunk >= 1, "model.chunk", f"must be >= 1, got {self.chunk}")
 
 
-def _kind_configs() -> list[type]:
-    """The registered kinds' config classes, each once, in registry order."""
+def _kind_configs(kinds: dict) -> list[type]:
+    """The kinds' config classes, each once, in registry order."""
     out: list[type] = []
-    for k in KINDS.values():
+    for k in kinds.values():
         if k.config not in out:
             out.append(k.config)
     return out
 
 
 def _check_shared_keys(classes: list[type]) -> None:
+    """TypeError unless every key that several classes declare has one type and default."""
     seen: dict[str, tuple[type, dataclasses.Field]] = {}
     for cls in classes:
         for f in fields(cls):
@@ -66,22 +67,28 @@ def _check_shared_keys(classes: list[type]) -> None:
                 seen[f.name] = (cls, f)
 
 
-def _validate(self) -> None:
-    """Common keys first, then every kind's own keys."""
-    CommonModelConfig.__post_init__(self)
-    for cls in _KIND_CONFIGS:
-        post = getattr(cls, "__post_init__", None)
-        if post is not None:
-            post(self)
+def model_config_class(kinds: dict) -> type:
+    """The frozen dataclass of the model.* section for the registry `kinds` (name -> Kind): the
+    common keys first, then each kind's own in registry order; it validates them all."""
+    configs = _kind_configs(kinds)
+    _check_shared_keys([CommonModelConfig, *configs])
+    # NOTE: a kind's config that another's extends is inherited through it (listing both as bases
+    # could make no consistent MRO); dataclass fields come from the bases in reverse MRO order.
+    bases = [c for c in configs if not any(c is not o and issubclass(o, c) for o in configs)]
+
+    def __post_init__(self) -> None:
+        CommonModelConfig.__post_init__(self)
+        for cls in configs:
+            post = getattr(cls, "__post_init__", None)
+            if post is not None:
+                post(self)
+
+    return dataclass(frozen=True)(type("ModelConfig", (*reversed(bases), CommonModelConfig), {
+        "__post_init__": __post_init__, "__module__": __name__, "__qualname__": "ModelConfig",
+        "__doc__": "The model.* section: the common keys and every registered kind's own keys."}))
 
 
-_KIND_CONFIGS = _kind_configs()
-_check_shared_keys([CommonModelConfig, *_KIND_CONFIGS])
-# NOTE: dataclass fields come from the bases in reverse MRO order: common keys first, then the
-# kinds' in registry order.
-ModelConfig = dataclass(frozen=True)(type("ModelConfig", (*reversed(_KIND_CONFIGS), CommonModelConfig), {
-    "__post_init__": _validate, "__module__": __name__,
-    "__doc__": "The model.* section: the common keys and every registered kind's own keys."}))
+ModelConfig = model_config_class(KINDS)
 
 
 def kinds_help() -> str:
@@ -89,14 +96,21 @@ def kinds_help() -> str:
     return " | ".join(f"{name} ({k.about})" if k.about else name for name, k in KINDS.items())
 
 
-def key_kinds() -> dict[str, tuple[str, ...]]:
-    """{key (without 'model.'): the kinds it belongs to}; () for the keys common to every kind."""
+def key_kinds(kinds: dict | None = None) -> dict[str, tuple[str, ...]]:
+    """{key (without 'model.'): the kinds it belongs to}; () for the keys common to every kind.
+    kinds: a registry (name -> Kind); None = :data:`registry.KINDS`."""
+    kinds = KINDS if kinds is None else kinds
     common = {f.name for f in fields(CommonModelConfig)}
+    own = {name: {f.name for f in fields(k.config)} for name, k in kinds.items()}
     out: dict[str, tuple[str, ...]] = {}
-    for f in fields(ModelConfig):
-        out[f.name] = () if f.name in common else tuple(
-            name for name, k in KINDS.items() if f.name in {g.name for g in fields(k.config)})
+    for f in fields(CommonModelConfig):
+        out[f.name] = ()
+    for cls in _kind_configs(kinds):
+        for f in fields(cls):
+            if f.name not in common:
+                out[f.name] = tuple(name for name in kinds if f.name in own[name])
     return out
 
 
-__all__ = ["CommonModelConfig", "ModelConfig", "PRECISIONS", "key_kinds", "kinds_help"]
+__all__ = ["CommonModelConfig", "ModelConfig", "PRECISIONS", "key_kinds", "kinds_help",
+           "model_config_class"]
