@@ -1,4 +1,4 @@
-"""Moved to :mod:`nerf_dist.render_ops.rays`; this module stays until the lead removes the shims."""
+"""Moved to :mod:`nerf_dist.render_ops.rays` (a shim until the lead removes it)."""
 # NOTE: moved (issue 16): a re-export, so code written against the old path keeps working.
 from .render_ops.rays import (  # noqa: F401
     pixel_centres, undistort, distort, rays_from_pixels, make_rays, scene_ndc, camera_rays,

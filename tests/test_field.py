@@ -1,5 +1,5 @@
-"""Radiance fields (nerf_dist.field, nerf_dist.field_fast): shapes, the skip connection, and a
-density that does not depend on the view direction."""
+"""Radiance fields (nerf_dist.models.vanilla.field, nerf_dist.models.hashgrid.field): shapes, the
+skip connection, and a density that does not depend on the view direction."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""nerf_dist.sampling: stratified samples, inverse-CDF (importance) samples, intervals, RowNoise."""
+"""nerf_dist.render_ops.sampling: stratified samples, inverse-CDF (importance) samples, intervals, RowNoise."""
 import numpy as np
 import pytest
 import torch

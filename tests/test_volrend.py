@@ -1,4 +1,4 @@
-"""nerf_dist.volrend: weights, transmittance and compositing against hand-computed values.
+"""nerf_dist.render_ops.volrend: weights, transmittance and compositing against hand-computed values.
 
 (Sampling tests live in tests/test_sampling.py.)
 """

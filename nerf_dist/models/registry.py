@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .hashgrid.config import HashGridConfig
 from .vanilla.config import VanillaConfig
+
+if TYPE_CHECKING:  # NOTE: annotations only: importing these at run time would import torch
+    import torch
+
+    from .base import MemoryEstimate, NeRFModel
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def model_class(name: str) -> type:
     return model
 
 
-def build_model(cfg, aabb=None):
+def build_model(cfg, aabb: torch.Tensor | None = None) -> NeRFModel:
     """The model named by cfg.kind, built from the model config cfg (:class:`ModelConfig`).
 
     aabb: [2, 3] scene box (min, max) tensor or None; the kinds that need it (fast) raise
@@ -70,7 +75,7 @@ def build_model(cfg, aabb=None):
     return model_class(cfg.kind)(cfg, aabb)
 
 
-def memory_estimate(cfg):
+def memory_estimate(cfg) -> MemoryEstimate:
     """The memory the kind cfg.kind says a model of this config needs
     (:class:`nerf_dist.models.base.MemoryEstimate`), without building it."""
     return model_class(cfg.kind).memory_estimate(cfg)

@@ -1,4 +1,5 @@
-"""Occupancy grid for empty-space skipping (the hash-grid kind), kept up to date from the density field.
+"""Occupancy grid for empty-space skipping (the hash-grid kind), kept up to date from the
+density field.
 
 Like nerfacc's OccGridEstimator: a res^3 grid over the scene aabb holds an exponential moving
 average (max with decay) of the density seen in each cell, and a binary mask of the cells worth
