@@ -17,7 +17,7 @@ import torch
 
 from common import LEGO, timed_training
 from nerf_dist.config import ModelConfig
-from nerf_dist.model import VanillaNeRF
+from nerf_dist.models.vanilla.model import VanillaNeRF
 from nerf_dist.renderer.core import RenderSetup, render_frames
 from nerf_dist.renderer.paths import CameraPath
 from nerf_dist.trainer import make_adam

@@ -29,13 +29,18 @@ from .lifecycle import NonFiniteError, StallWatchdog, StopSignals, write_status
 from .loader import RayLoader
 from .logger import make_logger
 from .metrics import mse_to_psnr, psnr
-from .model import build_model
+from .models import build_model
 from .ray_cache import ensure_cache
 from .renderer.core import RenderSetup
 from .renderer.images import side_by_side
 from .run_dir import config_at_rest, run_paths, write_config
+<<<<<<< HEAD
 from .sampling import RowNoise
 from .scenes import open_scene
+=======
+from .render_ops.sampling import RowNoise
+from .scenes import load_scene
+>>>>>>> models
 
 
 def step_seed(seed: int, step: int, stream: str = "") -> int:
@@ -355,10 +360,9 @@ class Trainer:
         # NOTE: sum of squared errors / (global rays * 3) * world_size: after DDP averages the
         # gradients this is exactly the gradient of the global batch's mean squared error.
         scale = self.dist.world_size / (n_global * 3)
-        sse = ((out["rgb"] - batch["rgb"]) ** 2).sum()
-        loss = sse * scale
-        for key in self.model.rgb_keys()[1:]:
-            loss = loss + ((out[key] - batch["rgb"]) ** 2).sum() * scale
+        loss = sum(self.model.losses(out, batch["rgb"], scale).values())
+        with torch.no_grad():
+            sse = ((out["rgb"] - batch["rgb"]) ** 2).sum()      # the logged loss and PSNR
         self.optim.zero_grad(set_to_none=True)
         if self.dist.distributed:
             self.comm.error = None

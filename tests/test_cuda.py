@@ -91,7 +91,7 @@ def test_renderer_cuda_equals_cpu(demo_scene):
     importance samples' inverse CDF differ between devices; one PNG level is 3.9e-3).
     """
     from nerf_dist.config import load_config
-    from nerf_dist.model import build_model
+    from nerf_dist.models import build_model
     from nerf_dist.renderer import RenderSetup, render_frames
     from nerf_dist.renderer.paths import split_path
     from nerf_dist.scenes import load_scene

@@ -18,8 +18,8 @@ from nerf_dist.config import DataConfig
 from nerf_dist.lifecycle import StallWatchdog
 from nerf_dist.loader import BATCH_FIELDS, RayLoader, plan_window, shard_batch_sizes, stream_positions
 from nerf_dist.ray_cache import RayCache, RayCacheError, ShardReadError, ensure_cache
+from nerf_dist.render_ops.rays import scene_rays
 from nerf_dist.storage import StorageError
-from nerf_dist.rays import scene_rays
 from nerf_dist.scenes.base import Scene
 
 S = 8  # shards; 3 images x 5 x 7 = 105 rays -> 14 or 13 rays per shard

@@ -22,7 +22,7 @@ from nerf_dist import ray_cache, storage
 from nerf_dist.config import DataConfig
 from nerf_dist.ray_cache import (RayCache, RayCacheError, ShardReadError, build_shards, cache_key,
                                  ensure_cache, write_parts, write_shards)
-from nerf_dist.rays import scene_rays
+from nerf_dist.render_ops.rays import scene_rays
 from nerf_dist.scenes import load_scene
 from nerf_dist.scenes.base import Scene
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import storage
-from ..rays import make_rays
+from ..render_ops.rays import make_rays
 from .colour import MODES, bytes_per_pixel, decode
 
 CACHE_VERSION = 3  # 3: pixels (colours only) + cameras in the manifest; 2: rays + checksums
