@@ -34,13 +34,8 @@ from .ray_cache import ensure_cache
 from .renderer.core import RenderSetup
 from .renderer.images import side_by_side
 from .run_dir import config_at_rest, run_paths, write_config
-<<<<<<< HEAD
-from .sampling import RowNoise
-from .scenes import open_scene
-=======
 from .render_ops.sampling import RowNoise
-from .scenes import load_scene
->>>>>>> models
+from .scenes import open_scene
 
 
 def step_seed(seed: int, step: int, stream: str = "") -> int:
@@ -138,7 +133,7 @@ class Trainer:
         self.loader = RayLoader(self.cache, dist.rank, dist.world_size, cfg.train.rays_per_batch,
                                 cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
                                 device=self.device, cache_memory=cfg.data.cache_memory_bytes,
-                                log=self.log.info)
+                                log=self.log.info, watch=self.watchdog.waiting)
 
         self.model = build_model(cfg.model, aabb).to(self.device)
         self.comm = _CommTimer()
@@ -612,6 +607,9 @@ class Trainer:
         return val
 
     def close(self) -> None:
+        loader = getattr(self, "loader", None)
+        if loader is not None:
+            loader.close()
         self.log.close()
         self.watchdog.close()
 
