@@ -24,7 +24,7 @@ from nerf_dist.config import ModelConfig
 from nerf_dist.models.vanilla.model import VanillaNeRF
 from nerf_dist.renderer.core import RenderSetup, render_frames
 from nerf_dist.renderer.paths import CameraPath
-from nerf_dist.trainer import make_adam
+from nerf_dist.train import make_adam
 
 
 # NOTE: the fast path's CPU sizes come from configs/lego_fast_cpu.yaml (bench/cpu_sizes.py).

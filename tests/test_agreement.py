@@ -46,7 +46,7 @@ def _fault_storage(step_dir: str):
 
 def _perturb_at(step: int):
     """Rank-local: add 1e-3 to the first parameter once the trainer reaches `step`."""
-    from nerf_dist import trainer as trainer_mod
+    from nerf_dist.train import loop as trainer_mod
     real = trainer_mod.Trainer.train_step
 
     def train_step(self, *a, **k):
@@ -60,7 +60,7 @@ def _perturb_at(step: int):
 
 def _count_val(events: list, stop: StopSignals, stop_on_first_tile: bool):
     """Record checkpoint saves, validation renders (tiles) and ground-truth decodes in order."""
-    from nerf_dist import trainer as trainer_mod
+    from nerf_dist.train import loop as trainer_mod
     from nerf_dist.renderer import core
     from nerf_dist.scenes.lazy import LazyScene
     real_tile, real_image, real_save = core.render_tile, LazyScene.image, trainer_mod.Trainer.save
@@ -86,7 +86,7 @@ def _rank_main(rank, port, out_dir, scene, run, extra, faults):
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     sys.stderr = open(os.path.join(out_dir, f"stderr{rank}.txt"), "w", buffering=1)
-    from nerf_dist.trainer import train
+    from nerf_dist.train import train
     mine = faults.get(rank, {})
     stop = StopSignals(())
     events: list = []

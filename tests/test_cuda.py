@@ -27,7 +27,7 @@ DEMO_YAML = str(REPO / "configs" / "demo.yaml")
 def _trainer(scene, run, config=None, *overrides, device="cuda"):
     from nerf_dist.config import load_config
     from nerf_dist.dist import DistInfo
-    from nerf_dist.trainer import Trainer
+    from nerf_dist.train import Trainer
     cfg = load_config(config, [f"data.root={scene}", f"run.dir={run}", "log.progress=false",
                                "checkpoint.every=0", "eval.every=0", "train.resume=none",
                                *overrides])

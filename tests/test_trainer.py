@@ -22,7 +22,7 @@ from nerf_dist.memory import MemoryBudgetError
 from nerf_dist.models.base import MemoryEstimate, NeRFModel
 from nerf_dist.models.registry import KINDS, Kind, NoKeys
 from nerf_dist.run_dir import load_model
-from nerf_dist.trainer import Trainer, train
+from nerf_dist.train import Trainer, train
 
 
 def _cfg(scene, run, *extra):
