@@ -12,8 +12,10 @@ Remote calls (URLs) have a timeout and a bounded retry: :func:`configure` sets `
 reset connections, 5xx/throttling answers; never for missing files or denied access) and
 ``backoff_s`` (wait before the first retry, doubling after each). While waiting to retry, a
 line on stderr says what for and which attempt comes next; when the attempts run out a
-StorageError names the (redacted) URL and the number of attempts. Local paths are plain ``os``
-calls (network file systems mounted locally retry in the kernel).
+StorageError names the (redacted) URL and the number of attempts. :func:`retry` is that loop,
+for callers that re-read bytes failing their own check too (the ray cache). Local paths are
+plain ``os`` calls (network file systems mounted locally retry in the kernel); local files are
+written through :func:`atomic_write` (a temporary name, then one rename).
 """
 from __future__ import annotations
 
@@ -208,27 +210,45 @@ def _translate(e: Exception, what: str, url: str) -> StorageError:
     return cls(f"cannot {what} {redact(url)}: {_why(e)}")
 
 
-def _retry(what: str, url: str, fn):
-    """fn() (one remote storage call on url) under the retry policy; errors come out scrubbed.
+def _gave_up(e: BaseException, what: str, url: str, attempts: int) -> StorageError:
+    return StorageError(f"cannot {what} {redact(url)}: gave up after {attempts} attempt(s) "
+                        f"(storage.timeout_s={_SETTINGS['timeout_s']:g}, storage.retries="
+                        f"{_SETTINGS['retries']}); last error: {_why(e)}")
+
+
+def _waiting(e: BaseException, what: str, url: str, delay: float, attempt: int,
+             attempts: int) -> str:
+    return (f"{what} {redact(url)} failed ({_why(e)}); waiting {delay:.1f} s, then attempt "
+            f"{attempt} of {attempts}")
+
+
+def retry(what: str, url: str, fn, retry_if=is_transient, attempts: int | None = None,
+          gave_up=_gave_up, waiting=_waiting):
+    """fn() (one call on url) under the retry policy; errors come out scrubbed. The one retry loop.
+
+    attempts: how many calls at most (default storage.retries + 1); the wait before the first
+    retry is storage.backoff_s, doubling after each. retry_if(e): whether e is worth another
+    call (default :func:`is_transient`); any other error is raised as a StorageError at once (a
+    StorageError, e.g. a caller's own subclass, as it is). Before each wait a line on stderr
+    says ``waiting(e, what, url, delay, next attempt, attempts)``; when the attempts run out,
+    ``gave_up(e, what, url, attempts)`` is raised (default: a StorageError naming the URL and
+    the attempts). Callers re-read bytes that fail their own check by raising an error that
+    retry_if accepts (a shard's sha256, a part block's crc32).
 
     NOTE: the original exception is not chained (raise ... from None): its text and its own
     causes may hold the credentials this module promises never to print.
     """
-    attempts = _SETTINGS["retries"] + 1
+    attempts = _SETTINGS["retries"] + 1 if attempts is None else max(1, int(attempts))
     delay = _SETTINGS["backoff_s"]
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - classified below; nothing passes unscrubbed
-            if not is_transient(e):
+            if not retry_if(e):
                 raise _translate(e, what, url) from None
             if attempt == attempts:
-                raise StorageError(
-                    f"cannot {what} {redact(url)}: gave up after {attempts} attempt(s) "
-                    f"(storage.timeout_s={_SETTINGS['timeout_s']:g}, storage.retries="
-                    f"{_SETTINGS['retries']}); last error: {_why(e)}") from None
-            _log(f"{what} {redact(url)} failed ({_why(e)}); waiting {delay:.1f} s, then attempt "
-                 f"{attempt + 1} of {attempts}")
+                raise gave_up(e, what, url, attempts) from None
+            _log(waiting(e, what, url, delay, attempt + 1, attempts))
             time.sleep(delay)
             delay *= 2
 
@@ -331,7 +351,7 @@ def exists(path: str) -> bool:
         def op():
             _fresh(fs, p)
             return fs.exists(p)
-        return _retry("check", path, op)
+        return retry("check", path, op)
     return os.path.exists(_local(path))
 
 
@@ -347,7 +367,7 @@ def makedirs(path: str) -> None:
             except Exception as e:  # noqa: BLE001 - some backends have no real directories
                 if is_transient(e):
                     raise
-        _retry("create folder", path, op)
+        retry("create folder", path, op)
         return
     os.makedirs(_local(path), exist_ok=True)
 
@@ -366,7 +386,7 @@ def listdir(path: str) -> list[str]:
                 return sorted(posixpath.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
             except FileNotFoundError:
                 return []
-        return _retry("list", path, op)
+        return retry("list", path, op)
     try:
         return sorted(os.listdir(_local(path)))
     except FileNotFoundError:
@@ -382,7 +402,7 @@ def read_bytes(path: str, writable: bool = False) -> bytes | bytearray:
         def op():
             _fresh(fs, p)
             return fs.cat_file(p)
-        data = _retry("read", path, op)
+        data = retry("read", path, op)
         return bytearray(data) if writable else data
     with open(_local(path), "rb") as f:
         if not writable:
@@ -407,7 +427,7 @@ def read_range(path: str, start: int, end: int) -> bytes:
             if len(data) != end - start:
                 raise ConnectionError(f"short read: {len(data)} of {end - start} bytes")
             return data
-        return _retry("read", path, op)
+        return retry("read", path, op)
     with open(_local(path), "rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -427,7 +447,7 @@ def write_bytes(path: str, data: bytes) -> None:
     if is_url(path):
         fs, p = _fs(path)
 
-        _retry("write", path, lambda: _put(fs, p, bytes(data)))
+        retry("write", path, lambda: _put(fs, p, bytes(data)))
         return
     p = _local(path)
     os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
@@ -452,7 +472,7 @@ def remove(path: str, recursive: bool = False) -> None:
                 fs.rm(p, recursive=recursive)
             except FileNotFoundError:
                 pass
-        _retry("delete", path, op)
+        retry("delete", path, op)
         return
     p = _local(path)
     if os.path.isdir(p):

@@ -529,7 +529,6 @@ def flaky_cache(tmp_path, monkeypatch):
     fsspec.register_implementation("flakycache", TruncatingFS, clobber=True)
     TruncatingFS.plan, TruncatingFS.reads = [], []
     monkeypatch.setattr(storage.time, "sleep", lambda s: None)
-    monkeypatch.setattr(ray_cache.layout.time, "sleep", lambda s: None)
     storage.configure(retries=3, backoff_s=0.01)
     scene = make_scene()
     cfg = DataConfig(root=make_root(tmp_path), cache_shards=4)

@@ -143,16 +143,26 @@ def _flush(frames: list, url: str, n_shards: int, HW: int, bg) -> dict:
     return {"name": name, "first": first, "end": end, "mode": mode, "crc": crc}
 
 
+class _DamagedBlock(RayCacheError):
+    """A part block whose bytes fail their crc32 (read again when remote)."""
+
+
 def _read_block(url: str, start: int, end: int, crc: int) -> bytes:
-    """Bytes [start, end) of a part, crc32-checked; a remote read is retried like a shard's."""
-    conf = storage.settings()
-    attempts = conf["retries"] + 1 if storage.is_url(url) else 1
-    for attempt in range(attempts):
+    """Bytes [start, end) of a part, crc32-checked; a remote read is retried like a shard's
+    (:func:`storage.retry`: storage.retries more reads, storage.backoff_s doubling)."""
+    def once():
         data = storage.read_range(url, start, end)
-        if zlib.crc32(data) == crc:
-            return data
-    raise RayCacheError(f"ray cache part {storage.redact(url)} is damaged (bytes {start}..{end} "
-                        f"fail their crc32 after {attempts} read(s)); run the command again")
+        if zlib.crc32(data) != crc:
+            raise _DamagedBlock(f"bytes {start}..{end} fail their crc32")
+        return data
+
+    def gave_up(e, what, url, attempts):
+        return RayCacheError(f"ray cache part {storage.redact(url)} is damaged (bytes {start}.."
+                             f"{end} fail their crc32 after {attempts} read(s)); run the command "
+                             f"again")
+    return storage.retry("read ray cache part", url, once,
+                         retry_if=lambda e: isinstance(e, _DamagedBlock),
+                         attempts=None if storage.is_url(url) else 1, gave_up=gave_up)
 
 
 def _write_shard(url: str, s: int, q: np.ndarray) -> dict:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
 
 import numpy as np
 import torch
@@ -42,6 +40,10 @@ class ShardReadError(storage.StorageError, RayCacheError):
 
     def __reduce__(self):  # NOTE: keeps shard and url across pickling (spawned test workers)
         return type(self), (str(self), self.shard, self.url)
+
+
+class _DamagedShard(ShardReadError):
+    """A shard's bytes that fail the manifest's size or sha256 (read again when remote)."""
 
 
 def shard_name(s: int) -> str:
@@ -145,12 +147,12 @@ class RayCache:
         want = self.checksums[s]
         where = storage.redact(self.shard_url(s))
         if len(raw) != int(want["bytes"]):
-            raise ShardReadError(f"ray cache shard {where} is damaged: {len(raw)} bytes, the "
+            raise _DamagedShard(f"ray cache shard {where} is damaged: {len(raw)} bytes, the "
                                  f"manifest records {want['bytes']} (truncated or overwritten); "
                                  f"{rebuild_hint(self.url)}", s, where)
         got = hashlib.sha256(raw).hexdigest()
         if got != want["sha256"]:
-            raise ShardReadError(f"ray cache shard {where} is damaged: sha256 {got[:16]}... differs "
+            raise _DamagedShard(f"ray cache shard {where} is damaged: sha256 {got[:16]}... differs "
                                  f"from the manifest's {str(want['sha256'])[:16]}...; "
                                  f"{rebuild_hint(self.url)}", s, where)
 
@@ -159,18 +161,16 @@ class RayCache:
 
         Transient storage errors are retried inside :func:`storage.read_bytes`. A remote read that
         arrives short or with another checksum (a connection cut mid-body, a proxy's truncated
-        answer) is read again, storage.retries more times with storage.backoff_s doubling; then
-        ShardReadError names the URL. Local files are read once: their damage is not transient.
-        Never returns bytes that failed the check.
+        answer) is read again by :func:`storage.retry` (storage.retries more times, storage.backoff_s
+        doubling); then ShardReadError names the URL. Local files are read once: their damage is
+        not transient. Never returns bytes that failed the check.
         """
         if not 0 <= s < self.n_shards:
             raise IndexError(f"shard {s} out of range [0, {self.n_shards}) in {storage.redact(self.url)}")
         url = self.shard_url(s)
         where = storage.redact(url)
-        conf = storage.settings()
-        attempts = conf["retries"] + 1 if storage.is_url(url) and verify else 1
-        delay = conf["backoff_s"]
-        for attempt in range(1, attempts + 1):
+
+        def once():
             try:
                 raw = storage.read_bytes(url, writable=True)
             except FileNotFoundError as e:
@@ -179,21 +179,21 @@ class RayCache:
             except Exception as e:  # noqa: BLE001 - storage error (retries spent): name the URL
                 raise ShardReadError(f"cannot read ray cache shard {where}: {type(e).__name__}: "
                                      f"{e}", s, where) from e
-            if not verify:
-                return raw
-            try:
+            if verify:
                 self.check_bytes(s, raw)
-                return raw
-            except ShardReadError as e:
-                if attempt == attempts:
-                    more = f" (read {attempts} times)" if attempts > 1 else ""
-                    raise ShardReadError(f"{e}{more}", s, where) from None
-                print(f"nerf-dist ray cache: {e.args[0].split('; ')[0]}; reading it again in "
-                      f"{delay:.1f} s (attempt {attempt + 1} of {attempts})", file=sys.stderr,
-                      flush=True)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+            return raw
+
+        def gave_up(e, what, url, attempts):
+            more = f" (read {attempts} times)" if attempts > 1 else ""
+            return ShardReadError(f"{e}{more}", s, where)
+
+        def waiting(e, what, url, delay, attempt, attempts):
+            return (f"{e.args[0].split('; ')[0]}; reading it again in {delay:.1f} s (attempt "
+                    f"{attempt} of {attempts})")
+        return storage.retry("read ray cache shard", url, once,
+                             retry_if=lambda e: isinstance(e, _DamagedShard),
+                             attempts=None if storage.is_url(url) and verify else 1,
+                             gave_up=gave_up, waiting=waiting)
 
     def read_shard(self, s: int, verify: bool = True) -> torch.Tensor:
         """Shard s's colours: [shard_sizes[s], channels] uint8, or int16 holding the bits of
