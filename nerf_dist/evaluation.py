@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from . import storage
 from .config import RenderConfig
 from .logger import Logger
 from .metrics import psnr, ssim
@@ -148,8 +149,6 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
             values[f"eval_{scene.split}/psnr_fg"] = report["psnr_fg"]
         tb.scalars(int(step or 0), values)
         tb.close()
-    tmp = os.path.join(out_dir, ".report.json.tmp")
-    with open(tmp, "w") as f:
+    with storage.atomic_write(os.path.join(out_dir, "report.json")) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "report.json"))
     return report

@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 
+from . import storage
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -197,12 +199,9 @@ def write_status(run_dir: str, state: str, step: int, exit_code: int | None, rea
     doc = {"state": state, "step": int(step), "exit_code": exit_code, "reason": reason,
            "checkpoint_step": checkpoint_step,
            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    path = os.path.join(run_dir, STATUS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with storage.atomic_write(os.path.join(run_dir, STATUS_FILE)) as tmp, open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_status(run_dir: str) -> dict | None:

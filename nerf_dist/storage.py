@@ -19,6 +19,7 @@ written through :func:`atomic_write` (a temporary name, then one rename).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -441,22 +442,44 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+@contextlib.contextmanager
+def atomic_write(path: str):
+    """Write a local file in one step: yields a temporary path beside path (same folder, a hidden
+    name ``.NAME.tmp-XXXXXXXX`` ending in path's own extension, so writers that choose a format
+    by extension still can); on a clean exit it replaces path (``os.replace``), on an error it is
+    removed. The one atomic write: a reader sees the old file or the new one, never half of one.
+
+        with storage.atomic_write(path) as tmp, open(tmp, "w") as f:
+            json.dump(doc, f)
+    """
+    p = _local(path)
+    d, name = os.path.split(os.path.abspath(p))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{name}.tmp-{uuid.uuid4().hex[:8]}{os.path.splitext(name)[1]}")
+    try:
+        yield tmp
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a whole file. Local writes go to a temp file then rename (atomic); an object-store
-    PUT of one object is atomic by itself (and a retried PUT rewrites the same bytes)."""
+    """Write a whole file. Local writes go through :func:`atomic_write` (flushed to disk before
+    the rename); an object-store PUT of one object is atomic by itself (and a retried PUT
+    rewrites the same bytes)."""
     if is_url(path):
         fs, p = _fs(path)
 
         retry("write", path, lambda: _put(fs, p, bytes(data)))
         return
-    p = _local(path)
-    os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-    tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 def write_text(path: str, text: str) -> None:

@@ -206,7 +206,5 @@ def _describe(cams: CameraPath, setup: RenderSetup, writer: FrameWriter, fps: fl
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "w") as f:
+    with storage.atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)

@@ -10,7 +10,8 @@ Layout of a render folder::
     float/00000.npz      (--save-float) rgb [H, W, 3], depth [H, W], acc [H, W] as float32
     video.mp4, video.gif the sequence, made from rgb/ at the end
 
-Every file is written under a temporary name and moved into place with ``os.replace``; a frame
+Every file is written under a temporary name and moved into place in one step
+(:func:`nerf_dist.storage.atomic_write`); a frame
 counts as done only when all of its files exist.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from .. import storage
 from .images import colourise_depth, to_uint8
 
 __all__ = ["DEPTH16_MAX", "FrameWriter", "clean_temp", "depth16_scale", "read_depth16",
@@ -36,20 +38,15 @@ def depth16_scale(far: float) -> float:
     return max(float(far), 1e-6) / DEPTH16_MAX
 
 
-def _tmp(path: str) -> str:
-    d, b = os.path.split(path)
-    return os.path.join(d, f".{b}.tmp")
-
-
 def write_png(path: str, arr: np.ndarray) -> None:
-    """Write a PNG atomically (temp name, then os.replace)."""
-    tmp = _tmp(path)
-    iio.imwrite(tmp, arr, extension=".png")
-    os.replace(tmp, path)
+    """Write a PNG atomically (:func:`storage.atomic_write`)."""
+    with storage.atomic_write(path) as tmp:
+        iio.imwrite(tmp, arr, extension=".png")
 
 
 def clean_temp(folder: str) -> int:
-    """Remove leftovers of interrupted writes (``.NAME.tmp``) under folder; returns how many."""
+    """Remove leftovers of interrupted writes (``.NAME.tmp-XXXXXXXX``, see
+    :func:`storage.atomic_write`) under folder; returns how many."""
     n = 0
     if not os.path.isdir(folder):
         return 0
@@ -88,11 +85,9 @@ class FrameWriter:
         write_png(files["depth"], to_uint8(colourise_depth(depth, self.near, self.far, acc)))
         write_png(files["acc"], to_uint8(acc))
         if "float" in files:
-            tmp = _tmp(files["float"])
-            with open(tmp, "wb") as f:
+            with storage.atomic_write(files["float"]) as tmp, open(tmp, "wb") as f:
                 np.savez(f, rgb=rgb.numpy().astype(np.float32),
                          depth=depth.numpy().astype(np.float32), acc=acc.numpy().astype(np.float32))
-            os.replace(tmp, files["float"])
         # NOTE: rgb last: a listing of rgb/ then shows only frames whose other files exist too.
         write_png(files["rgb"], to_uint8(rgb))
 
@@ -112,9 +107,9 @@ def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) ->
         return {}
     written = {}
     gif = os.path.join(out_dir, "video.gif")
-    tmp = os.path.join(out_dir, ".video.tmp.gif")
-    iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=int(round(1000.0 / fps)), loop=0)
-    os.replace(tmp, gif)
+    with storage.atomic_write(gif) as tmp:
+        iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=int(round(1000.0 / fps)),
+                    loop=0)
     written["gif"] = gif
     try:
         # NOTE: lazy because it is an optional extra (nerf_dist[video]), only probed here.
@@ -127,12 +122,11 @@ def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) ->
     # NOTE: H.264 (yuv420p) needs even sides: pad by one edge row/column rather than resample.
     ph, pw = H % 2, W % 2
     mp4 = os.path.join(out_dir, "video.mp4")
-    tmp = os.path.join(out_dir, ".video.tmp.mp4")
-    with iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                         macro_block_size=1, quality=8, pixelformat="yuv420p",
-                         ffmpeg_log_level="error") as w:
+    # NOTE: the temporary name ends in .mp4: ffmpeg picks the container from it.
+    with storage.atomic_write(mp4) as tmp, iio2.get_writer(
+            tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", macro_block_size=1,
+            quality=8, pixelformat="yuv420p", ffmpeg_log_level="error") as w:
         for f in frames:
             w.append_data(np.pad(f, ((0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else f)
-    os.replace(tmp, mp4)
     written["mp4"] = mp4
     return written

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import storage
 from ..memory import MAX_SIDE
 
 DIST_KEYS = ("k1", "k2", "p1", "p2")
@@ -410,7 +411,5 @@ def _nerfstudio(data: dict, path: str) -> CameraPath:
 
 def write_camera_path(path: CameraPath, file: str) -> None:
     """Write `path` in our JSON format (atomically)."""
-    tmp = file + ".tmp"
-    with open(tmp, "w") as f:
+    with storage.atomic_write(file) as tmp, open(tmp, "w") as f:
         json.dump(path.to_json(), f, indent=1)
-    os.replace(tmp, file)
