@@ -245,7 +245,7 @@ def cmd_cache(args) -> int:
                              rebuild=args.rebuild)
         verify_shards(cache, info.rank, info.world_size)
         if info.is_main:
-            print(f"ray cache ready: {cache.n_rays} pixels of {cache.n_images} {cache.W}x{cache.H} "
+            print(f"ray cache ready: {cache.n_pixels} pixels of {cache.n_images} {cache.W}x{cache.H} "
                   f"images in {cache.n_shards} shards, {cache.total_bytes / 1e6:.1f} MB "
                   f"({cache.mode}, {cache.bytes_per_pixel} bytes a pixel; sizes and sha256 "
                   f"verified) at {redact(cache.url)}")

@@ -37,10 +37,6 @@ STATUS_FILE = "status.json"
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
-class TrainingStopped(Exception):
-    """Training stopped on a signal at a step boundary, after its checkpoint was committed."""
-
-
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient stopped training (the message names step and checkpoint)."""
 
@@ -221,6 +217,6 @@ def status_exit_code(doc: dict | None) -> int:
     return {"finished": EXIT_OK, "stopped": EXIT_RESUME}.get(doc.get("state"), EXIT_ERROR)
 
 
-__all__ = ["StopSignals", "StallWatchdog", "TrainingStopped", "NonFiniteError", "write_status",
+__all__ = ["StopSignals", "StallWatchdog", "NonFiniteError", "write_status",
            "read_status", "status_exit_code", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE",
            "EXIT_RESUME", "EXIT_INTERRUPTED", "STATUS_FILE"]

@@ -26,6 +26,7 @@ import torch
 
 from .dist import raise_together
 from .loader.schedule import CROP_BYTES, PERM_BYTES
+from .models.base import F32
 from .models.registry import memory_estimate as model_memory
 from .ray_cache.colour import bytes_per_pixel
 
@@ -34,9 +35,8 @@ MAX_SIDE = 1 << 20          # pixels per image side
 MAX_TILE = 1 << 16          # pixels per tile side
 MAX_CHUNK = 1 << 26         # rays per model call
 
-_F32 = 4
 # Rank 0 holds each frame of the batch being assembled: rgb [H, W, 3] + depth + acc, float32.
-FRAME_BYTES_PER_PIXEL = 5 * _F32
+FRAME_BYTES_PER_PIXEL = 5 * F32
 # Writing one frame (FrameWriter.write: clamp copies, 16-bit depth, colourised depth, uint8 and
 # PNG buffers) peaks at about this many transient bytes per pixel on top of the frame itself.
 WRITE_BYTES_PER_PIXEL = 128
@@ -47,7 +47,7 @@ TILE_BYTES_PER_PIXEL = 128
 # Bytes a rank holds per cached pixel it owns, at most: rgb16 colours (6) + two int32 permutations
 # (8) or, with a centre-crop warm-up, crop positions and two crop permutations (12); the loader
 # streams shards when the cache is larger than data.cache_memory (see nerf_dist.loader).
-CACHE_BYTES_PER_RAY = bytes_per_pixel("rgb16") + max(PERM_BYTES, CROP_BYTES)
+CACHE_BYTES_PER_PIXEL = bytes_per_pixel("rgb16") + max(PERM_BYTES, CROP_BYTES)
 # Tile results sent to rank 0 per gather round, summed over the ranks (renderer.core): bounds what
 # rank 0 receives at once, whatever the frame size.
 ROUND_BYTES = 64 << 20
@@ -346,22 +346,22 @@ def check_render(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: i
     return est
 
 
-def train_estimate(cfg, n_cache_rays: int, world_size: int = 1,
+def train_estimate(cfg, n_cache_pixels: int, world_size: int = 1,
                    device="cpu") -> dict[str, dict[str, int]]:
     """Per-rank peak memory of a training step, as {'host': {...}, 'device': {...}}.
 
     The rank's batch is ceil(rays_per_batch / world_size) rays; its activations are rays x
     bytes_per_ray(train), the kind's estimate (for the fast model max_samples bounds the kept
     samples, so this is an upper bound). Weights count with gradients and Adam moments
-    (train_param_bytes). The rank's share of the ray cache (n_cache_rays / world_size x
-    CACHE_BYTES_PER_RAY, at most data.cache_memory: the loader streams larger caches) is host
+    (train_param_bytes). The rank's share of the ray cache (n_cache_pixels / world_size x
+    CACHE_BYTES_PER_PIXEL, at most data.cache_memory: the loader streams larger caches) is host
     memory; activations and weights go to the device (the host when the device is the CPU).
     """
     rays = math.ceil(cfg.train.rays_per_batch / world_size)
     per_ray = bytes_per_ray(cfg.model, True)
-    share = math.ceil(n_cache_rays / world_size) * CACHE_BYTES_PER_RAY
+    share = math.ceil(n_cache_pixels / world_size) * CACHE_BYTES_PER_PIXEL
     limit = cfg.data.cache_memory_bytes
-    host = {f"the rank's share of the ray cache ({math.ceil(n_cache_rays / world_size)} pixels)"
+    host = {f"the rank's share of the ray cache ({math.ceil(n_cache_pixels / world_size)} pixels)"
             if share <= limit else f"ray cache shards streamed within data.cache_memory="
                                    f"{cfg.data.cache_memory}": min(share, limit)}
     acts = {f"activations of {rays} rays x {samples_per_ray(cfg.model, True)} samples "
@@ -374,20 +374,20 @@ def train_estimate(cfg, n_cache_rays: int, world_size: int = 1,
     return {"host": host, "device": {}}
 
 
-def check_train_batch(cfg, n_cache_rays: int, world_size: int = 1,
+def check_train_batch(cfg, n_cache_pixels: int, world_size: int = 1,
                       device="cpu") -> dict[str, dict[str, int]]:
     """Raise MemoryBudgetError if a training step cannot fit, or the batch exceeds the cache.
 
-    ``train.rays_per_batch > n_cache_rays`` is an error naming both numbers (every batch would
+    ``train.rays_per_batch > n_cache_pixels`` is an error naming both numbers (every batch would
     repeat rays). Then :func:`train_estimate` is compared with what this rank has: call it after
     the ray cache exists and before the loader reads its shards. Returns the estimate.
     """
     rpb = int(cfg.train.rays_per_batch)
-    if rpb > n_cache_rays:
+    if rpb > n_cache_pixels:
         raise MemoryBudgetError(f"train.rays_per_batch={rpb} is larger than the ray cache "
-                                f"({n_cache_rays} training rays): lower train.rays_per_batch to at "
-                                f"most {n_cache_rays}")
-    est = train_estimate(cfg, n_cache_rays, world_size, device)
+                                f"({n_cache_pixels} training pixels, one ray each): lower train.rays_per_batch to at "
+                                f"most {n_cache_pixels}")
+    est = train_estimate(cfg, n_cache_pixels, world_size, device)
     if not _enabled():
         return est
     fit = None

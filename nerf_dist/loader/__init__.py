@@ -90,7 +90,7 @@ class RayLoader:
         self.device = torch.device(device)
         self.n_shards = S
         self.cache_memory = cache_memory
-        self.plan: WindowPlan = plan_window(cache.n_rays, S, self.rays_per_batch,
+        self.plan: WindowPlan = plan_window(cache.n_pixels, S, self.rays_per_batch,
                                             cache.bytes_per_pixel, cache_memory,
                                             self.precrop_steps > 0)
         self._check_window()
@@ -125,7 +125,7 @@ class RayLoader:
         G, S = plan.window, plan.n_shards
         if G % N:
             bigger = next(d for d in range(G + 1, S + 1) if S % d == 0 and d % N == 0)
-            need = memory_for(plan, bigger, self.cache.n_rays, self.cache.bytes_per_pixel,
+            need = memory_for(plan, bigger, self.cache.n_pixels, self.cache.bytes_per_pixel,
                               self.precrop_steps > 0)
             raise ValueError(
                 f"data.cache_memory={self.cache_memory} bytes streams the ray cache in windows of "
@@ -140,7 +140,7 @@ class RayLoader:
                 f"data.cache_memory (larger windows) or lower train.rays_per_batch")
 
     def _check_crop_coverage(self) -> None:
-        """ValueError unless every shard that feeds batches holds a centre-crop ray.
+        """ValueError unless every shard that feeds batches holds a centre-crop pixel.
 
         NOTE: computed from the manifest's geometry for ALL shards, so every rank reaches the same
         verdict (a check on owned shards only could fail on one rank and hang the others).
@@ -157,7 +157,7 @@ class RayLoader:
         empty = [s for s in range(S) if not covered[s] and self.b[self.plan.position(s)] > 0]
         if empty:
             raise ValueError(f"ray cache {self.cache.url}: shard {empty[0]} (of {len(empty)}) holds "
-                             f"no ray inside the centre crop train.precrop_frac={self.precrop_frac} "
+                             f"no pixel inside the centre crop train.precrop_frac={self.precrop_frac} "
                              f"({H}x{W} images, data.cache_shards={S}): raise train.precrop_frac or "
                              f"pick a data.cache_shards that does not divide the image width")
 

@@ -156,7 +156,7 @@ def shard_cost(max_pixels: int, bytes_per_pixel: int, precrop: bool, streamed: b
     return max_pixels * ((2 if streamed else 1) * bytes_per_pixel + extra)
 
 
-def plan_window(n_rays: int, n_shards: int, rays_per_batch: int, bytes_per_pixel: int,
+def plan_window(n_pixels: int, n_shards: int, rays_per_batch: int, bytes_per_pixel: int,
                 cache_memory: int | None, precrop: bool = False) -> WindowPlan:
     """The window size G for a cache and data.cache_memory, the same on every world size.
 
@@ -166,14 +166,14 @@ def plan_window(n_rays: int, n_shards: int, rays_per_batch: int, bytes_per_pixel
     ValueError when not even one shard fits, saying which key to raise.
     """
     S = n_shards
-    m = -(-n_rays // S)
-    T = max(1, round(n_rays * 1.0 / S / rays_per_batch))
+    m = -(-n_pixels // S)
+    T = max(1, round(n_pixels * 1.0 / S / rays_per_batch))
     if cache_memory is None or S * shard_cost(m, bytes_per_pixel, precrop, False) <= cache_memory:
         return WindowPlan(S, S, T, rays_per_batch)
     per = shard_cost(m, bytes_per_pixel, precrop, True)
     fits = [d for d in range(S - 1, 0, -1) if S % d == 0 and d * per <= cache_memory]
     if not fits:
-        need_shards = -(-n_rays * (2 * bytes_per_pixel + (CROP_BYTES if precrop else PERM_BYTES))
+        need_shards = -(-n_pixels * (2 * bytes_per_pixel + (CROP_BYTES if precrop else PERM_BYTES))
                         // cache_memory)
         raise ValueError(
             f"data.cache_memory={cache_memory} bytes cannot hold one shard of the ray cache "
@@ -181,13 +181,13 @@ def plan_window(n_rays: int, n_shards: int, rays_per_batch: int, bytes_per_pixel
             f"data.cache_memory to at least {per}, or rebuild the cache with more shards "
             f"(data.cache_shards >= {need_shards}, a multiple of every world size you use)")
     G = fits[0]
-    return WindowPlan(S, G, max(1, round(n_rays * G / (S * rays_per_batch))), rays_per_batch)
+    return WindowPlan(S, G, max(1, round(n_pixels * G / (S * rays_per_batch))), rays_per_batch)
 
 
-def memory_for(plan: WindowPlan, window: int, n_rays: int, bytes_per_pixel: int,
+def memory_for(plan: WindowPlan, window: int, n_pixels: int, bytes_per_pixel: int,
                precrop: bool) -> int:
     """data.cache_memory that gives windows of `window` shards (for messages)."""
-    m = -(-n_rays // plan.n_shards)
+    m = -(-n_pixels // plan.n_shards)
     if window == plan.n_shards:
         return plan.n_shards * shard_cost(m, bytes_per_pixel, precrop, False)
     return window * shard_cost(m, bytes_per_pixel, precrop, True)

@@ -239,12 +239,13 @@ def write_manifest(source, url: str, key: str, n_shards: int, checksums: dict[in
     if missing:
         raise RayCacheError(f"cannot commit ray cache {storage.redact(url)}: {len(missing)} shard "
                             f"file(s) missing or without a checksum, e.g. {missing[0]}")
-    n_rays = source.n * source.H * source.W
+    n_pixels = source.n * source.H * source.W
     dtype, channels = MODES[mode]
     dist_ = source.distortion
     manifest = {
-        "version": CACHE_VERSION, "key": key, "n_shards": n_shards, "n_rays": n_rays,
-        "shard_sizes": shard_sizes(n_rays, n_shards),
+        "version": CACHE_VERSION, "key": key, "n_shards": n_shards,
+        "n_rays": n_pixels,  # NOTE: the format's name for the pixel count (format 3 keeps it)
+        "shard_sizes": shard_sizes(n_pixels, n_shards),
         "shards": [{"bytes": int(checksums[s]["bytes"]), "sha256": str(checksums[s]["sha256"])}
                    for s in range(n_shards)],
         "H": source.H, "W": source.W, "n_images": source.n,

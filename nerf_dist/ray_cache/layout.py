@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 import torch
@@ -50,9 +51,9 @@ def shard_name(s: int) -> str:
     return f"shard-{s:05d}.bin"
 
 
-def shard_sizes(n_rays: int, n_shards: int) -> list[int]:
-    """Pixels in each shard: shard s holds {i < n_rays : i % n_shards == s}."""
-    return [max(0, (n_rays - s + n_shards - 1) // n_shards) for s in range(n_shards)]
+def shard_sizes(n_pixels: int, n_shards: int) -> list[int]:
+    """Pixels in each shard: shard s holds {i < n_pixels : i % n_shards == s}."""
+    return [max(0, (n_pixels - s + n_shards - 1) // n_shards) for s in range(n_shards)]
 
 
 def count_in(lo: int, hi: int, s: int, n_shards: int) -> int:
@@ -78,7 +79,7 @@ def pixel_crop(row: torch.Tensor, col: torch.Tensor, H: int, W: int) -> torch.Te
 class RayCache:
     """A complete pixel cache on storage (opened from its manifest).
 
-    Attributes: url, key, n_shards, n_rays (pixels: one training ray each), shard_sizes,
+    Attributes: url, key, n_shards, n_pixels (one training ray each), shard_sizes,
     checksums (per shard {"bytes", "sha256"}), H, W, n_images, mode (colour mode, see
     :mod:`.colour`), channels, K [n_images, 3, 3], c2w [n_images, 3, 4], distortion
     [n_images, 4] | None (float32 tensors), ndc ((H, W, focal) | None) and meta (near, far, aabb,
@@ -90,7 +91,7 @@ class RayCache:
         self.manifest = manifest
         self.key: str = manifest["key"]
         self.n_shards: int = int(manifest["n_shards"])
-        self.n_rays: int = int(manifest["n_rays"])
+        self.n_pixels: int = int(manifest["n_rays"])  # NOTE: the manifest's name (format 3)
         self.shard_sizes: list[int] = [int(x) for x in manifest["shard_sizes"]]
         self.checksums: list[dict] = [dict(c) for c in manifest["shards"]]
         self.H: int = int(manifest["H"])
@@ -108,6 +109,13 @@ class RayCache:
                      float(self.meta["ndc_focal"])) if self.meta["ndc"] else None)
         self.background = torch.tensor(self.meta["background"], dtype=torch.float32)
         self._on: dict = {}  # device -> (K, c2w, distortion) there
+
+    @property
+    def n_rays(self) -> int:
+        """Deprecated alias of :attr:`n_pixels` (the cache stores pixels since format 3)."""
+        warnings.warn("RayCache.n_rays is deprecated: use RayCache.n_pixels", DeprecationWarning,
+                      stacklevel=2)
+        return self.n_pixels
 
     @property
     def bytes_per_pixel(self) -> int:
@@ -246,7 +254,7 @@ class RayCache:
 
     def __repr__(self) -> str:
         return (f"RayCache({storage.redact(self.url)!r}, n_shards={self.n_shards}, "
-                f"n_rays={self.n_rays}, images={self.n_images}x{self.H}x{self.W}, {self.mode})")
+                f"n_pixels={self.n_pixels}, images={self.n_images}x{self.H}x{self.W}, {self.mode})")
 
 
 def manifest_problem(m) -> str:

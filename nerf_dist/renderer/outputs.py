@@ -27,7 +27,7 @@ import torch
 from .. import storage
 from .images import colourise_depth, to_uint8
 
-__all__ = ["DEPTH16_MAX", "FrameWriter", "clean_temp", "depth16_scale", "read_depth16",
+__all__ = ["DEPTH16_MAX", "FrameWriter", "clean_temp", "depth16_scale",
            "to_uint8", "write_png", "write_videos"]
 
 DEPTH16_MAX = 65535
@@ -90,11 +90,6 @@ class FrameWriter:
                          depth=depth.numpy().astype(np.float32), acc=acc.numpy().astype(np.float32))
         # NOTE: rgb last: a listing of rgb/ then shows only frames whose other files exist too.
         write_png(files["rgb"], to_uint8(rgb))
-
-
-def read_depth16(path: str, scale: float) -> np.ndarray:
-    """A depth16 PNG -> depth [H, W] float32 in scene units."""
-    return iio.imread(path).astype(np.float32) * scale
 
 
 def write_videos(out_dir: str, frame_files: list[str], fps: float, log=print) -> dict[str, str]:

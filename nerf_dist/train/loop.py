@@ -61,7 +61,7 @@ class Trainer:
             self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
                                       log=self.log.info)
         # NOTE: on every rank, so a rank short of memory never leaves the others in a collective.
-        memory.on_all_ranks(lambda: memory.check_train_batch(cfg, self.cache.n_rays,
+        memory.on_all_ranks(lambda: memory.check_train_batch(cfg, self.cache.n_pixels,
                                                              dist.world_size, self.device),
                             dist.rank, dist.world_size)
         self.bounds = SceneBounds.from_meta(self.cache.meta, self.device)
@@ -235,7 +235,7 @@ class Trainer:
         t_start, elapsed0 = time.time(), self.elapsed
         self.log.info(f"training {cfg.model.kind} model: steps {self.step}->{total}, "
                       f"{cfg.train.rays_per_batch} rays/batch over {self.dist.world_size} rank(s), "
-                      f"{self.cache.n_rays} cached rays, device {self.device}")
+                      f"{self.cache.n_pixels} cached pixels, device {self.device}")
         self.log.start_progress(total, self.step)
         window = {"t": time.time(), "rays": 0}
         by_budget, by_signal, in_a_row = False, None, 0
