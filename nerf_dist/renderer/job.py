@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .. import dist, storage
 from ..run_dir import Loaded, load_model  # noqa: F401 - load_model re-exported for callers
-from ..scenes import load_scene
+from ..scenes import open_scene
 from ..scenes.base import SceneError
 from .core import RenderSetup, check_memory, render_frames
 from .outputs import FrameWriter, clean_temp, write_videos
@@ -48,12 +48,14 @@ def build_path(loaded: Loaded, path: str | None = None, n_frames: int | None = N
     is_file = path not in PATH_KINDS
     cams = load_camera_path(path) if is_file else None   # malformed files fail first, and cheaply
     ref = None
+    # NOTE: open_scene, not load_scene: a path needs the scene's cameras, never its pixels, so no
+    # rank decodes an image (the first one's header gives the size).
     if path in ("train", "val", "test"):
-        ref = load_scene(cfg.data, path)
+        ref = open_scene(cfg.data, path)
         cams = split_path(ref)
     else:
         try:
-            ref = load_scene(cfg.data, "train")
+            ref = open_scene(cfg.data, "train")
         except SceneError as e:
             maybe_ndc = str(cfg.data.ndc).lower() != "false" and cfg.data.format in ("auto", "llff")
             if not is_file or maybe_ndc:
