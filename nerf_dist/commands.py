@@ -20,7 +20,7 @@ from .evaluation import evaluate_split
 from .lifecycle import EXIT_RESUME
 from .renderer.job import PATH_KINDS, build_path, render_to_dir
 from .run_dir import Loaded, load_model, run_paths
-from .scenes import load_scene
+from .scenes import open_scene
 from .scenes.demo import write_demo_scene
 from .train import train
 
@@ -87,7 +87,9 @@ def eval_run(loaded: Loaded, run_dir: str, split: str | None = None,
     cfg = loaded.cfg
     set_threads(cfg.render.threads)
     split = split or cfg.eval.test_split
-    scene = load_scene(cfg.data, split)
+    # NOTE: cameras only: rank 0 decodes each view's ground truth as it scores it, and the other
+    # ranks decode nothing (evaluation.render_with_truth).
+    scene = open_scene(cfg.data, split)
     configure_storage(cfg)
     info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:

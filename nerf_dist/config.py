@@ -49,7 +49,10 @@ class DataConfig:
     allow_outside_root: bool = False
     """Allow scene files (a file_path with ../ or an absolute path) outside data.root."""
     cache_memory: str = "2GB"
-    """Shard data one rank holds ("2GB", "512MiB", or bytes); larger caches are streamed (README: Scenes larger than memory)."""
+    """Shard data EACH RANK holds ("2GB", "512MiB", or bytes), also each rank's buffer while the
+    cache is built; larger caches are streamed (README: Scenes larger than memory). Per rank, not
+    per host: N ranks on one host hold up to N times this, and the memory check compares each
+    rank's need with its 1/N share of the host's available memory (N = LOCAL_WORLD_SIZE)."""
 
     # NOTE: units: kB MB GB TB (powers of 1000), KiB MiB GiB TiB (powers of 1024), B or none.
     _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,

@@ -4,6 +4,11 @@ Every image here comes from the tiled renderer (:func:`render_views` over
 :func:`nerf_dist.renderer.core.render_frames`), the same code as `nerf-dist render` and
 in-training validation, so the three agree pixel for pixel. Drawing helpers (colourised depth,
 contact sheets) live with the renderer's outputs, in :mod:`nerf_dist.renderer.images`.
+
+A split can be a loaded :class:`~nerf_dist.scenes.base.Scene` or a
+:class:`~nerf_dist.scenes.lazy.LazyScene` (what `nerf-dist eval` passes): the cameras are all
+the renderer needs, and :func:`render_with_truth` decodes each view's ground truth on rank 0, the
+rank that scores it, once its frame has arrived; the other ranks decode nothing.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from .renderer.images import (colourise_depth, contact_sheet, depth_range, hit_d
                               to_uint8)
 from .renderer.outputs import write_png
 from .renderer.paths import split_path
+from .scenes.lazy import LazyScene
 
 FG_THRESHOLD = 0.02
 """A ground-truth pixel is foreground when some channel differs from the scene's background
@@ -43,6 +49,30 @@ def render_views(setup: RenderSetup, scene, views: Iterable[int], rank: int = 0,
     for i, out in render_frames(setup, split_path(scene), list(views), rank, world_size, tile):
         out["rgb"] = out["rgb"].clamp(0, 1)
         yield i, out
+
+
+def ground_truth(scene, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """View i's ground truth: rgb [H, W, 3] float32 in [0, 1] and depth [H, W] (None when the
+    scene has no depth). A loaded Scene indexes its arrays; a LazyScene decodes that one view now.
+    """
+    if isinstance(scene, LazyScene):
+        return torch.from_numpy(scene.image(i)), scene.depth(i)
+    return scene.images[i], (scene.depths[i] if scene.depths is not None else None)
+
+
+def render_with_truth(setup: RenderSetup, scene, views: Iterable[int], rank: int = 0,
+                      world_size: int = 1, tile: int = RenderConfig.tile
+                      ) -> Iterator[tuple[int, dict, torch.Tensor, torch.Tensor | None]]:
+    """:func:`render_views` plus each view's ground truth -> (index, out, gt_rgb [H, W, 3],
+    gt_depth [H, W] | None) on rank 0, in order.
+
+    The ground truth is decoded (:func:`ground_truth`) on rank 0 only, one view at a time, after
+    that view's frame arrived: with a LazyScene no rank holds the split's images, and ranks other
+    than 0 never decode one. Every rank must iterate to the end.
+    """
+    for i, out in render_views(setup, scene, views, rank, world_size, tile):
+        gt, gt_depth = ground_truth(scene, i)
+        yield i, out, gt, gt_depth
 
 
 def foreground_mask(gt: torch.Tensor, background: torch.Tensor,
@@ -69,7 +99,9 @@ def psnr_fg(pred: torch.Tensor, gt: torch.Tensor, background: torch.Tensor,
 def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict | None = None,
                    log=print, rank: int = 0, world_size: int = 1, tile: int = RenderConfig.tile,
                    tb_dir: str | None = None, step: int | None = None) -> dict | None:
-    """Render every frame of `scene` with the tiled renderer across ranks; rank 0 writes.
+    """Render every frame of `scene` (a Scene or a LazyScene) with the tiled renderer across
+    ranks; rank 0 decodes each view's ground truth as it scores it (:func:`render_with_truth`)
+    and writes.
 
     Every rank must call this (it holds collectives); ranks other than 0 return None. Rank 0
     writes rgb_NNN.png and depth_NNN.png per view, contact_sheet.png (ground truth | render |
@@ -88,14 +120,13 @@ def evaluate_split(model, scene, out_dir: str, chunk: int, device, extra: dict |
     keep = set(sheet_views(scene.n))
     rows = []
     t0 = time.time()
-    for i, out in render_views(setup, scene, range(scene.n), rank, world_size, tile):
-        gt = scene.images[i]
+    background = torch.as_tensor(scene.background, dtype=torch.float32)
+    for i, out, gt, gt_d in render_with_truth(setup, scene, range(scene.n), rank, world_size, tile):
         entry = {"index": i, "file": scene.files[i], "psnr": psnr(out["rgb"], gt),
-                 "psnr_fg": psnr_fg(out["rgb"], gt, scene.background),
+                 "psnr_fg": psnr_fg(out["rgb"], gt, background),
                  "ssim": ssim(out["rgb"], gt)}
         depth = hit_depth(out["depth"], out["acc"])
-        if scene.depths is not None:
-            gt_d = scene.depths[i]
+        if gt_d is not None:
             mask = (gt_d > 0) & (depth > 0)
             if mask.any():
                 entry["depth_abs_err"] = float((depth[mask] - gt_d[mask]).abs().mean())

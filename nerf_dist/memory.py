@@ -2,7 +2,9 @@
 
 A render resolution, tile and chunk, or a training batch over a cache, fix how much memory a
 rank will hold. :func:`check_render` and :func:`check_train_batch` compare an upper-bound
-estimate with what this machine has left (:func:`available_bytes`) and raise
+estimate with this rank's share of what the machine has left (:func:`host_share`: the host's
+available memory divided by the ranks torchrun started on it, ``LOCAL_WORLD_SIZE``; the CUDA
+device's free memory) and raise
 :class:`MemoryBudgetError` (a ValueError: the CLI prints it on one line and exits 1) with the
 estimate, the limit and the knob to turn. :func:`on_all_ranks` runs a check on every rank and
 makes them agree, so one rank short of memory never leaves the others waiting in a collective.
@@ -171,6 +173,35 @@ def host_available() -> tuple[int, str]:
     return min(found)
 
 
+def ranks_on_host() -> tuple[int, int]:
+    """(local rank, ranks on this host) from torchrun's ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``;
+    (0, 1) when they are unset or malformed (a single process, or a launcher that sets neither).
+    """
+    try:
+        n = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0, 1
+    return (local, n) if n >= 1 and 0 <= local < n else (0, 1)
+
+
+def host_share() -> tuple[int, str]:
+    """(bytes, description) of this rank's share of the host: :func:`host_available` divided by
+    the ranks on this host (:func:`ranks_on_host`).
+
+    NOTE: the ranks of one host check at about the same time, before any of them allocates what
+    it estimates, so each sees the whole host's available memory; comparing each estimate with
+    the whole would let N ranks together take N times what is there.
+    """
+    avail, where = host_available()
+    local, n = ranks_on_host()
+    if n == 1:
+        return avail, f"only {where}"
+    share = avail // n
+    return share, (f"its share is {fmt_bytes(share)} (the {where} split over the {n} ranks on "
+                   f"this host)")
+
+
 def _device_type(device) -> str:
     """'cpu', 'cuda', ... of a torch.device, a string like 'cuda:1', or None (the CPU)."""
     if device is None:
@@ -246,7 +277,8 @@ def _positive_int(value, name: str, cap: int, hint: str) -> int:
 
 
 def on_all_ranks(check, rank: int = 0, world_size: int = 1):
-    """check() on every rank; with a process group, every rank raises the same
+    """check() on every rank (each compares its own estimate with its own share of its host,
+    :func:`host_share`); with a process group, every rank raises the same
     MemoryBudgetError if any rank's check failed (prefixed with that rank when it is another), so
     no rank goes on into a collective that the failing one never joins. Returns check()'s value.
 
@@ -306,15 +338,24 @@ def render_estimate(W: int, H: int, tile: int, chunk: int, model_cfg, world_size
     return {"host": host, "device": device_parts}
 
 
-def _compare(parts: dict[str, int], avail: tuple[int, str], what: str, advice: dict[str, str]) -> None:
+def _compare(parts: dict[str, int], avail: tuple[int, str], what: str, advice: dict[str, str],
+             shared: bool = False) -> None:
+    """MemoryBudgetError unless sum(parts) + slack fits avail (bytes, description). shared: avail
+    is this rank's share of the host (:func:`host_share`): the message names the rank and the
+    ranks on its host."""
     total = sum(parts.values()) + _SLACK
     if total <= avail[0]:
         return
     big = _largest(parts)
     hint = next((v for k, v in advice.items() if k in big), "reduce the request")
-    raise MemoryBudgetError(f"{what} needs about {fmt_bytes(total)} ({_describe(parts)}), but "
-                            f"only {avail[1]}: {hint}. Set NERF_DIST_MEMORY_CHECK=off to skip "
-                            f"this check.")
+    local, n = ranks_on_host() if shared else (0, 1)
+    who, limit = "", avail[1] if shared else f"only {avail[1]}"
+    if n > 1:
+        who = f"rank {local} of {n} on this host: "
+        hint += f", or start fewer ranks per host (torchrun --nproc_per_node, now {n})"
+    raise MemoryBudgetError(f"{who}{what} needs about {fmt_bytes(total)} ({_describe(parts)}), "
+                            f"but {limit}: {hint}. Set NERF_DIST_MEMORY_CHECK=off to skip this "
+                            f"check.")
 
 
 def check_render(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: int = 1,
@@ -322,8 +363,8 @@ def check_render(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: i
     """Raise MemoryBudgetError unless a W x H render with this tile and chunk fits this rank.
 
     Refuses absurd sizes first (a side over MAX_SIDE, tile over MAX_TILE, chunk over MAX_CHUNK),
-    then compares :func:`render_estimate` with :func:`host_available` (and the CUDA device's free
-    memory). Returns the estimate. Every rank of a render calls it (renderer.core.check_memory
+    then compares :func:`render_estimate` with this rank's :func:`host_share` (and the CUDA
+    device's free memory). Returns the estimate. Every rank of a render calls it (renderer.core.check_memory
     makes the ranks agree).
     """
     W = _positive_int(W, "resolution width", MAX_SIDE, "pass a smaller --resolution")
@@ -339,7 +380,7 @@ def check_render(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: i
               "model.chunk": "lower model.chunk (e.g. model.chunk=" + str(max(1, chunk // 8)) + ")",
               "--tile": "lower --tile", "gathering": "lower --resolution or --tile",
               "weights": "the model itself does not fit: use a machine with more memory"}
-    _compare(est["host"], host_available(), what + " on the host", advice)
+    _compare(est["host"], host_share(), what + " on the host", advice, shared=True)
     dev = device_available(device)
     if dev is not None and est["device"]:
         _compare(est["device"], dev, what + " on the device", advice)
@@ -379,20 +420,21 @@ def check_train_batch(cfg, n_cache_pixels: int, world_size: int = 1,
     """Raise MemoryBudgetError if a training step cannot fit, or the batch exceeds the cache.
 
     ``train.rays_per_batch > n_cache_pixels`` is an error naming both numbers (every batch would
-    repeat rays). Then :func:`train_estimate` is compared with what this rank has: call it after
-    the ray cache exists and before the loader reads its shards. Returns the estimate.
+    repeat rays). Then :func:`train_estimate` is compared with what this rank has (its
+    :func:`host_share`, the device's free memory): call it after the ray cache exists and before
+    the loader reads its shards. Returns the estimate.
     """
     rpb = int(cfg.train.rays_per_batch)
     if rpb > n_cache_pixels:
         raise MemoryBudgetError(f"train.rays_per_batch={rpb} is larger than the ray cache "
-                                f"({n_cache_pixels} training pixels, one ray each): lower train.rays_per_batch to at "
-                                f"most {n_cache_pixels}")
+                                f"({n_cache_pixels} training pixels, one ray each): lower "
+                                f"train.rays_per_batch to at most {n_cache_pixels}")
     est = train_estimate(cfg, n_cache_pixels, world_size, device)
     if not _enabled():
         return est
     fit = None
     per_ray = bytes_per_ray(cfg.model, True)
-    budget = (device_available(device) or host_available())[0]
+    budget = (device_available(device) or host_share())[0]
     spare = budget - _SLACK - sum(v for k, v in (est["device"] or est["host"]).items()
                                   if not k.startswith("activations"))
     if per_ray > 0 and spare > 0:
@@ -401,11 +443,12 @@ def check_train_batch(cfg, n_cache_pixels: int, world_size: int = 1,
                               f"rank(s))" if fit else "lower train.rays_per_batch")
               + ", lower model.n_samples/n_importance (vanilla) or model.max_samples (fast), "
                 "or train on more ranks",
-              "ray cache": "lower data.cache_memory (the loader then streams the cache in "
-                           "windows of shards), train on more ranks, or raise data.downscale",
+              "ray cache": "lower data.cache_memory (it is per rank: the ranks of one host hold "
+                           "it each; the loader then streams the cache in windows of shards), "
+                           "train on more hosts, or raise data.downscale",
               "weights": "the model itself does not fit: make it smaller"}
     what = f"training with train.rays_per_batch={rpb}"
-    _compare(est["host"], host_available(), what + " on the host", advice)
+    _compare(est["host"], host_share(), what + " on the host", advice, shared=True)
     dev = device_available(device)
     if dev is not None and est["device"]:
         _compare(est["device"], dev, what + " on the device", advice)

@@ -138,7 +138,7 @@ def test_transforms_json_distortion_keys(tmp_path):
                                                       [-0.1, 0.05, 0.01, 0.003]]))
     f.write_text(json.dumps({"w": 32, "h": 24, "fl_x": 30.0, "k3": 0.1,
                              "frames": [{"transform_matrix": pose, "k1": "x"}]}))
-    with pytest.raises(CameraPathError, match="frame 0: k1"):
+    with pytest.raises(CameraPathError, match="frame 0: field .k1."):
         load_camera_path(str(f))
 
 
@@ -229,3 +229,82 @@ def test_malformed_camera_path_is_named(tmp_path, content, needle):
 def test_missing_camera_path_file(tmp_path):
     with pytest.raises(CameraPathError, match="not found"):
         load_camera_path(str(tmp_path / "nope.json"))
+
+
+# ------------------------------------------------------------------------------ paths in the scene's frame
+
+def _ngp_scene(root, n=6, centre=(10.0, -5.0, 3.0), radius=4.0, W=8, H=6):
+    """An instant-ngp scene whose cameras ring a point far from the origin: its normalisation
+    (offset ~ centre, scale ~ 1 / radius) is far from the identity."""
+    import imageio.v3 as iio
+    (root / "imgs").mkdir(parents=True)
+    frames = []
+    for i in range(n):
+        c2w = demo_look_at(math.radians(20.0 + 5 * i), 2 * math.pi * i / n, radius)
+        c2w[:3, 3] += np.asarray(centre)
+        iio.imwrite(root / "imgs" / f"{i}.png", np.full((H, W, 3), 40 * i, dtype=np.uint8))
+        fr = {"file_path": f"imgs/{i}.png", "transform_matrix": c2w.tolist()}
+        if i == 1:
+            fr.update({"fl_x": 9.0, "cx": 3.5, "k1": -0.05})   # a frame's own intrinsics win
+        frames.append(fr)
+    (root / "transforms.json").write_text(json.dumps({
+        "camera_model": "OPENCV", "w": W, "h": H, "fl_x": 7.0, "fl_y": 7.5, "k2": 0.01,
+        "aabb_scale": 2, "frames": frames}))
+
+
+def test_ngp_transforms_json_path_renders_from_the_scene_cameras(tmp_path):
+    from types import SimpleNamespace
+
+    from nerf_dist.config import load_config
+    from nerf_dist.renderer.core import RenderSetup, tile_rays
+    from nerf_dist.renderer.job import build_path
+    from nerf_dist.renderer.paths import in_scene_frame, split_path
+    from nerf_dist.renderer.tiles import Tile
+    from nerf_dist.scenes import open_scene
+    root = tmp_path / "ngp"
+    _ngp_scene(root)
+    cfg = load_config(None, [f"data.root={root}", "data.llff_hold=2", "render.path=orbit"])
+    train, test = open_scene(cfg.data, "train"), open_scene(cfg.data, "test")   # odd / even frames
+    w2s = train.meta["world_to_scene"]
+    assert w2s["scale"] < 0.5 and np.linalg.norm(w2s["offset"]) > 5     # far from the identity
+
+    raw = load_camera_path(str(root / "transforms.json"))
+    assert raw.meta["coordinates"] == "world" and raw.n == 6
+    # before: the file's own positions are nowhere near the scene's cameras
+    assert float((raw.c2w[1::2, :, 3] - train.c2w[:, :, 3]).abs().max()) > 5
+
+    loaded = SimpleNamespace(cfg=cfg, model=torch.nn.Linear(1, 1),
+                             scene={"near": train.near, "far": train.far, "background": [1, 1, 1]})
+    cams, setup = build_path(loaded, str(root / "transforms.json"))
+    assert cams.meta["coordinates"] == "scene"
+    for scene, frames in ((train, slice(1, None, 2)), (test, slice(0, None, 2))):
+        ref = split_path(scene)
+        print(f"{scene.split}: max |position difference| "
+              f"{float((cams.c2w[frames] - ref.c2w).abs().max()):.2e} (unnormalised: "
+              f"{float((raw.c2w[frames] - ref.c2w).abs().max()):.2f})")
+        torch.testing.assert_close(cams.c2w[frames], ref.c2w, atol=1e-6, rtol=0)
+        torch.testing.assert_close(cams.K[frames], ref.K)              # one intrinsics parser
+        torch.testing.assert_close(cams.distortion[frames], ref.distortion)
+        # ... so the path's rays are the scene's rays, pixel for pixel
+        mine = CameraPath(cams.K[frames], cams.c2w[frames], cams.H, cams.W, "p", {},
+                          cams.distortion[frames])
+        for k in range(ref.n):
+            a, b = (tile_rays(setup, c, Tile(k, 0, 0, scene.H, scene.W)) for c in (mine, ref))
+            for key in ("rays_o", "rays_d"):
+                torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+    assert cams.K[1].tolist()[0] == [9.0, 0.0, 3.5] and cams.K[0, 1, 1] == 7.5
+
+    # downscaled scene: the path keeps the file's size; resized to the scene's, the same cameras
+    half = open_scene(load_config(None, [f"data.root={root}", "data.llff_hold=2",
+                                         "data.downscale=2"]).data, "train")
+    torch.testing.assert_close(cams.resized(half.W, half.H).K[1::2], half.K)
+    # our own format (what render.json and write_camera_path hold) is already in the scene's frame
+    ours = tmp_path / "ours.json"
+    write_camera_path(cams, str(ours))
+    back = load_camera_path(str(ours))
+    assert back.meta["coordinates"] == "scene" and in_scene_frame(back, train.meta) is back
+    torch.testing.assert_close(back.c2w, cams.c2w)
+    # a "world" path over a reader that records no map is refused, not rendered from elsewhere
+    with pytest.raises(CameraPathError, match="records no map"):
+        in_scene_frame(raw, {"format": "llff"})
+    assert torch.equal(in_scene_frame(raw, {"format": "blender"}).c2w, raw.c2w)

@@ -16,13 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, free_port
 from nerf_dist.config import load_config
-from nerf_dist.evaluation import evaluate_split, foreground_mask, psnr_fg, render_views
+from nerf_dist.evaluation import (evaluate_split, foreground_mask, ground_truth, psnr_fg,
+                                  render_views, render_with_truth)
 from nerf_dist.metrics import psnr
 from nerf_dist.renderer.core import RenderSetup
 from nerf_dist.renderer.paths import split_path
-from nerf_dist.scenes import load_scene
+from nerf_dist.scenes import images as scene_images
+from nerf_dist.scenes import lazy, load_scene, open_scene
 
 W, H, FOCAL = 32, 24, 28.0
 DIST = (-0.3, 0.05, 0.01, -0.005)          # k1 k2 p1 p2 (top level of transforms.json)
@@ -215,3 +217,87 @@ def test_render_views_equal_across_tiles(distorted_scene):
         assert float((a[i]["rgb"] - b[i]["rgb"]).abs().max()) <= 1e-6
         assert float(a[i]["rgb"].min()) >= 0 and float(a[i]["rgb"].max()) <= 1
     assert os.path.basename(scene.files[0]) == "00.png"
+
+
+# ----------------------------------------------------------------------------- decoding only what is scored
+
+def _count_decodes(monkeypatch) -> list[str]:
+    """Every image decode of this process, through either decoder entry point, in a list."""
+    decoded: list[str] = []
+    for mod in (lazy, scene_images):
+        real = mod.read_image
+        monkeypatch.setattr(mod, "read_image", lambda p, real=real: decoded.append(p) or real(p))
+    return decoded
+
+
+def test_eval_of_a_lazy_scene_decodes_each_view_once_and_equals_the_loaded_scene(
+        distorted_scene, tmp_path, monkeypatch):
+    data = _data(distorted_scene)
+    full = load_scene(data, "test")
+    ref = evaluate_split(AnalyticModel(), full, str(tmp_path / "a"), 1000, "cpu", tile=16,
+                         log=lambda *_: None)
+    decoded = _count_decodes(monkeypatch)
+    scene = open_scene(data, "test")
+    assert decoded == []                       # the cameras and the size come without decoding
+    rep = evaluate_split(AnalyticModel(), scene, str(tmp_path / "b"), 1000, "cpu", tile=16,
+                         log=lambda *_: None)
+    print(f"lazy eval of {scene.n} views: {len(decoded)} decodes")
+    assert sorted(decoded) == sorted(scene.files)          # each view once, when it is scored
+    assert [e["psnr"] for e in rep["per_image"]] == [e["psnr"] for e in ref["per_image"]]
+    assert rep["psnr_fg"] == ref["psnr_fg"] and rep["ssim"] == ref["ssim"]
+
+
+def test_ground_truth_of_a_lazy_scene_equals_the_loaded_one(demo_scene):
+    data = load_config(None, [f"data.root={demo_scene}", "data.downscale=2"]).data
+    full, scene = load_scene(data, "val"), open_scene(data, "val")
+    for i in (0, scene.n - 1):
+        rgb, depth = ground_truth(scene, i)
+        assert torch.equal(rgb, full.images[i]) and torch.equal(depth, full.depths[i])
+        assert ground_truth(full, i)[0] is not None
+    setup = RenderSetup.from_scene(AnalyticModel(), scene, 256, "cpu")
+    assert torch.equal(setup.background, full.background)
+    got = [(i, gt.shape) for i, _, gt, _ in render_with_truth(setup, scene, [1, 0], tile=16)]
+    assert got == [(1, (scene.H, scene.W, 3)), (0, (scene.H, scene.W, 3))]
+
+
+def _decode_worker(rank, world_size, port, run, out):
+    """One rank of `nerf-dist eval` (commands.eval_run): count its decodes."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from nerf_dist import commands
+    from nerf_dist.run_dir import load_model
+    decoded = _count_decodes(pytest.MonkeyPatch())
+    loaded = load_model(run_dir=run, overrides=[f"run.dir={run}", "render.tile=8",
+                                                "dist.timeout_s=60"])
+    rep = commands.eval_run(loaded, run, out=f"{out}/eval")
+    with open(f"{out}/counts.{rank}.json", "w") as f:
+        json.dump({"decoded": len(decoded), "n_eval": (rep or {}).get("n_images")}, f)
+
+
+@pytest.mark.slow
+def test_two_rank_eval_decodes_only_on_the_rank_that_scores(tiny_run, tmp_path):
+    """`eval` on 2 ranks: rank 0 decodes each test view once, as it scores it; rank 1 none."""
+    import shutil
+
+    import torch.multiprocessing as mp
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    mp.spawn(_decode_worker, args=(2, free_port(), str(run), str(tmp_path)), nprocs=2)
+    res = [json.loads((tmp_path / f"counts.{r}.json").read_text()) for r in range(2)]
+    n = res[0]["n_eval"]
+    print(f"2-rank eval of {n} test views: decodes per rank {[r['decoded'] for r in res]}")
+    assert n == 8 and [r["decoded"] for r in res] == [n, 0]
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["world_size"] == 2
+
+
+def test_render_of_a_split_or_orbit_decodes_no_image(tiny_run, monkeypatch):
+    """`nerf-dist render`'s camera paths come from the scene's cameras, never its pixels."""
+    from nerf_dist.renderer import job
+    loaded = job.load_model(run_dir=str(tiny_run))
+    decoded = _count_decodes(monkeypatch)
+    for path in ("test", "orbit"):
+        cams, setup = job.build_path(loaded, path, 2, None)
+        assert cams.n == 2 and setup.background.shape == (3,)
+    assert decoded == []

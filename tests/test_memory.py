@@ -22,6 +22,8 @@ def host_gib(monkeypatch):
         monkeypatch.setattr(memory, "host_available",
                             lambda: (b, f"{memory.fmt_bytes(b)} available (MemAvailable)"))
     monkeypatch.delenv("NERF_DIST_MEMORY_CHECK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)   # one rank on this host, unless a
+    monkeypatch.delenv("LOCAL_RANK", raising=False)         # test says otherwise
     return set_
 
 
@@ -182,6 +184,60 @@ def test_batch_that_cannot_fit_is_refused_with_what_fits(host_gib):
                                  300_000_000, 1, "cpu")
     est = memory.check_train_batch(_cfg("train.rays_per_batch=64"), 300_000_000, 1, "cpu")
     assert [v for k, v in est["host"].items() if "data.cache_memory=2GB" in k] == [2_000_000_000]
+
+
+# ------------------------------------------------------------------------------ ranks sharing a host
+
+def test_ranks_on_host_from_torchrun_environment(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert memory.ranks_on_host() == (0, 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert memory.ranks_on_host() == (3, 4)
+    for bad in ("x", "0"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", bad)
+        assert memory.ranks_on_host() == (0, 1)
+
+
+def test_each_rank_is_checked_against_its_share_of_the_host(host_gib, monkeypatch):
+    """Two ranks on one host each see the whole host's MemAvailable; each may use half of it."""
+    host_gib(4)
+    cfg = _cfg("train.rays_per_batch=64", "data.cache_memory=1.5GiB")
+    # a rank needing ~1.6 GiB (its cache window + slack): fits the whole 4 GiB host ...
+    est = memory.check_train_batch(cfg, 300_000_000, 1, "cpu")
+    need = sum(est["host"].values()) + memory._SLACK
+    assert 1.5 * GiB < need < 2 * GiB
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert memory.host_share()[0] == 2 * GiB
+    memory.check_train_batch(cfg, 300_000_000, 1, "cpu")   # ... and still fits half of it
+    # three ranks on the host: 1.33 GiB each is too little, and the message says whose share
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    with pytest.raises(MemoryBudgetError) as info:
+        memory.check_train_batch(cfg, 300_000_000, 1, "cpu")
+    msg = str(info.value)
+    print(msg)
+    assert msg.startswith("rank 1 of 3 on this host: training with train.rays_per_batch=64")
+    assert f"needs about {memory.fmt_bytes(need)}" in msg
+    assert "its share is 1.3 GiB (the 4.0 GiB available (MemAvailable) split over the 3 ranks" in msg
+    assert "data.cache_memory (it is per rank" in msg and "--nproc_per_node, now 3" in msg
+    # a render: the same share
+    with pytest.raises(MemoryBudgetError, match=r"^rank 1 of 3 on this host: rendering at "
+                                                r"3000x3000 .* its share is 1\.3 GiB"):
+        memory.check_render(3000, 3000, 64, 256, _model(), 3, "cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    memory.check_render(3000, 3000, 64, 256, _model(), 3, "cpu")
+    # the advice of a too-large batch counts what fits in the share, not in the host
+    big = _cfg("train.rays_per_batch=65536")
+    fit = {}
+    for n in ("1", "2"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", n)
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(MemoryBudgetError) as info:
+            memory.check_train_batch(big, 10_000_000, 1, "cpu")
+        fit[n] = int(str(info.value).split("about ")[2].split(" fits")[0])
+    assert fit["2"] < fit["1"]
 
 
 # ------------------------------------------------------------------------------ estimates vs reality

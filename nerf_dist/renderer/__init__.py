@@ -11,11 +11,11 @@ validation and the benchmarks all render through :func:`.core.render_frames`.
 - :mod:`.job`     the `render` command: load checkpoint, build path, render a folder with resume
 """
 from .core import RenderSetup, check_memory, render_frames, render_tile, tile_rays
-from .paths import (CameraPath, CameraPathError, load_camera_path, orbit_params, orbit_path,
-                    parse_resolution, spiral_path, split_path, write_camera_path)
+from .paths import (CameraPath, CameraPathError, in_scene_frame, load_camera_path, orbit_params,
+                    orbit_path, parse_resolution, spiral_path, split_path, write_camera_path)
 from .tiles import Tile, frame_batches, frame_tiles, plan_tiles, rank_loads
 
 __all__ = ["RenderSetup", "check_memory", "render_frames", "render_tile", "tile_rays", "CameraPath",
-           "CameraPathError", "load_camera_path", "orbit_params", "orbit_path", "parse_resolution",
-           "spiral_path", "split_path", "write_camera_path", "Tile", "frame_batches",
-           "frame_tiles", "plan_tiles", "rank_loads"]
+           "CameraPathError", "in_scene_frame", "load_camera_path", "orbit_params", "orbit_path",
+           "parse_resolution", "spiral_path", "split_path", "write_camera_path", "Tile",
+           "frame_batches", "frame_tiles", "plan_tiles", "rank_loads"]

@@ -48,7 +48,9 @@ class RenderSetup:
 
     @classmethod
     def from_scene(cls, model, scene, chunk: int, device) -> "RenderSetup":
-        return cls(model, float(scene.near), float(scene.far), scene.background.float(), chunk,
+        """The scene's near, far, background and NDC settings (a Scene or a LazyScene)."""
+        return cls(model, float(scene.near), float(scene.far),
+                   torch.as_tensor(scene.background, dtype=torch.float32), chunk,
                    torch.device(device), bool(scene.ndc), float(scene.ndc_focal),
                    tuple(scene.ndc_size))
 

@@ -15,12 +15,12 @@ from tqdm import tqdm
 
 from .. import dist, storage
 from ..run_dir import Loaded, load_model  # noqa: F401 - load_model re-exported for callers
-from ..scenes import load_scene
+from ..scenes import open_scene
 from ..scenes.base import SceneError
 from .core import RenderSetup, check_memory, render_frames
 from .outputs import FrameWriter, clean_temp, write_videos
-from .paths import (CameraPath, load_camera_path, orbit_path, parse_resolution, spiral_path,
-                    split_path)
+from .paths import (CameraPath, in_scene_frame, load_camera_path, orbit_path, parse_resolution,
+                    spiral_path, split_path)
 
 PATH_KINDS = ("auto", "orbit", "spiral", "train", "val", "test")
 RENDER_JSON_VERSION = 1
@@ -34,7 +34,9 @@ def build_path(loaded: Loaded, path: str | None = None, n_frames: int | None = N
     forward-facing scenes, orbit otherwise), orbit, spiral, a split name, or a camera-path JSON
     file. n_frames: frames of an orbit/spiral (render.frames), or the first n cameras of a split /
     file (render.max_frames; 0 = all). resolution: (W, H) (render.resolution), default the path's
-    own (training size for orbit/spiral).
+    own (training size for orbit/spiral). A file in the capture's world coordinates (an
+    instant-ngp scene's own transforms.json) is moved into the scene's frame
+    (:func:`.paths.in_scene_frame`).
     """
     cfg = loaded.cfg
     r = cfg.render
@@ -48,12 +50,14 @@ def build_path(loaded: Loaded, path: str | None = None, n_frames: int | None = N
     is_file = path not in PATH_KINDS
     cams = load_camera_path(path) if is_file else None   # malformed files fail first, and cheaply
     ref = None
+    # NOTE: open_scene, not load_scene: a path needs the scene's cameras, never its pixels, so no
+    # rank decodes an image (the first one's header gives the size).
     if path in ("train", "val", "test"):
-        ref = load_scene(cfg.data, path)
+        ref = open_scene(cfg.data, path)
         cams = split_path(ref)
     else:
         try:
-            ref = load_scene(cfg.data, "train")
+            ref = open_scene(cfg.data, "train")
         except SceneError as e:
             maybe_ndc = str(cfg.data.ndc).lower() != "false" and cfg.data.format in ("auto", "llff")
             if not is_file or maybe_ndc:
@@ -61,6 +65,13 @@ def build_path(loaded: Loaded, path: str | None = None, n_frames: int | None = N
                        "the training cameras to know whether rays use NDC")
                 raise SceneError(f"--path {path} needs {why}: {e} (pass data.root=DIR"
                                  + ("" if not is_file else ", or data.ndc=false") + ")") from e
+    if is_file and cams.meta.get("coordinates") == "world":
+        # NOTE: a scene's own transforms.json (or a path marked "world") is in the capture's
+        # frame; the model was trained in the reader's normalised frame.
+        if ref is None:
+            raise SceneError(f"--path {path} is in the capture's world coordinates: moving it into "
+                             f"the scene's frame needs the scene (pass data.root=DIR)")
+        cams = in_scene_frame(cams, ref.meta)
     if path in ("auto", "orbit", "spiral"):
         kind = ("spiral" if ref.ndc else "orbit") if path == "auto" else path
         n = n_frames or r.frames

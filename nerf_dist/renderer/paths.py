@@ -21,8 +21,18 @@ Camera-path JSON, our format (a Blender/instant-ngp ``transforms.json`` is also 
       ]                                    #   and k1 k2 p1 p2
     }
 
-Distortion is kept only when the file names k1, k2, p1 or p2 somewhere (else cameras are pinhole);
-k3 and k4 are ignored with a warning, as the instant-ngp scene reader does.
+Intrinsics are read by the instant-ngp scene reader's own parser
+(:mod:`nerf_dist.scenes.intrinsics`): each key from the frame when it has it, else from the top
+level. Distortion is kept only when the file names k1, k2, p1 or p2 somewhere (else cameras are
+pinhole); k3 and k4 are ignored with a warning, as the instant-ngp scene reader does.
+
+Coordinates: ``"coordinates": "scene"`` (what :func:`write_camera_path` writes) means the poses
+are in the scene's frame, as the training cameras are after the reader's normalisation;
+``"coordinates": "world"`` means the capture's own frame, as in the scene's transforms.json.
+Without the key, a file whose frames name a ``file_path`` (a scene's transforms.json) is in
+"world" coordinates, any other in "scene" coordinates. `render` moves a "world" path into the
+scene's frame with the scene's recorded normalisation (:func:`in_scene_frame`), so a path made
+from an instant-ngp scene's own transforms.json renders from its training cameras.
 
 nerfstudio's ``camera_path.json`` (as written by its viewer / ``ns-render``) is read too::
 
@@ -47,8 +57,10 @@ import torch
 
 from .. import storage
 from ..memory import MAX_SIDE
+from ..scenes.base import to_scene_frame
+from ..scenes.intrinsics import DIST_KEYS, parse_intrinsics
 
-DIST_KEYS = ("k1", "k2", "p1", "p2")
+COORDINATES = ("scene", "world")
 
 class CameraPathError(ValueError):
     """A malformed camera-path file or unusable cameras; the message names the file and field."""
@@ -106,7 +118,7 @@ class CameraPath:
             frames.append(fr)
         K0 = self.K[0].tolist()
         return {"camera_model": "pinhole" if self.distortion is None else "opencv",
-                "width": self.W, "height": self.H, "fl_x": K0[0][0],
+                "coordinates": "scene", "width": self.W, "height": self.H, "fl_x": K0[0][0],
                 "fl_y": K0[1][1], "cx": K0[0][2], "cy": K0[1][2], "frames": frames}
 
 
@@ -319,38 +331,15 @@ def _ours(data: dict, path: str) -> CameraPath:
     if not isinstance(frames, list) or not frames:
         raise CameraPathError(f"camera path {path}: 'frames' must be a non-empty list")
 
-    def intr(src: dict, base: dict | None, where: str) -> tuple[float, float, float, float]:
-        if "fl_x" in src:
-            fx = _num(src["fl_x"], f"{where}: fl_x")
-        elif "camera_angle_x" in src:
-            ang = _num(src["camera_angle_x"], f"{where}: camera_angle_x")
-            if not 0 < ang < math.pi:
-                raise CameraPathError(f"{where}: camera_angle_x must be in (0, pi) radians")
-            fx = 0.5 * W / math.tan(0.5 * ang)
-        elif base is not None:
-            fx = base[0]
-        else:
-            raise CameraPathError(f"{where}: missing focal length ('fl_x' or 'camera_angle_x')")
-        own = "fl_x" in src or "camera_angle_x" in src
-        fy = _num(src["fl_y"], f"{where}: fl_y") if "fl_y" in src else (
-            fx if own or base is None else base[1])
-        cx = _num(src["cx"], f"{where}: cx") if "cx" in src else (base[2] if base else W / 2.0)
-        cy = _num(src["cy"], f"{where}: cy") if "cy" in src else (base[3] if base else H / 2.0)
-        if fx <= 0 or fy <= 0:
-            raise CameraPathError(f"{where}: focal lengths must be > 0")
-        return fx, fy, cx, cy
-
-    def lens(src: dict, where: str) -> list[float]:
-        # NOTE: as the instant-ngp reader: a frame's own value wins over the top level's, else 0.
-        return [_num(src[k], f"{where}: {k}") if k in src else
-                _num(data[k], f"camera path {path}: {k}") if k in data else 0.0
-                for k in DIST_KEYS]
-
-    has_global = "fl_x" in data or "camera_angle_x" in data
-    base = intr(data, None, f"camera path {path}") if has_global else None
+    coords = data.get("coordinates")
+    if coords is None:
+        coords = "world" if any(isinstance(fr, dict) and "file_path" in fr for fr in frames) \
+            else "scene"
+    if coords not in COORDINATES:
+        raise CameraPathError(f"camera path {path}: 'coordinates' must be one of {COORDINATES}, "
+                              f"got {coords!r}")
     Ks, poses, dists = [], [], []
-    has_dist = any(k in data for k in DIST_KEYS)
-    ignored = {k for k in ("k3", "k4") if data.get(k)}
+    has_dist, ignored = False, set()
     for i, fr in enumerate(frames):
         where = f"camera path {path}: frame {i}"
         if not isinstance(fr, dict):
@@ -358,18 +347,45 @@ def _ours(data: dict, path: str) -> CameraPath:
         if "transform_matrix" not in fr:
             raise CameraPathError(f"{where}: missing 'transform_matrix'")
         poses.append(_pose(fr["transform_matrix"], f"{where}: transform_matrix"))
-        fx, fy, cx, cy = intr(fr, base, where)
-        Ks.append([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-        dists.append(lens(fr, where))
-        has_dist = has_dist or any(k in fr for k in DIST_KEYS)
-        ignored |= {k for k in ("k3", "k4") if fr.get(k)}
+        it = parse_intrinsics(data, fr, where, (W, H), CameraPathError)
+        Ks.append(it.K(W, H))
+        dists.append(list(it.distortion))
+        has_dist = has_dist or it.has_dist
+        ignored |= set(it.extra)
     if ignored:
         warnings.warn(f"camera path {path}: distortion fields {sorted(ignored)} are ignored "
                       f"(only k1 k2 p1 p2 are used)", stacklevel=3)
     return CameraPath(torch.tensor(Ks, dtype=torch.float32),
                       torch.from_numpy(np.stack(poses).astype(np.float32)), H, W,
-                      os.path.basename(path), {"kind": "file", "file": path, "format": "nerf_dist"},
+                      os.path.basename(path), {"kind": "file", "file": path, "format": "nerf_dist",
+                                               "coordinates": coords},
                       torch.tensor(dists, dtype=torch.float32) if has_dist else None)
+
+
+def in_scene_frame(cams: CameraPath, scene_meta: dict) -> CameraPath:
+    """A camera path in the scene's frame: ``cams`` itself unless its meta says "world"
+    coordinates (module docstring), else moved by the scene's recorded normalisation.
+
+    scene_meta: ``Scene.meta`` / ``LazyScene.meta`` of the scene rendered. Instant-ngp scenes
+    record ``world_to_scene`` (:func:`nerf_dist.scenes.base.to_scene_frame`); Blender scenes are
+    not normalised (world = scene). Other readers (LLFF) record no map: a "world" path is refused.
+    """
+    if cams.meta.get("coordinates", "scene") != "world":
+        return cams
+    meta = dict(cams.meta, coordinates="scene")
+    w2s = scene_meta.get("world_to_scene")
+    if w2s is None and scene_meta.get("format") == "blender":
+        return CameraPath(cams.K.clone(), cams.c2w.clone(), cams.H, cams.W, cams.name, meta,
+                          cams._dist())
+    if w2s is None:
+        raise CameraPathError(
+            f"camera path {cams.name} is in the capture's world coordinates (a transforms.json, "
+            f"or \"coordinates\": \"world\"), but the {scene_meta.get('format', '?')} scene "
+            f"reader records no map from those to the scene's frame: write the path in the scene's "
+            f"frame and mark it \"coordinates\": \"scene\"")
+    c2w = torch.from_numpy(to_scene_frame(cams.c2w.numpy(), w2s).astype(np.float32))
+    meta["world_to_scene"] = w2s
+    return CameraPath(cams.K.clone(), c2w, cams.H, cams.W, cams.name, meta, cams._dist())
 
 
 def _nerfstudio(data: dict, path: str) -> CameraPath:

@@ -9,11 +9,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
 class SceneError(ValueError):
     """Bad scene input; the message names the file and the frame or field."""
+
+
+def to_scene_frame(c2w, world_to_scene: dict) -> np.ndarray:
+    """Camera-to-world poses c2w [n, 3, 4] in a capture's own world frame -> the scene's frame
+    (float64): centres (x - offset) * scale, rotations unchanged.
+
+    world_to_scene: {"offset": [3], "scale": s}, as a reader that normalises records it in
+    ``Scene.meta['world_to_scene']`` (instant-ngp scenes).
+    """
+    out = np.array(c2w, dtype=np.float64)[:, :3, :4].copy()
+    offset = np.asarray(world_to_scene["offset"], dtype=np.float64).reshape(3)
+    out[:, :, 3] = (out[:, :, 3] - offset) * float(world_to_scene["scale"])
+    return out
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,9 @@ def open_blender(data_cfg: DataConfig, split: str) -> LazyScene:
               "camera_angle_x": angle, "downscale": f},
         sources=ix.sources,
         depths=lambda h, w: _load_depths(ix.depth_files, ix.keep, f, (h, w), ix.path),
+        depth_frame=None if not ix.depth_files else (
+            lambda i, h, w: torch.from_numpy(_load_depth(ix.depth_files[i], ix.keep[i], f, (h, w),
+                                                         ix.path))),
     )
 
 
@@ -212,15 +215,20 @@ def _load_depths(depth_files: list[str] | None, keep: list[int], factor: int,
         return None
     out = np.empty((len(depth_files),) + size, dtype=np.float32)
     for k, (dp, i) in enumerate(zip(depth_files, keep)):
-        try:
-            d = np.load(dp, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SceneError(f"{path}: frame {i}: cannot read depth_file {dp}: {e}") from e
-        if d.ndim != 2:
-            raise SceneError(f"{path}: frame {i}: depth_file {dp} must be [H, W], got {d.shape}")
-        d = downscale_depth(d, factor)
-        if d.shape != size:
-            raise SceneError(f"{path}: frame {i}: depth_file {dp} is {d.shape} after downscale, "
-                             f"images are {size}")
-        out[k] = d
+        out[k] = _load_depth(dp, i, factor, size, path)
     return torch.from_numpy(out)
+
+
+def _load_depth(dp: str, i: int, factor: int, size: tuple[int, int], path: str) -> np.ndarray:
+    """[H, W] float32 depth of frame i from its ``depth_file`` dp (.npy [H0, W0]), downscaled."""
+    try:
+        d = np.load(dp, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SceneError(f"{path}: frame {i}: cannot read depth_file {dp}: {e}") from e
+    if d.ndim != 2:
+        raise SceneError(f"{path}: frame {i}: depth_file {dp} must be [H, W], got {d.shape}")
+    d = downscale_depth(d, factor)
+    if d.shape != size:
+        raise SceneError(f"{path}: frame {i}: depth_file {dp} is {d.shape} after downscale, "
+                         f"images are {size}")
+    return d

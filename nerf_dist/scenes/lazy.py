@@ -5,7 +5,9 @@ takes the image size from the first file's header, and returns a :class:`LazySce
 bounds and files, but no pixels. :meth:`LazyScene.read` decodes one frame as stored (straight
 RGB or RGBA), :meth:`LazyScene.finish` applies the reader's compositing and downscaling, and
 :meth:`LazyScene.load` decodes every frame (in a thread pool) into the :class:`Scene` the readers'
-``load_*`` return, exactly as before.
+``load_*`` return, exactly as before. What needs only cameras (`render`, the cameras of `eval`)
+uses a LazyScene as it is; `eval` decodes each view's ground truth (:meth:`LazyScene.image`,
+:meth:`LazyScene.depth`) on the rank that scores it, when it scores it.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ class LazyScene:
     must have it). K [n, 3, 3], c2w [n, 3, 4], distortion [n, 4] | None, near, far, aabb, ndc,
     ndc_focal, ndc_size, meta, split, sources: as in :class:`Scene` (at the loaded size).
     depths: callable (H, W) -> [n, H, W] tensor or None, called by :meth:`load` only.
+    depth_frame: callable (i, H, W) -> [H, W] tensor of frame i's ground-truth depth, or None
+    when the scene has none (:meth:`depth`).
     """
 
     files: list[str]
@@ -69,6 +73,7 @@ class LazyScene:
     meta: dict = field(default_factory=dict)
     sources: SceneFiles = field(default_factory=SceneFiles)
     depths: Callable[[int, int], torch.Tensor | None] | None = None
+    depth_frame: Callable[[int, int, int], torch.Tensor] | None = None
 
     @property
     def n(self) -> int:
@@ -107,6 +112,15 @@ class LazyScene:
     def image(self, i: int) -> np.ndarray:
         """Frame i as :meth:`load` holds it: [H, W, 3] float32."""
         return self.finish(self.read(i))
+
+    def depth(self, i: int) -> torch.Tensor | None:
+        """Frame i's ground-truth depth [H, W] (as :meth:`load` holds it), None without depths."""
+        if self.depth_frame is not None:
+            return self.depth_frame(i, self.H, self.W)
+        if self.depths is not None:  # NOTE: a reader without a per-frame reader: all, then one
+            d = self.depths(self.H, self.W)
+            return None if d is None else d[i]
+        return None
 
     def load(self) -> Scene:
         """Every frame decoded (thread pool) into a :class:`Scene`."""

@@ -2,12 +2,16 @@
 
 Intrinsics come from the top level or from each frame (a frame's value wins): ``fl_x``, ``fl_y``,
 ``cx``, ``cy``, ``w``, ``h``, or ``camera_angle_x`` / ``camera_angle_y``; OpenCV distortion
-``k1 k2 p1 p2`` likewise. ``file_path`` is relative to the json's folder, with or without an
-extension. ``transform_matrix`` is camera-to-world in the OpenGL convention.
+``k1 k2 p1 p2`` likewise (:mod:`nerf_dist.scenes.intrinsics`, the parser camera-path files use
+too). ``file_path`` is relative to the json's folder, with or without an extension.
+``transform_matrix`` is camera-to-world in the OpenGL convention.
 
-Normalisation: camera centres (of ALL frames, so every split shares one frame) are shifted by
-their mean and scaled so that they fit in [-1, 1]^3; ``meta['offset']`` and ``meta['scale']``
-record it (x_scene = (x_world - offset) * scale).
+Normalisation (:func:`normalisation`): camera centres (of ALL frames, so every split shares one
+frame) are shifted by their mean and scaled so that they fit in [-1, 1]^3; rotations are kept.
+``meta['world_to_scene']`` records it as ``{"offset": [3], "scale": s}`` (x_scene = (x_world -
+offset) * scale; also as ``meta['offset']`` and ``meta['scale']``), so a camera path in the
+capture's frame, e.g. this scene's own transforms.json, is moved into the scene's frame the same
+way (:func:`nerf_dist.scenes.base.to_scene_frame`).
 
 Splits: ``transforms_{split}.json`` siblings when present; else ``{split}_filenames`` lists in
 transforms.json (nerfstudio); else every ``llff_hold``-th frame (i % hold == 0) is 'test'/'val'.
@@ -23,57 +27,16 @@ import numpy as np
 import torch
 
 from ..config import DataConfig
-from .base import Scene, SceneError, SceneFiles, inside_root
+from .base import Scene, SceneError, SceneFiles, inside_root, to_scene_frame
 from .blender import background_of, frame_pose, get_frames, read_json, require, resolve_image
 from .images import drop_missing
+from .intrinsics import number, parse_intrinsics
 from .lazy import LazyScene, probe_size
 
 NEAR = 0.05
 MAX_AABB_SCALE = 16.0
 SPLITS = ("train", "val", "test")
 _EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
-
-
-def _num(v, key: str, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise SceneError(f"{where}: field '{key}' must be a finite number, got {v!r}")
-    return float(v)
-
-
-def frame_intrinsics(glob: dict, frame: dict, where: str) -> dict:
-    """Merged intrinsics of one frame: fx, fy, cx, cy (None = image centre), w, h (None =
-    image size), k1, k2, p1, p2 (0 when absent). Frame fields override global ones."""
-    def get(key):
-        if key in frame:
-            return _num(frame[key], key, where)
-        if key in glob:
-            return _num(glob[key], key, f"{where} (top level)")
-        return None
-
-    w, h = get("w"), get("h")
-
-    def focal(fl_key: str, angle_key: str, size, size_key: str):
-        # NOTE: a frame's own focal or angle wins over any top-level one.
-        for src, label in ((frame, where), (glob, f"{where} (top level)")):
-            if fl_key in src:
-                return _num(src[fl_key], fl_key, label)
-            if angle_key in src:
-                if size is None:
-                    raise SceneError(f"{label}: '{angle_key}' needs the image size: "
-                                     f"missing field '{size_key}'")
-                return 0.5 * size / math.tan(0.5 * _num(src[angle_key], angle_key, label))
-        return None
-
-    fx = focal("fl_x", "camera_angle_x", w, "w")
-    fy = focal("fl_y", "camera_angle_y", h, "h")
-    if fx is None and fy is None:
-        raise SceneError(f"{where}: missing field 'fl_x' (or 'camera_angle_x')")
-    fx = fy if fx is None else fx
-    fy = fx if fy is None else fy
-    dist = {k: (get(k) or 0.0) for k in ("k1", "k2", "p1", "p2")}
-    extra = [k for k in ("k3", "k4") if get(k)]
-    return {"fx": fx, "fy": fy, "cx": get("cx"), "cy": get("cy"), "w": w, "h": h,
-            "has_dist": any(k in frame or k in glob for k in dist), "extra": extra, **dist}
 
 
 def _norm_name(p: str) -> str:
@@ -130,12 +93,21 @@ def _entries(root: str, split: str, hold: int) -> tuple[list, list, str, list[st
     return chosen, all_poses, path, [path]
 
 
+def normalisation(centres: np.ndarray) -> dict:
+    """The world-to-scene map of a capture: {"offset": [3], "scale": s} with x_scene = (x_world -
+    offset) * scale, offset the mean of the camera centres [n, 3] and scale fitting them into
+    [-1, 1]^3 (1 when all centres coincide)."""
+    offset = centres.mean(0)
+    extent = float(np.abs(centres - offset).max())
+    return {"offset": [float(v) for v in offset], "scale": 1.0 / extent if extent > 0 else 1.0}
+
+
 @dataclass
 class NgpIndex:
     """What :func:`load_ngp` reads, found without decoding an image.
 
     chosen: the split's frames as (json_path, frame, index, glob); keep: positions (into chosen)
-    of the frames whose image exists; files, intr, c2w [n, 3, 4]: of the kept frames; all_poses:
+    of the frames whose image exists; files, c2w [n, 3, 4]: of the kept frames; all_poses:
     every frame of every split (for the normalisation); source: the split's transforms file;
     jsons: every transforms file read.
     """
@@ -143,7 +115,6 @@ class NgpIndex:
     chosen: list
     keep: list[int]
     files: list[str]
-    intr: list[dict]
     c2w: np.ndarray
     all_poses: list
     source: str
@@ -161,7 +132,7 @@ def index_ngp(data_cfg: DataConfig, split: str) -> NgpIndex:
     if not chosen:
         raise SceneError(f"{source}: split '{split}' has no frames")
 
-    files, poses, intr = [], [], []
+    files, poses = [], []
     for p, fr, i, glob in chosen:
         where = f"{p}: frame {i}"
         fp = require(fr, "file_path", where)
@@ -171,14 +142,13 @@ def index_ngp(data_cfg: DataConfig, split: str) -> NgpIndex:
         inside_root(root, folder, fp, data_cfg.allow_outside_root, where, "file_path")
         files.append(resolve_image(folder, fp, _EXTS))
         poses.append(frame_pose(fr, i, p))
-        intr.append(frame_intrinsics(glob, fr, where))
 
     ids = [i for _, _, i, _ in chosen]
     keep = drop_missing(files, data_cfg.skip_missing, source, ids)
     if not keep:
         raise SceneError(f"{source}: split '{split}' is empty: every image is missing")
     return NgpIndex(chosen=chosen, keep=keep, files=[files[k] for k in keep],
-                    intr=[intr[k] for k in keep], c2w=np.stack([poses[k] for k in keep]),
+                    c2w=np.stack([poses[k] for k in keep]),
                     all_poses=all_poses, source=source, jsons=jsons)
 
 
@@ -187,7 +157,7 @@ def open_ngp(data_cfg: DataConfig, split: str) -> LazyScene:
     :func:`load_ngp`)."""
     root = data_cfg.root
     ix = index_ngp(data_cfg, split)
-    chosen, keep, files, intr, c2w = ix.chosen, ix.keep, ix.files, ix.intr, ix.c2w
+    chosen, keep, files, c2w = ix.chosen, ix.keep, ix.files, ix.c2w
     all_poses, source = ix.all_poses, ix.source
     ids = [i for _, _, i, _ in chosen]
 
@@ -196,32 +166,30 @@ def open_ngp(data_cfg: DataConfig, split: str) -> LazyScene:
     h0, w0 = probe_size(files[0], f)
     n = len(files)
     K = np.zeros((n, 3, 3))
-    for k, it in enumerate(intr):
-        if (it["w"] is not None and int(it["w"]) != w0) or (it["h"] is not None and int(it["h"]) != h0):
-            raise SceneError(f"{chosen[keep[k]][0]}: frame {chosen[keep[k]][2]}: fields 'w', 'h' "
-                             f"({it['w']}, {it['h']}) differ from the image size {w0}x{h0} of {files[k]}")
-        cx = it["cx"] if it["cx"] is not None else w0 / 2.0
-        cy = it["cy"] if it["cy"] is not None else h0 / 2.0
-        K[k] = [[it["fx"] / f, 0.0, cx / f], [0.0, it["fy"] / f, cy / f], [0.0, 0.0, 1.0]]
-    extra = sorted({e for it in intr for e in it["extra"]})
+    intr = []
+    for k in range(n):
+        p, fr, i, glob = chosen[keep[k]]
+        it = parse_intrinsics(glob, fr, f"{p}: frame {i}", (w0, h0))
+        if (it.w is not None and int(it.w) != w0) or (it.h is not None and int(it.h) != h0):
+            raise SceneError(f"{p}: frame {i}: fields 'w', 'h' ({it.w}, {it.h}) differ from the "
+                             f"image size {w0}x{h0} of {files[k]}")
+        K[k] = it.K(w0, h0, f)
+        intr.append(it)
+    extra = sorted({e for it in intr for e in it.extra})
     if extra:
         warnings.warn(f"{source}: distortion fields {extra} are ignored (only k1 k2 p1 p2 are used)",
                       stacklevel=3)
     distortion = None
-    if any(it["has_dist"] for it in intr):
-        distortion = torch.tensor([[it["k1"], it["k2"], it["p1"], it["p2"]] for it in intr],
-                                  dtype=torch.float32)
+    if any(it.has_dist for it in intr):
+        distortion = torch.tensor([it.distortion for it in intr], dtype=torch.float32)
 
     # NOTE: normalise with every frame of every split so train and test share one frame.
-    centres = np.stack(all_poses)[:, :, 3]
-    offset = centres.mean(0)
-    extent = float(np.abs(centres - offset).max())
-    scale = 1.0 / extent if extent > 0 else 1.0
-    c2w[:, :, 3] = (c2w[:, :, 3] - offset) * scale
+    world_to_scene = normalisation(np.stack(all_poses)[:, :, 3])
+    c2w = to_scene_frame(c2w, world_to_scene)
 
     glob0 = chosen[0][3]
     s = glob0.get("aabb_scale", 1)
-    s = float(min(max(_num(s, "aabb_scale", source), 1.0), MAX_AABB_SCALE))
+    s = float(min(max(number(s, "aabb_scale", source), 1.0), MAX_AABB_SCALE))
     return LazyScene(
         files=files, factor=f, background=bg, source=source, frame_ids=[ids[k] for k in keep],
         size0=(h0, w0), split=split,
@@ -230,8 +198,9 @@ def open_ngp(data_cfg: DataConfig, split: str) -> LazyScene:
         near=NEAR, far=2.0 * math.sqrt(3.0) * s,
         aabb=torch.tensor([[-s] * 3, [s] * 3], dtype=torch.float32),
         distortion=distortion,
-        meta={"format": "ngp", "root": root, "transforms": source, "scale": scale,
-              "offset": offset.tolist(), "aabb_scale": s, "downscale": f},
+        meta={"format": "ngp", "root": root, "transforms": source,
+              "scale": world_to_scene["scale"], "offset": world_to_scene["offset"],
+              "world_to_scene": world_to_scene, "aabb_scale": s, "downscale": f},
         sources=ix.sources,
     )
 
