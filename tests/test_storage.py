@@ -34,6 +34,49 @@ def test_local_write_is_atomic_and_leaves_no_temp(tmp_path):
     assert storage.listdir(str(tmp_path / "missing")) == []
 
 
+def test_atomic_write_keeps_the_extension_and_removes_the_temp_on_error(tmp_path):
+    target = tmp_path / "sub" / "video.mp4"
+    with storage.atomic_write(str(target)) as tmp:
+        name = os.path.basename(tmp)
+        assert name.startswith(".video.mp4.tmp-") and name.endswith(".mp4")  # ffmpeg needs it
+        assert os.path.dirname(tmp) == str(target.parent)  # same folder: the rename is atomic
+        open(tmp, "wb").write(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError):
+        with storage.atomic_write(str(target)) as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"new" and os.listdir(target.parent) == ["video.mp4"]
+
+
+def test_retry_rereads_what_fails_a_callers_check(monkeypatch, capsys):
+    """storage.retry with a caller's own retry_if/gave_up/waiting (as the ray cache uses it)."""
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    storage.configure(retries=2, backoff_s=0.5)
+    try:
+        answers = iter([b"bad", b"bad", b"good"])
+
+        def once():
+            data = next(answers)
+            if data != b"good":
+                raise ValueError("checksum")
+            return data
+        assert storage.retry("read", "x://b/k", once, retry_if=lambda e: isinstance(e, ValueError),
+                             waiting=lambda e, what, url, d, k, n: f"again in {d} s ({k}/{n})") \
+            == b"good"
+        assert "again in 0.5 s (2/3)" in capsys.readouterr().err
+        def always_bad():
+            raise ValueError("no")
+        with pytest.raises(KeyError, match="gave up after 3"):
+            storage.retry("read", "x://b/k", always_bad, retry_if=lambda e: True,
+                          gave_up=lambda e, what, url, n: KeyError(f"gave up after {n}"))
+        # an error retry_if refuses comes out at once, as a scrubbed StorageError
+        with pytest.raises(storage.StorageError, match="cannot read x://b/k: ValueError: no"):
+            storage.retry("read", "x://b/k", always_bad, retry_if=lambda e: False)
+    finally:
+        storage.configure()
+
+
 def test_memory_roundtrip():
     base = f"memory://storage-{uuid.uuid4().hex[:8]}"
     storage.write_text(storage.join(base, "a", "x.txt"), "hello")
