@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_MODEL, free_port
+from conftest import REPO, TINY_MODEL, free_port, worker_pids
+from nerf_dist import lifecycle
 from nerf_dist.checkpoint import Checkpointer
+from nerf_dist.cli import main
 
 SCRIPTS = ("train.sh", "render.sh", "tensorboard.sh")
 
@@ -128,10 +130,10 @@ def test_train_bad_override_fails_before_starting_ranks(demo_scene, tmp_path):
     assert missing.returncode == 1 and "nope.yaml" in missing.stderr
 
 
-@pytest.mark.slow
-def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scene, tmp_path):
-    run, log = tmp_path / "run", tmp_path / "train.log"
-    args = _train_args(demo_scene, run, "train.steps=100000", "checkpoint.every=5")
+def _train_sh_interrupted(args, log: Path, act) -> int:
+    """Run `launch/train.sh --nproc 2 --cpu ARGS` with its output in ``log``; after its first
+    periodic checkpoint (step 5, long before train.steps) call ``act(torchrun agent's pid)``.
+    Returns train.sh's exit code."""
     with open(log, "w") as out:
         proc = subprocess.Popen(["bash", str(REPO / "launch" / "train.sh"), "--nproc", "2", "--cpu",
                                  *args], stdout=out, stderr=subprocess.STDOUT, env=_env(),
@@ -140,12 +142,18 @@ def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scen
     try:
         _wait_for(lambda: "agent pid" in log.read_text(), proc, log, "agent pid")
         agent = int(log.read_text().split("agent pid ")[1].split()[0])
-        # stop mid-run: after the first periodic checkpoint, long before train.steps
         _wait_for(lambda: "checkpoint step 5 " in log.read_text(), proc, log, "a checkpoint")
-        os.kill(agent, signal.SIGUSR1)
-        rc = proc.wait(timeout=120)
+        act(agent)
+        return proc.wait(timeout=120)
     finally:
         _stop(proc, agent)
+
+
+@pytest.mark.slow
+def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scene, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    args = _train_args(demo_scene, run, "train.steps=100000", "checkpoint.every=5")
+    rc = _train_sh_interrupted(args, log, lambda agent: os.kill(agent, signal.SIGUSR1))
     text = log.read_text()
     assert rc == 75, text[-4000:]
     status = json.loads((run / "status.json").read_text())
@@ -153,6 +161,24 @@ def test_train_sigusr1_to_torchrun_agent_stops_with_checkpoint_exit_75(demo_scen
     stop_step = status["step"]
     assert 5 <= stop_step < 100000 and status["checkpoint_step"] == stop_step
     assert Checkpointer(str(run / "checkpoints"), keep=10, is_main=False).list()[-1] == stop_step
+
+
+@pytest.mark.slow
+def test_train_sigkill_of_rank_0_with_no_restarts_left_exits_1_with_status_died(demo_scene,
+                                                                               tmp_path):
+    run, log = tmp_path / "run", tmp_path / "train.log"
+    args = _train_args(demo_scene, run, "train.steps=100000", "checkpoint.every=5")
+    pids = {}
+
+    def kill_rank_0(_agent):
+        pids.update(worker_pids(f"run.dir={run}"))
+        os.kill(pids[0], signal.SIGKILL)
+    rc = _train_sh_interrupted(["--max-restarts", "0", *args], log, kill_rank_0)
+    text = log.read_text()
+    assert rc == 1, text[-4000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "died" and status["writer"]["pid"] == pids[0], status
+    assert '"state": "died"' in text               # printed by `nerf-dist status --ended`
 
 
 # ----------------------------------------------------------------------------- render.sh
@@ -227,3 +253,56 @@ def test_tensorboard_reads_an_s3_prefix(tmp_path, s3_server):
     fsspec.filesystem("s3").put(str(run / "tb"), f"{prefix}/tb", recursive=True)
     runs = _serve_until_runs([f"s3://{prefix}"], tmp_path, env=s3_server["env"])
     assert runs == ["tb"]
+
+
+# ----------------------------------------------------------------------------- status.json
+
+def _remote_running(run_dir, beat_age_s):
+    """A "running" status written by a process on another machine, last heartbeat beat_age_s ago."""
+    lifecycle.write_status(str(run_dir), "finished", 4, 0, "", None)   # any doc, then made remote
+    doc = lifecycle.read_status(str(run_dir))
+    doc.update(state="running", exit_code=None, heartbeat=time.time() - beat_age_s,
+               writer={**doc["writer"], "host": "some-other-node", "pid": 1})
+    (run_dir / "status.json").write_text(json.dumps(doc))
+    return doc
+
+
+def test_status_judges_a_running_status_by_its_writer(tmp_path):
+    run = tmp_path / "run"
+    lifecycle.write_status(str(run), "running", 3, None, "", None)   # this process: alive
+    assert main(["status", "--run-dir", str(run)]) == 1
+    assert lifecycle.read_status(str(run))["state"] == "running"
+    # on another machine: judged by the heartbeat
+    _remote_running(run, beat_age_s=10)
+    assert main(["status", "--run-dir", str(run)]) == 1
+    assert lifecycle.read_status(str(run))["state"] == "running"
+    _remote_running(run, beat_age_s=lifecycle.STALE_AFTER_S + 60)
+    assert main(["status", "--run-dir", str(run)]) == 1
+    doc = lifecycle.read_status(str(run))
+    assert doc["state"] == "died" and "no heartbeat from some-other-node" in doc["reason"], doc
+    # --ended: the launcher knows every rank has exited, heartbeat or not
+    _remote_running(run, beat_age_s=1)
+    assert main(["status", "--ended", "--run-dir", str(run)]) == 1
+    doc = lifecycle.read_status(str(run))
+    assert doc["state"] == "died" and "every process of the run has exited" in doc["reason"]
+    lifecycle.write_status(str(run), "stopped", 5, 75, "stopped by SIGUSR1", 5)
+    assert main(["status", "--ended", "--run-dir", str(run)]) == 75     # final states stay
+    assert lifecycle.read_status(str(run))["state"] == "stopped"
+
+
+def test_running_status_heartbeat_stops_at_the_final_status(tmp_path, monkeypatch):
+    monkeypatch.setattr(lifecycle, "HEARTBEAT_S", 0.2)
+    lifecycle.write_status(str(tmp_path), "running", 0, None, "", None)
+    first = lifecycle.read_status(str(tmp_path))["heartbeat"]
+    time.sleep(1.0)
+    assert lifecycle.read_status(str(tmp_path))["heartbeat"] > first       # refreshed
+    lifecycle.write_status(str(tmp_path), "finished", 9, 0, "train.steps reached", 9)
+    time.sleep(1.0)
+    assert lifecycle.read_status(str(tmp_path))["state"] == "finished"   # never put back
+    # a status judged "died" is not recorded over one that changed meanwhile (a restarted rank 0)
+    seen = _remote_running(tmp_path, beat_age_s=lifecycle.STALE_AFTER_S + 60)
+    died = lifecycle.resolve_status(seen)
+    lifecycle.write_status(str(tmp_path), "running", 9, None, "", 9)
+    assert died["state"] == "died" and not lifecycle.record_died(str(tmp_path), seen, died)
+    assert lifecycle.read_status(str(tmp_path))["state"] == "running"
+    lifecycle.write_status(str(tmp_path), "finished", 9, 0, "", 9)      # stop that heartbeat
