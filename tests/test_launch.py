@@ -4,11 +4,14 @@ They run here with NERF_DIST_NO_VENV=1 and this interpreter's bin folder first o
 use the python under test instead of (re)building .venv. Multi-rank runs are real torchrun jobs
 with 2 gloo ranks on the CPU (--cpu).
 """
+import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -253,6 +256,103 @@ def test_tensorboard_reads_an_s3_prefix(tmp_path, s3_server):
     fsspec.filesystem("s3").put(str(run / "tb"), f"{prefix}/tb", recursive=True)
     runs = _serve_until_runs([f"s3://{prefix}"], tmp_path, env=s3_server["env"])
     assert runs == ["tb"]
+
+
+# ----------------------------------------------------------------------------- setup_env.sh
+
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# A venv python whose pip only writes down what it was asked, and whose torch is missing.
+if [ "$1" = "-m" ] && [ "$2" = "pip" ]; then printf '%s\\n' "$*" >> "$FAKE_PIP_LOG"; exit 0; fi
+if [ "$1" = "-c" ] && [ "$2" = "import torch" ]; then exit "${FAKE_TORCH_RC:-1}"; fi
+exec {real} "$@"
+"""
+
+
+class _Index(http.server.BaseHTTPRequestHandler):
+    """A wheel index that answers HEAD /torch/ (and records every request)."""
+    seen: list = []
+
+    def do_HEAD(self):  # noqa: N802 - http.server's naming
+        self.seen.append(self.path)
+        self.send_response(200 if self.path == "/torch/" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_venv(tmp_path):
+    """(run setup_env.sh with env overrides -> (result, pip calls, seconds), index URL)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(_FAKE_PYTHON.replace("{real}", sys.executable))
+    (venv / "bin" / "python").chmod(0o755)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Index)
+    _Index.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def run(cuda: bool, **env):
+        # NOTE: a fake nvidia-smi decides "CUDA or not", whatever this machine has
+        (tools / "nvidia-smi").write_text(f"#!/bin/sh\nexit {0 if cuda else 1}\n")
+        (tools / "nvidia-smi").chmod(0o755)
+        log = tmp_path / "pip.log"
+        log.unlink(missing_ok=True)
+        (venv / ".nerf_dist_installed").unlink(missing_ok=True)
+        t0 = time.monotonic()
+        res = subprocess.run(["bash", str(REPO / "launch" / "setup_env.sh")], capture_output=True,
+                             text=True, timeout=120, cwd=str(REPO),
+                             env={**os.environ, "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+                                  "NERF_DIST_VENV": str(venv), "FAKE_PIP_LOG": str(log), **env})
+        took = time.monotonic() - t0
+        assert res.returncode == 0, res.stderr
+        calls = log.read_text().splitlines() if log.exists() else []
+        return res, calls, took
+
+    try:
+        yield run, f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+
+
+def test_setup_env_takes_torch_from_the_cpu_index_when_it_answers(fake_venv):
+    run, index = fake_venv
+    res, calls, _ = run(cuda=False, NERF_DIST_TORCH_CPU_INDEX=index)
+    assert calls[0] == f"-m pip install -q --index-url {index} torch==2.13.0", calls
+    assert calls[1].startswith("-m pip install -q -e ") and len(calls) == 2, calls
+    assert _Index.seen == ["/torch/"] and "(CPU build) from" in res.stderr
+
+
+def test_setup_env_falls_back_to_the_default_index_quickly(fake_venv, tmp_path):
+    """An index host that accepts connections and never answers (the slowest way to be
+    unreachable): the probe gives up after NERF_DIST_PROBE_TIMEOUT_S and pip gets no index."""
+    run, _ = fake_venv
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(8)                       # NOTE: never accepted: the request hangs
+        probe_s = 2
+        url = f"http://127.0.0.1:{stalled.getsockname()[1]}/whl/cpu"
+        res, calls, took = run(cuda=False, NERF_DIST_TORCH_CPU_INDEX=url,
+                               NERF_DIST_PROBE_TIMEOUT_S=str(probe_s))
+    # for comparison, the same script when the index answers at once
+    _, _, took_answered = run(cuda=False, NERF_DIST_TORCH_CPU_INDEX=fake_venv[1])
+    print(f"\n[setup_env] stalled index: {took:.1f} s with a {probe_s} s probe; an index that "
+          f"answers: {took_answered:.1f} s")
+    assert calls[0] == "-m pip install -q torch==2.13.0", calls      # the default index
+    assert "did not answer within 2 s" in res.stderr, res.stderr
+    # orderings, not a bound: the stalled probe waited for its timeout, then went on
+    assert took >= probe_s and took_answered < took, (took, took_answered)
+
+
+def test_setup_env_with_cuda_or_torch_does_not_probe(fake_venv):
+    run, index = fake_venv
+    _, calls, _ = run(cuda=True, NERF_DIST_TORCH_CPU_INDEX=index)
+    assert calls[0] == "-m pip install -q torch==2.13.0" and _Index.seen == [], calls
+    _, calls, _ = run(cuda=False, NERF_DIST_TORCH_CPU_INDEX=index, FAKE_TORCH_RC="0")
+    assert len(calls) == 1 and " -e " in calls[0] and _Index.seen == [], calls  # torch kept
+    assert "torch==2.13.0" in (REPO / "launch" / "setup_env.sh").read_text()      # the CI pin
 
 
 # ----------------------------------------------------------------------------- status.json
