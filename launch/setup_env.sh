@@ -33,7 +33,7 @@ if ! "$_py" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "[setup] installing torch==2.13.0 from the default index (CUDA is present: its build)" >&2
   elif [ -z "$_cpu_index" ]; then
-    echo "[setup] installing torch==2.13.0 from the default index (NERF_DIST_TORCH_CPU_INDEX is empty)" >&2
+    echo "[setup] installing torch==2.13.0 from the default index (NERF_DIST_TORCH_CPU_INDEX=)" >&2
   # NOTE: probe first, with a short timeout: pip itself would retry an unreachable index for
   # minutes (5 retries, 15 s timeouts) before it gives up. A HEAD of the index's torch page that
   # succeeds (a proxy's 403 does not) is what pip will need.
@@ -47,7 +47,9 @@ EOF
     echo "[setup] installing torch==2.13.0 (CPU build) from $_cpu_index" >&2
     _index_args=(--index-url "$_cpu_index")
   else
-    echo "[setup] $_cpu_index did not answer within ${NERF_DIST_PROBE_TIMEOUT_S:-5} s: installing torch==2.13.0 from the default index (on Linux x86_64 PyPI's wheel is the CUDA build)" >&2
+    echo "[setup] $_cpu_index did not answer within ${NERF_DIST_PROBE_TIMEOUT_S:-5} s:" \
+         "installing torch==2.13.0 from the default index (on Linux x86_64, PyPI's is the CUDA" \
+         "build)" >&2
   fi
   "$_py" -m pip install -q ${_index_args[@]+"${_index_args[@]}"} "torch==2.13.0"
 fi

@@ -42,9 +42,9 @@ def restart_store(timeout: datetime.timedelta):
     client of the agent's TCPStore, which outlives the workers: after a restart (``--max-restarts``)
     gloo's and NCCL's address keys of the dead group are still there, and a restarted worker that
     reads one before its new peer overwrote it connects to a dead port ("connectFullMesh failed ...
-    Connection refused") or hangs in init: pytorch#135712, still in torch 2.13, about 2 restarts
-    in 10 here. The keys of each restart are put under their own prefix, as torch < 2.5 did itself
-    ("/worker/attempt_N").
+    Connection refused") or hangs in init: pytorch#135712, still in torch 2.13 (a race: 2 bare
+    restarts in 10 once on this project's test machine, 0 in 10 another time). The keys of each
+    restart are put under their own prefix, as torch < 2.5 did itself ("/worker/attempt_N").
 
     NOTE: TORCHELASTIC_RESTART_COUNT is the agent's count of failures, so every agent of a job with
     a fixed node count (``--nnodes=N``, what the launch scripts use) gives all its workers the same
