@@ -10,7 +10,7 @@ resumed and finished (torchrun exit 0). A restart that fails to connect or hangs
     PYTHONPATH=/path/to/other/checkout python bench/restart_loop.py --runs 10   # another version
     python bench/restart_loop.py --runs 10 --env TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 
-The nerf_dist that runs is the one the interpreter imports (PYTHONPATH or the installed one).
+The workers run the nerf_dist that this script imports (PYTHONPATH or the installed one).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import nerf_dist
 from nerf_dist.scenes.demo import write_demo_scene
 
 # NOTE: the tests' tiny model and worker lookup, so the bench measures what test_elastic runs
@@ -53,8 +54,10 @@ def one_run(i: int, work: Path, data: list[str], args, env: dict) -> tuple[bool,
            f"checkpoint.every={EVERY}", "train.threads=1", f"train.steps={args.steps}",
            "train.resume=auto", *TINY_MODEL]
     t0 = time.monotonic()
+    # NOTE: cwd=work: with `-m`, the workers' sys.path starts with their cwd, which would
+    # otherwise put a checkout's nerf_dist ahead of PYTHONPATH's
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(work),
                                 start_new_session=True)
     try:
         deadline = t0 + args.timeout
@@ -76,9 +79,9 @@ def one_run(i: int, work: Path, data: list[str], args, env: dict) -> tuple[bool,
     took = time.monotonic() - t_kill
     if rc == 0 and "resumed from step" in text and f"done: step {args.steps}" in text:
         return True, f"restarted, resumed and finished ({took:.1f} s after the kill)"
-    why = next((ln.strip() for ln in text.splitlines()
-                if "connectFullMesh" in ln or "Connection refused" in ln or "Timed out" in ln),
-               "no restart error line")
+    lines = text.splitlines()
+    why = next((ln.strip() for needle in ("connectFullMesh", "Connection refused", "Timed out")
+                for ln in lines if needle in ln), "no restart error line")
     return False, (f"hung: still running {took:.0f} s after the kill" if rc is None
                    else f"torchrun exit {rc}") + f"; {why[:200]} (log {log})"
 
@@ -96,7 +99,11 @@ def main() -> int:
     args = ap.parse_args()
 
     env = {k: v for k, v in os.environ.items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    # NOTE: the workers import the nerf_dist this script imported
+    pkg = str(Path(nerf_dist.__file__).resolve().parents[1])
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join(dict.fromkeys(
+                    [pkg, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))})
     env.update(kv.split("=", 1) for kv in args.env)
     work = Path(args.keep or tempfile.mkdtemp(prefix="restart_loop_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -105,7 +112,8 @@ def main() -> int:
     print(f"[restart_loop] {args.runs} run(s) of torchrun --standalone --nproc_per_node="
           f"{args.nproc} --max-restarts=1, SIGKILL of rank {args.kill_rank} after checkpoint "
           f"step {EVERY}; TORCH_DISABLE_SHARE_RDZV_TCP_STORE="
-          f"{env.get('TORCH_DISABLE_SHARE_RDZV_TCP_STORE', '(unset)')}; work {work}", flush=True)
+          f"{env.get('TORCH_DISABLE_SHARE_RDZV_TCP_STORE', '(unset)')}; nerf_dist from {pkg}; "
+          f"work {work}", flush=True)
     ok = 0
     for i in range(args.runs):
         good, what = one_run(i, work, data, args, env)
