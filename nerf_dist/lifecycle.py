@@ -322,7 +322,10 @@ def record_died(run_dir: str, seen: dict, died: dict) -> bool:
     with _status_lock:
         if read_status(run_dir) != seen:
             return False
-        _write_doc(os.path.join(run_dir, STATUS_FILE), died)
+        try:
+            _write_doc(os.path.join(run_dir, STATUS_FILE), died)
+        except OSError:
+            return False   # NOTE: a run folder this reader may not write: reported, not recorded
         return True
 
 
