@@ -38,13 +38,15 @@ def pick_device(local_rank: int = 0, prefer: str = "auto") -> torch.device:
 def restart_store(timeout: datetime.timedelta):
     """The store this restart of the worker group rendezvouses through, or None for env://.
 
-    Under torchrun (torch >= 2.5, unless TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) every worker is a
-    client of the agent's TCPStore, which outlives the workers: after a restart (``--max-restarts``)
+    Under torchrun (c10d rendezvous with torch >= 2.5 unless TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1;
+    the static rendezvous always) every worker is a client of the agent's TCPStore
+    (TORCHELASTIC_USE_AGENT_STORE), which outlives the workers: after a restart (``--max-restarts``)
     gloo's and NCCL's address keys of the dead group are still there, and a restarted worker that
     reads one before its new peer overwrote it connects to a dead port ("connectFullMesh failed ...
-    Connection refused") or hangs in init: pytorch#135712, still in torch 2.13 (a race: 2 bare
-    restarts in 10 once on this project's test machine, 0 in 10 another time). The keys of each
-    restart are put under their own prefix, as torch < 2.5 did itself ("/worker/attempt_N").
+    Connection refused") or hangs in init: pytorch#135712, still in torch 2.13. A race: with
+    bench/restart_loop.py on a loaded 2-core machine, 3 restarts of 10 worked without the prefix
+    (6 failed to connect, 1 hung), 10 of 10 with it. The keys of each restart are put under their
+    own prefix, as torch < 2.5 did itself ("/worker/attempt_N").
 
     NOTE: TORCHELASTIC_RESTART_COUNT is the agent's count of failures, so every agent of a job with
     a fixed node count (``--nnodes=N``, what the launch scripts use) gives all its workers the same
