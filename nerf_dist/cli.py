@@ -14,7 +14,7 @@ from dataclasses import replace
 from . import __version__
 from .config import ConfigError, RenderConfig, describe_keys, load_config, with_section
 from .lifecycle import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_RESUME, EXIT_USAGE, STATUS_FILE,
-                        StopSignals, read_status, status_exit_code)
+                        StopSignals, read_status, record_died, resolve_status, status_exit_code)
 from .storage import StorageError, redact, scrub
 
 # NOTE: lazy because every command that computes imports torch (seconds on a busy node): the
@@ -139,12 +139,18 @@ def _parser() -> argparse.ArgumentParser:
                         formatter_class=fmt,
                         description="Print RUN_DIR/status.json (written by train on rank 0) and "
                                     "exit 0 when the run finished, 75 when it was stopped to be "
-                                    "resumed (requeue it), 1 otherwise (failed, still running, or "
-                                    "no status). Scripts use it after torchrun, whose own exit "
+                                    "resumed (requeue it), 1 otherwise (failed, died, still "
+                                    "running, or no status). A 'running' status whose rank 0 is "
+                                    "gone (its process no longer runs on this machine, or no "
+                                    "heartbeat for a few minutes) is reported and recorded as "
+                                    "'died'. Scripts use it after torchrun, whose own exit "
                                     "code does not carry the trainer's.")
     src = st.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR", help="run folder")
     src.add_argument("--config", help="config file whose run.dir (after overrides) is the run")
+    st.add_argument("--ended", action="store_true",
+                    help="every process of the run has exited (a launcher after torchrun "
+                         "returned): a 'running' status is then recorded as 'died'")
     st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
     sub.add_parser("keys", help="list config keys")
@@ -228,8 +234,12 @@ def cmd_status(args) -> int:
     if doc is None:
         print(f"no readable {STATUS_FILE} in {run} (the run never started training there)")
         return EXIT_ERROR
-    print(json.dumps(doc, indent=1))
-    return status_exit_code(doc)
+    judged = resolve_status(doc, ended=args.ended)
+    if judged is not doc and not record_died(run, doc, judged):
+        # NOTE: the file changed since it was read (a restarted rank 0): judge what it says now
+        judged = resolve_status(read_status(run), ended=args.ended) or judged
+    print(json.dumps(judged, indent=1))
+    return status_exit_code(judged)
 
 
 def cmd_cache(args) -> int:
