@@ -333,9 +333,9 @@ def cmd_demo_scene(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    # NOTE: lazy: numpy/PIL, and pycolmap once a solve starts; prepare never imports torch.
     from tqdm import tqdm  # NOTE: lazy, with the command that draws bars
 
+    # NOTE: lazy: numpy/PIL, and pycolmap once a solve starts; prepare never imports torch.
     from .prepare import PrepareOptions, prepare
     opts = PrepareOptions(frames=args.frames, matching=args.matching,
                           camera_model=args.camera_model, single_camera=not args.camera_per_image,

@@ -114,8 +114,8 @@ def extract_frames(video: str, dest: str, n_frames: int, progress=None) -> Colle
     window (:func:`sharpness`) is kept, so motion blur is avoided where a window has a better
     frame. Decoded with imageio-ffmpeg; PrepareError naming the file when it cannot be decoded.
     """
-    # NOTE: lazy: imageio-ffmpeg is the optional `video` extra; only video input needs it.
     try:
+        # NOTE: lazy: imageio-ffmpeg is the optional `video` extra; only video input needs it.
         import imageio_ffmpeg
     except ImportError as e:
         raise PrepareError("reading a video needs imageio-ffmpeg: pip install imageio-ffmpeg "

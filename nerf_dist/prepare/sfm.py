@@ -17,8 +17,8 @@ INSTALL = "pip install 'nerf_dist[sfm]'  (or: pip install pycolmap)"
 
 def load_pycolmap():
     """The pycolmap module, or PrepareError saying which command installs it."""
-    # NOTE: lazy: pycolmap is an optional extra that only `prepare` needs.
     try:
+        # NOTE: lazy: pycolmap is an optional extra that only `prepare` needs.
         import pycolmap
     except ImportError as e:
         raise PrepareError(f"nerf-dist prepare needs pycolmap, which is not installed: {INSTALL}") from e
@@ -58,9 +58,10 @@ def run_sfm(image_dir: str, names: list[str], work: str, opts: SfmOptions, stage
     """
     pc = load_pycolmap()
     if not opts.verbose:
-        # NOTE: COLMAP logs every step through glog to stderr; the user sees our bars instead.
-        pc.logging.minloglevel = 2
-        pc.logging.stderrthreshold = 2
+        # NOTE: COLMAP logs every step through glog to stderr, and its errors ("Failed to create
+        # any sparse model") are said again, with what to try, by our PrepareError.
+        pc.logging.minloglevel = 3
+        pc.logging.stderrthreshold = 3
     threads = opts.threads if opts.threads > 0 else -1
     db = os.path.join(work, "database.db")
     if os.path.exists(db):
