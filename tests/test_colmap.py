@@ -211,6 +211,28 @@ def test_camera_models_poses_and_projection(tmp_path, model):
     assert s.meta["camera_models"] == [model] and s.meta["bounds_from"] == "points"
 
 
+@pytest.mark.parametrize("binary", [True, False])
+def test_axis_angle_pose_comes_back(tmp_path, binary):
+    """A world-to-camera pose written as the quaternion of an axis and angle comes back as the
+    camera-to-world the axis and angle give (OpenGL axes), the centre at -R^T t."""
+    (tmp_path / "images").mkdir()
+    poses = {1: ([1.0, 2.0, 3.0], 0.7, [0.3, -0.2, 2.0]), 2: ([0.0, -1.0, 0.2], 2.9, [1.0, 0.5, -1.5])}
+    images = []
+    for iid, (axis, ang, t) in poses.items():
+        images.append((iid, quat_of(axis, ang), t, 1, f"p{iid}.png"))
+        iio.imwrite(tmp_path / "images" / f"p{iid}.png", np.zeros((H, W, 3), np.uint8))
+    write_model(tmp_path / "sparse/0", {1: ("PINHOLE", W, H, PARAMS["PINHOLE"])}, images, [], binary)
+    for split, iid in (("test", 1), ("train", 2)):
+        s = load_scene(cfg(tmp_path, orient="none", llff_hold=2), split)
+        axis, ang, t = poses[iid]
+        R = axis_angle(axis, ang)
+        T = np.asarray(s.meta["transform"])
+        assert np.allclose(s.c2w[0, :, :3].numpy(), R.T @ np.diag([1.0, -1.0, -1.0]), atol=1e-6)
+        centre = (T @ np.append(-R.T @ np.asarray(t), 1.0))[:3]
+        assert np.allclose(s.c2w[0, :, 3].numpy(), centre, atol=1e-6)
+        assert s.meta["bounds_from"] == "fallback"  # no points
+
+
 def test_axis_angle_quaternion_helpers_agree():
     """The tests' two ways of building a rotation agree with the reader's quaternion maths."""
     for axis, ang in (([0, 0, 1], 0.3), ([1, 2, 3], 2.5), ([-1, 0.5, 0], math.pi - 1e-3)):
