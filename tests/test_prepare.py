@@ -24,7 +24,7 @@ from nerf_dist.prepare import PrepareError, PrepareOptions, prepare
 from nerf_dist.prepare.inputs import collect_images, extract_frames, sharpness
 from nerf_dist.rays import distort, make_rays
 from nerf_dist.scenes import load_scene
-from nerf_dist.scenes.colmap_model import read_images
+from nerf_dist.scenes.colmap_model import read_cameras, read_images
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -153,6 +153,18 @@ def test_prepare_recovers_the_cameras(prepared):
     assert pos_err.max() < 0.01 * 2.2 and max(rot_err) < 1.0
     K = scenes[0].K[0].double().numpy()
     assert abs(K[0, 0] / FOCAL - 1) < 0.02 and abs(K[0, 2] - W / 2) < 2 and abs(K[1, 2] - H / 2) < 2
+
+
+@pytest.mark.slow
+def test_sfm_max_size_keeps_full_size_intrinsics(photos, tmp_path):
+    """SIFT on images shrunk to 128 px; the model's cameras are still in full-size pixels."""
+    out = tmp_path / "small"
+    rep = prepare(str(photos), str(out), PrepareOptions(threads=1, sfm_max_size=128),
+                  log=lambda *_: None)
+    cam = read_cameras(str(out / "sparse/0/cameras.bin"))[1]
+    print(f"sfm_max_size=128: {rep['registered']}/{rep['images_in']} registered, camera {cam}")
+    assert (cam.width, cam.height) == (W, H) and rep["registered"] >= 0.9 * VIEWS
+    assert abs(cam.params[0] / FOCAL - 1) < 0.05 and abs(cam.params[1] / FOCAL - 1) < 0.05
 
 
 @pytest.mark.slow
@@ -306,6 +318,11 @@ def test_mixed_sizes_are_named(tmp_path):
     for n, s in (("a.png", (20, 30)), ("b.png", (20, 30)), ("c.png", (30, 20))):
         iio.imwrite(tmp_path / "in" / n, np.zeros((*s, 3), np.uint8))
     _fails(tmp_path / "in", tmp_path / "out", r"one size.*c.png is 20x30")
+
+
+def test_one_image_file_is_not_a_video(tmp_path):
+    iio.imwrite(tmp_path / "a.png", np.zeros((20, 30, 3), np.uint8))
+    _fails(tmp_path / "a.png", tmp_path / "out", r"a.png is one image.*folder")
 
 
 def test_undecodable_video(tmp_path):

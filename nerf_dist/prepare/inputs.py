@@ -114,6 +114,9 @@ def extract_frames(video: str, dest: str, n_frames: int, progress=None) -> Colle
     window (:func:`sharpness`) is kept, so motion blur is avoided where a window has a better
     frame. Decoded with imageio-ffmpeg; PrepareError naming the file when it cannot be decoded.
     """
+    if os.path.splitext(video)[1].lower() in IMAGE_EXTS:
+        raise PrepareError(f"{video} is one image; pass the folder that holds the photos (or a "
+                           f"video file)")
     try:
         # NOTE: lazy: imageio-ffmpeg is the optional `video` extra; only video input needs it.
         import imageio_ffmpeg
