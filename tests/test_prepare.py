@@ -168,6 +168,26 @@ def test_sfm_max_size_keeps_full_size_intrinsics(photos, tmp_path):
 
 
 @pytest.mark.slow
+def test_prepare_from_a_video(photos, tmp_path):
+    """The 24 views as a 48-frame video (each view once blurred, once sharp): --frames 24 keeps
+    the sharp one of each pair, matching is sequential, and the ring registers."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    path = str(tmp_path / "ring.mp4")
+    w = imageio_ffmpeg.write_frames(path, (W, H), fps=12, quality=9, macro_block_size=1)
+    w.send(None)
+    for k in range(VIEWS):
+        sharp = iio.imread(photos / f"view_{k:02d}.png")
+        blurred = np.asarray(Image.fromarray(sharp).resize((W // 4, H // 4)).resize((W, H)))
+        for f in (blurred, sharp):
+            w.send(np.ascontiguousarray(f).tobytes())
+    w.close()
+    rep = prepare(path, str(tmp_path / "scene"), PrepareOptions(threads=1, frames=VIEWS),
+                  log=print)
+    assert rep["kind"] == "video" and rep["matching"] == "sequential"
+    assert rep["images_in"] == VIEWS and rep["registered"] >= 0.9 * VIEWS
+
+
+@pytest.mark.slow
 def test_reader_projects_like_pycolmap(prepared):
     """Oracle: on the model pycolmap wrote, each 3D point projects with nerf_dist's camera
     (K, OpenCV distortion, normalised c2w) to pycolmap's own pixel within 1e-3 px, and the ray
