@@ -18,7 +18,7 @@ from nerf_dist.evaluation import render_views  # noqa: E402
 from nerf_dist.metrics import psnr  # noqa: E402
 from nerf_dist.renderer.core import RenderSetup  # noqa: E402
 from nerf_dist.scenes import load_scene  # noqa: E402
-from nerf_dist.trainer import Trainer  # noqa: E402
+from nerf_dist.train import Trainer  # noqa: E402
 
 
 def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n_eval_views: int = 2,

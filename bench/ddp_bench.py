@@ -32,7 +32,7 @@ def worker(args) -> None:
     import torch
     from nerf_dist import dist
     from nerf_dist.config import load_config
-    from nerf_dist.trainer import Trainer
+    from nerf_dist.train import Trainer
     cfg = load_config(None, args.overrides)
     info = dist.init()
     try:

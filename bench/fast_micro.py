@@ -14,7 +14,7 @@ import time
 import torch
 
 from nerf_dist.config import ModelConfig, parse_overrides
-from nerf_dist.model import build_model
+from nerf_dist.models import build_model
 
 
 def rays(n: int, seed: int = 0):

@@ -21,7 +21,7 @@ Scenes: ``demo-scene --views B --resolution R`` is rendered once (slow: ~10 min 
 poses), which is what the memory and cache figures depend on (pixel count), not on what the pixels
 show. ``--generate-each`` renders every size for real instead.
 
-Linux only (/proc). Example (the README's table; ``--code`` another checkout for "before")::
+Linux only (/proc). Example (the table in docs/benchmarks.md; ``--code`` another checkout for "before")::
 
     python bench/scale_bench.py --views 100,200,400,800 --resolution 512 --ranks 1,2 --steps 15 \\
         --cache-memory ,128MB --workdir /tmp/nerf_dist_scale --lego ../shared/data/lego --out scale.json

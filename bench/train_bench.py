@@ -2,11 +2,14 @@
 
     python bench/train_bench.py speed [--precision fp32 bf16] [--steps 5]
     python bench/train_bench.py lego [--precision bf16] [--minutes 10] [--target 20]
+    python bench/train_bench.py lego --fast [--minutes 10]    # sizes of configs/lego_fast_cpu.yaml
 
 `speed`: rays/s of one training step (8x256 MLP, 64 coarse + 128 importance samples, 1024 rays a
 batch, coarse + fine loss, Adam) on random rays through the lego box, and of rendering one
 32x32 frame through the renderer (as `nerf-dist render` does; no grad), on the current device. `lego`: trains on ../shared/data/lego downscaled to 100x100 (downscale=8) and
-prints held-out val PSNR over time. Prints figures; asserts nothing.
+prints held-out val PSNR over time; with `--fast`, the fast path with the CPU sizes of
+configs/lego_fast_cpu.yaml (model, batch, learning-rate schedule; read from the file, see
+bench/cpu_sizes.py), in its precision unless --precision says otherwise. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
@@ -16,18 +19,16 @@ import time
 import torch
 
 from common import LEGO, timed_training
+from cpu_sizes import lego_fast_cpu, overrides
 from nerf_dist.config import ModelConfig
-from nerf_dist.model import VanillaNeRF
+from nerf_dist.models.vanilla.model import VanillaNeRF
 from nerf_dist.renderer.core import RenderSetup, render_frames
 from nerf_dist.renderer.paths import CameraPath
-from nerf_dist.trainer import make_adam
+from nerf_dist.train import make_adam
 
 
-# The fast path sized for 2 CPU cores (as configs/demo.yaml); lego's box is [-1.5, 1.5]^3.
-FAST_CPU = ["model.kind=fast", "model.hash_log2_size=17", "model.hash_max_res=512", "model.grid_res=64",
-            "model.grid_update_every=4", "model.grid_ema_decay=0.8", "model.march_steps=128",
-            "model.max_samples=96", "train.lr=1e-2", "train.lr_final=1e-3",
-            "train.lr_decay_steps=6000"]
+# NOTE: the fast path's CPU sizes come from configs/lego_fast_cpu.yaml (bench/cpu_sizes.py).
+FAST_CPU = overrides(lego_fast_cpu())
 
 
 def speed(precision: str, steps: int, device: str, n_rays: int = 1024, compile: bool = False) -> dict:
@@ -87,7 +88,8 @@ def speed(precision: str, steps: int, device: str, n_rays: int = 1024, compile: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["speed", "lego"])
-    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--precision", nargs="+", default=None,
+                    help="default: fp32 bf16 (speed, vanilla lego); the config's (lego --fast)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--target", type=float, default=20.0, help="PSNR target (dB) for time-to-PSNR")
@@ -95,9 +97,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="speed: torch.compile the fields")
     ap.add_argument("--fast", action="store_true", help="lego: the fast path with CPU-sized settings")
-    ap.add_argument("--batch", type=int, default=1024, help="lego: rays per batch")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="lego: rays per batch (default 1024; with --fast the config's train.rays_per_batch)")
     ap.add_argument("--extra", nargs="*", default=[], help="more config overrides")
     a = ap.parse_args()
+    sizes = lego_fast_cpu() if a.fast else {}
+    if a.precision is None:
+        a.precision = [sizes["model.precision"]] if "model.precision" in sizes else ["fp32", "bf16"]
+    if a.batch is None:
+        a.batch = sizes.get("train.rays_per_batch", 1024)
     print(f"torch {torch.__version__}, device {a.device}, threads {torch.get_num_threads()}")
     if a.what == "speed":
         for p in a.precision:
@@ -111,7 +119,7 @@ def main() -> None:
     for p in a.precision:
         print(f"lego 100x100, {'fast path (CPU settings)' if a.fast else 'vanilla paper config'}, "
               f"{p}, {a.minutes} min, {a.batch} rays/batch:")
-        res = timed_training([f"data.root={LEGO}", "data.downscale=8", *fast,
+        res = timed_training([f"data.root={LEGO}", "data.downscale=8", *fast,  # --fast: its downscale
                               f"train.rays_per_batch={a.batch}",
                               f"model.precision={p}", f"run.dir=/tmp/nerf_dist_bench/lego_{'fast_' if a.fast else ''}{p}",
                               "data.cache_dir=/tmp/nerf_dist_bench/cache", "train.steps=1000000",

@@ -168,30 +168,54 @@ class Checkpointer:
         """Load the newest committed checkpoint (or exactly ``step``) -> ``(step, state)``.
 
         Returns None when there is no committed checkpoint. A damaged newest one (size or hash
-        mismatch, unreadable) is skipped with a warning and the previous one is tried; if every
-        committed checkpoint is damaged, CheckpointError is raised rather than silently starting
-        over. A checkpoint that holds non-tensor python objects raises CheckpointError (it is
-        tampered, not damaged: no fallback). An explicit ``step`` that is missing or damaged
-        raises CheckpointError.
+        mismatch, missing state file, not a torch archive) is skipped with a warning and the
+        previous one is tried (:meth:`newest_good`); if every committed checkpoint is damaged,
+        CheckpointError is raised rather than silently starting over. A storage error (after
+        ``storage.retries``) is CheckpointError, never a reason to fall back. A checkpoint that
+        holds non-tensor python objects raises CheckpointError (tampered, not damaged: no
+        fallback). An explicit ``step`` that is missing or damaged raises CheckpointError.
+        """
+        if step is not None:
+            return int(step), self.load_step(int(step))
+        found = self.newest_good()
+        if found is None:
+            return None
+        s, state, skipped = found
+        for note in skipped:
+            warnings.warn(f"{note}; falling back to the previous checkpoint", stacklevel=2)
+        return s, state
+
+    def newest_good(self) -> tuple[int, dict, list[str]] | None:
+        """The newest committed checkpoint that verifies -> ``(step, state, skipped)``.
+
+        ``skipped`` holds one message per newer checkpoint found damaged (each names it and
+        why). None when there is no committed checkpoint. CheckpointError when storage fails
+        (unreachable, timed out after the configured retries: an error, never "damaged") or
+        when every committed checkpoint is damaged.
         """
         committed = self.list()
-        if step is not None:
-            if int(step) not in committed:
-                raise CheckpointError(f"no committed checkpoint for step {step} under {self._name} "
-                                      f"(committed: {committed})")
-            try:
-                return int(step), self._load_committed(int(step))
-            except _Damaged as e:
-                raise CheckpointError(str(e)) from e
         if not committed:
             return None
+        skipped: list[str] = []
         for s in reversed(committed):
             try:
-                return s, self._load_committed(s)
+                return s, self._load_committed(s), skipped
             except _Damaged as e:
-                warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
+                skipped.append(str(e))
         raise CheckpointError(f"all {len(committed)} committed checkpoints under {self._name} are "
-                              f"damaged (see warnings); refusing to start over silently")
+                              f"damaged ({'; '.join(skipped)}); refusing to start over silently")
+
+    def load_step(self, step: int) -> dict:
+        """The state of exactly committed checkpoint ``step`` (verified); CheckpointError if it
+        is missing, damaged or unreadable."""
+        committed = self.list()
+        if step not in committed:
+            raise CheckpointError(f"no committed checkpoint for step {step} under {self._name} "
+                                  f"(committed: {committed})")
+        try:
+            return self._load_committed(step)
+        except _Damaged as e:
+            raise CheckpointError(str(e)) from e
 
     def _load_committed(self, step: int) -> dict:
         folder = self.step_url(step)
@@ -305,10 +329,17 @@ def _parse_marker(raw: str, url: str, expect_step: int | None) -> dict | None:
 
 
 def _read(url: str) -> bytes:
+    """The bytes at url. A missing file under a committed marker is damage (:class:`_Damaged`);
+    any other failure is storage's (CheckpointError): retried by the storage layer as
+    configured, and never a reason to fall back to an older checkpoint."""
     try:
         return storage.read_bytes(url)
+    except FileNotFoundError as e:
+        raise _Damaged(f"checkpoint {storage.redact(url)} is missing its state file: {e}") from e
     except Exception as e:  # noqa: BLE001
-        raise _Damaged(f"checkpoint {storage.redact(url)} is unreadable: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"could not read checkpoint {storage.redact(url)} (a storage error, "
+                              f"after storage.retries={storage.settings()['retries']}): "
+                              f"{type(e).__name__}: {e}") from e
 
 
 def _read_verified(url: str, marker: dict) -> dict:

@@ -22,7 +22,7 @@ from .renderer.job import PATH_KINDS, build_path, render_to_dir
 from .run_dir import Loaded, load_model, run_paths
 from .scenes import load_scene
 from .scenes.demo import write_demo_scene
-from .trainer import train
+from .train import train
 
 
 def configure_storage(cfg: Config) -> None:

@@ -20,15 +20,10 @@ from typing import Any
 import yaml
 
 from . import storage
+from .config_check import ConfigError, check as _check
+from .models.config import ModelConfig, key_kinds, kinds_help
 
 
-class ConfigError(ValueError):
-    """A config file, key or value is invalid; the message names the key."""
-
-
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"config key '{key}': {msg}")
 
 
 @dataclass(frozen=True)
@@ -91,84 +86,6 @@ class DataConfig:
         _check(str(self.ndc) in ("auto", "true", "false", "True", "False"), "data.ndc",
                f"must be auto|true|false, got {self.ndc!r}")
         _check(self.cache_shards >= 1, "data.cache_shards", "must be >= 1")
-
-
-# NOTE: the keys of nerf_dist.model.MODELS, written out because the config loads without torch
-# (`nerf-dist status`, `keys`); tests/test_model_fast.py checks that the two agree.
-MODEL_KINDS = ("vanilla", "fast")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "vanilla"
-    """vanilla (paper NeRF MLP) | fast (hash grid + occupancy grid)."""
-    depth: int = 8
-    """Vanilla: number of 'trunk' layers."""
-    width: int = 256
-    """Vanilla: trunk width."""
-    skip: int = 4
-    """Vanilla: 0-based layer whose output is joined with the encoded input (4 = the 5th, as in the paper)."""
-    pos_freqs: int = 10
-    """Frequency bands for xyz (the input itself is included)."""
-    dir_freqs: int = 4
-    """Frequency bands for view directions."""
-    n_samples: int = 64
-    """Stratified coarse samples per ray."""
-    n_importance: int = 128
-    """Importance samples per ray for the fine network (0 = coarse only)."""
-    perturb: bool = True
-    """Jitter coarse samples during training."""
-    raw_noise_std: float = 0.0
-    """Std of noise added to density during training (paper: 1.0 for LLFF)."""
-    chunk: int = 8192
-    """Rays evaluated at once when rendering full images (memory bound)."""
-    precision: str = "fp32"
-    """fp32 | bf16 | fp16 autocast for the field (fp16 only on CUDA)."""
-    compile: bool = False
-    """Wrap the field in torch.compile."""
-    # --- fast path ---
-    hash_levels: int = 16
-    """Fast: hash-grid levels L."""
-    hash_features: int = 2
-    """Fast: features per level F."""
-    hash_log2_size: int = 19
-    """Fast: log2 of the hash table size per level T."""
-    hash_base_res: int = 16
-    """Fast: coarsest grid resolution."""
-    hash_max_res: int = 2048
-    """Fast: finest grid resolution."""
-    hidden: int = 64
-    """Fast: width of the small density and colour MLPs."""
-    geo_features: int = 15
-    """Fast: geometry feature size passed from the density MLP to the colour MLP."""
-    grid_res: int = 128
-    """Fast: occupancy grid resolution per axis."""
-    grid_update_every: int = 16
-    """Fast: steps between occupancy-grid updates."""
-    grid_ema_decay: float = 0.95
-    """Fast: occupancy-grid density EMA decay per update (lower = empty space is found sooner)."""
-    grid_threshold: float = 0.01
-    """Fast: occupancy threshold on opacity (1 - exp(-sigma * step))."""
-    march_steps: int = 1024
-    """Fast: ray-marching steps across the scene diagonal (step size = diagonal / march_steps)."""
-    max_samples: int = 256
-    """Fast: maximum samples kept per ray after skipping."""
-    early_stop_eps: float = 1e-4
-    """Fast: stop marching a ray when its transmittance falls below this."""
-
-    def __post_init__(self) -> None:
-        _check(self.kind in MODEL_KINDS, "model.kind",
-               f"must be {'|'.join(MODEL_KINDS)}, got {self.kind!r}")
-        _check(self.precision in ("fp32", "bf16", "fp16"), "model.precision",
-               f"must be fp32|bf16|fp16, got {self.precision!r}")
-        for k in ("depth", "width", "n_samples", "chunk", "hidden", "hash_levels", "hash_features",
-                  "grid_res", "march_steps", "max_samples", "grid_update_every"):
-            _check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
-        _check(0 <= self.skip < self.depth, "model.skip", "must be in [0, depth)")
-        _check(self.n_importance >= 0, "model.n_importance", "must be >= 0")
-        _check(self.pos_freqs >= 0 and self.dir_freqs >= 0, "model.pos_freqs", "must be >= 0")
-        _check(10 <= self.hash_log2_size <= 24, "model.hash_log2_size", "must be in [10, 24]")
-        _check(0.0 <= self.grid_ema_decay < 1.0, "model.grid_ema_decay", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -385,14 +302,23 @@ def _class_docs(cls: type) -> dict[str, str]:
 
 
 def _field_doc(cls: type, name: str) -> str:
-    """The docstring literal written under a dataclass field (parsed from source)."""
-    return _class_docs(cls).get(name, "")
+    """The docstring literal written under a dataclass field (parsed from source), in the class
+    or the base that declares it (ModelConfig's fields are declared by the kinds' configs)."""
+    for c in cls.__mro__:
+        doc = _class_docs(c).get(name) if is_dataclass(c) else None
+        if doc:
+            return doc
+    return ""
 
 
 def describe_keys(cfg: Config | None = None) -> list[tuple[str, Any, str]]:
-    """All dotted keys with their default (or given) value and one-line help."""
+    """All dotted keys with their default (or given) value and one-line help.
+
+    A model key that belongs to some kinds only says so first: ``[fast] Hash-grid levels L.``
+    """
     cfg = cfg or Config()
     out: list[tuple[str, Any, str]] = []
+    kinds = {f"model.{k}": v for k, v in key_kinds().items() if v}
 
     def walk(obj: Any, prefix: str) -> None:
         for f in fields(obj):
@@ -400,7 +326,10 @@ def describe_keys(cfg: Config | None = None) -> list[tuple[str, Any, str]]:
             if is_dataclass(v):
                 walk(v, f"{prefix}{f.name}.")
             else:
-                out.append((prefix + f.name, v, _field_doc(type(obj), f.name)))
+                key, doc = prefix + f.name, _field_doc(type(obj), f.name)
+                if key == "model.kind":
+                    doc = f"{kinds_help()}. {doc}"
+                out.append((key, v, f"[{'|'.join(kinds[key])}] {doc}" if key in kinds else doc))
 
     walk(cfg, "")
     return out

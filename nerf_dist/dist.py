@@ -5,9 +5,12 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) everything runs as one p
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as tdist
@@ -64,18 +67,58 @@ def barrier() -> None:
         tdist.barrier()
 
 
+class CollectiveError(RuntimeError):
+    """A collective with the other ranks failed (a peer died, froze or became unreachable).
+
+    Raised by the code that wraps the collective (:func:`collective`), so callers classify a
+    failure by its type, never by the backend's message text. ``what`` names the collective.
+    """
+
+    def __init__(self, what: str, cause: BaseException, hint: str = ""):
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), str(cause))
+        super().__init__(f"{what}: a collective with the other ranks failed: a peer rank died, "
+                         f"froze or became unreachable.{' ' + hint if hint else ''} Cause: "
+                         f"{type(cause).__name__}: {first[:300]}")
+        self.what, self.cause = what, cause
+
+
+class ReplicaMismatchError(RuntimeError):
+    """The replicas of the model differ between ranks (raised on every rank together)."""
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Run a collective call: a backend failure inside becomes :class:`CollectiveError`.
+
+    NOTE: only wrap the collective call itself (not storage or model code), so that whatever
+    fails in here is the collective, whatever the backend's message says. Errors of our own
+    types (e.g. a CollectiveError of a nested call) pass through unchanged.
+    """
+    try:
+        yield
+    except CollectiveError:
+        raise
+    except (RuntimeError, ConnectionError, TimeoutError) as e:
+        raise CollectiveError(what, e) from e
+
+
+def _group() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
 def all_gather_object(obj, rank: int = 0, world_size: int = 1) -> list:
     """[obj of rank 0, ..., obj of rank world_size-1] on every rank (collective; small objects).
 
     Without a process group only this rank's slot is filled (the others are None), so sharded
     code stays callable rank by rank in one process (tests).
     """
-    if not (tdist.is_available() and tdist.is_initialized()):
+    if not _group():
         box = [None] * world_size
         box[rank] = obj
         return box
     box = [None] * tdist.get_world_size()
-    tdist.all_gather_object(box, obj)
+    with collective("all_gather_object"):
+        tdist.all_gather_object(box, obj)
     return box
 
 
@@ -97,8 +140,59 @@ def raise_together(err: str | None, rank: int, world_size: int, exc_type: type,
 
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable python object from src to all ranks (identity without a group)."""
-    if not (tdist.is_available() and tdist.is_initialized()):
+    if not _group():
         return obj
     box = [obj]
-    tdist.broadcast_object_list(box, src=src)
+    with collective(f"broadcast from rank {src}"):
+        tdist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def tensor_digests(module: torch.nn.Module) -> list[tuple[str, str]]:
+    """[(name, 16-hex blake2b of the tensor's bytes)] of every parameter and buffer of module.
+
+    Bit-level: two replicas agree exactly when every tensor's bytes do. NOTE: hashed on the CPU
+    (one device-to-host copy per tensor on CUDA); about 1 ms per 10 MB here.
+    """
+    out = []
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        a = t.detach().contiguous().cpu().reshape(-1)
+        raw = a.view(torch.uint8) if a.dtype != torch.bool else a.to(torch.uint8)
+        h = hashlib.blake2b(raw.numpy().tobytes() if raw.numel() else b"", digest_size=8)
+        h.update(f"{tuple(t.shape)}/{t.dtype}".encode())
+        out.append((name, h.hexdigest()))
+    return out
+
+
+def combined_digest(digests: list[tuple[str, str]]) -> str:
+    """One 16-hex digest of a :func:`tensor_digests` list (names and hashes, in order)."""
+    return hashlib.blake2b("\n".join(f"{n}={h}" for n, h in digests).encode(),
+                           digest_size=8).hexdigest()
+
+
+def check_replicas(module: torch.nn.Module, rank: int, world_size: int, when: str) -> str:
+    """Collective: every rank's parameters and buffers are bit-identical, or every rank raises.
+
+    The ranks all-gather their :func:`tensor_digests`; a difference raises
+    :class:`ReplicaMismatchError` on every rank, naming the ranks that differ from rank 0 and the
+    first differing tensor. Returns the combined digest (the same on every rank).
+    """
+    mine = tensor_digests(module)
+    if world_size == 1 or not _group():
+        return combined_digest(mine)
+    every = all_gather_object(mine, rank, world_size)
+    ref = every[0]
+    bad = []
+    for r, d in enumerate(every[1:], start=1):
+        if d != ref:
+            names = dict(d)
+            first = next((n for n, h in ref if names.get(n) != h),
+                         next((n for n, _ in d if n not in dict(ref)), "?"))
+            bad.append((r, first))
+    if bad:
+        ranks = ", ".join(str(r) for r, _ in bad)
+        raise ReplicaMismatchError(
+            f"{when}: the model replicas differ: rank(s) {ranks} differ from rank 0; first "
+            f"differing tensor: {bad[0][1]!r} (rank {bad[0][0]}). The ranks no longer train the "
+            f"same model; resume from the newest checkpoint (train.resume=auto)")
+    return combined_digest(mine)

@@ -100,16 +100,22 @@ class StallWatchdog:
     block on a peer rank or on storage. A background thread checks once a second and prints one
     line at warn_s, 2 x warn_s, 4 x warn_s, ... naming the wait, the rank and the process-group
     timeout that will end it. ``warn_s <= 0`` disables it.
+
+    Waits nest: an inner ``waiting`` (a shard read inside "the ray loader's batch of step 12")
+    is the one named while it lasts; when it ends, the outer wait is named again, with its own
+    start time and its own next deadline (a deadline passed meanwhile gives one line, not one
+    per doubling missed).
     """
 
-    def __init__(self, rank: int, warn_s: float, timeout_s: float | None = None, stream=None):
+    def __init__(self, rank: int, warn_s: float, timeout_s: float | None = None, stream=None,
+                 poll_s: float = 1.0):
         self.rank = rank
         self.warn_s = float(warn_s)
         self.timeout_s = timeout_s
         self.stream = stream or sys.stderr
-        self._what: str | None = None
-        self._since = 0.0
-        self._next = 0.0
+        self.poll_s = float(poll_s)
+        # NOTE: a stack, innermost last: [what, since (monotonic), next warning (s after since)].
+        self._waits: list[list] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -121,22 +127,43 @@ class StallWatchdog:
     def waiting(self, what: str) -> "_Wait":
         return _Wait(self, what)
 
-    def _begin(self, what: str) -> None:
+    @property
+    def current(self) -> str | None:
+        """What this rank waits for now (the innermost wait), or None."""
         with self._lock:
-            self._what, self._since, self._next = what, time.monotonic(), self.warn_s
+            return self._waits[-1][0] if self._waits else None
 
-    def _end(self) -> None:
+    def _begin(self, what: str) -> list:
+        frame = [what, time.monotonic(), self.warn_s]
         with self._lock:
-            self._what = None
+            self._waits.append(frame)
+        return frame
+
+    def _end(self, frame: list) -> None:
+        with self._lock:
+            # NOTE: by identity, so a wait that ends out of order removes itself, not another.
+            self._waits = [f for f in self._waits if f is not frame]
+
+    def _due(self) -> tuple[str, float] | None:
+        """(what, seconds waited) when the innermost wait has passed its next deadline."""
+        with self._lock:
+            if not self._waits:
+                return None
+            frame = self._waits[-1]
+            what, since, nxt = frame
+            waited = time.monotonic() - since
+            if waited < nxt:
+                return None
+            while nxt <= waited:  # the next deadline after now: one line per check at most
+                nxt *= 2
+            frame[2] = nxt
+            return what, waited
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            with self._lock:
-                what, waited = self._what, time.monotonic() - self._since
-                due = what is not None and waited >= self._next
-                if due:
-                    self._next *= 2
-            if due:
+        while not self._stop.wait(self.poll_s):
+            due = self._due()
+            if due is not None:
+                what, waited = due
                 limit = (f"; the process group gives up after dist.timeout_s={self.timeout_s:g} s"
                          if self.timeout_s else "")
                 print(f"[rank {self.rank}] still waiting after {waited:.0f} s for {what} (a peer "
@@ -150,13 +177,16 @@ class StallWatchdog:
 class _Wait:
     def __init__(self, dog: StallWatchdog, what: str):
         self.dog, self.what = dog, what
+        self._frame: list | None = None
 
     def __enter__(self):
-        self.dog._begin(self.what)
+        self._frame = self.dog._begin(self.what)
         return self
 
     def __exit__(self, *exc):
-        self.dog._end()
+        if self._frame is not None:
+            self.dog._end(self._frame)
+            self._frame = None
         return False
 
 

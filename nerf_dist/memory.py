@@ -8,9 +8,10 @@ estimate, the limit and the knob to turn. :func:`on_all_ranks` runs a check on e
 makes them agree, so one rank short of memory never leaves the others waiting in a collective.
 
 The estimates are deliberately simple formulas of the config (documented on each function and
-checked against measured peaks in tests/test_memory.py): bytes per field sample for the
-vanilla and fast models, bytes per pixel for frame buffers, bytes per ray for the cache. They
-are upper bounds for fp32; bf16/fp16 activations need less.
+checked against measured peaks in tests/test_memory.py): each model kind's own estimate of its
+activations per ray and its weights (``memory_estimate`` of the model protocol, asked through
+the registry), bytes per pixel for frame buffers, bytes per ray for the cache. They are upper
+bounds for fp32; bf16/fp16 activations need less.
 
 Set ``NERF_DIST_MEMORY_CHECK=off`` to skip the comparison with available memory (the
 absurd-value checks and ``rays_per_batch > cache rays`` still apply), e.g. when the machine's
@@ -24,6 +25,9 @@ import os
 import torch
 
 from .dist import raise_together
+from .loader.schedule import CROP_BYTES, PERM_BYTES
+from .models.registry import memory_estimate as model_memory
+from .ray_cache.colour import bytes_per_pixel
 
 # Hard sanity limits, independent of the machine: values beyond them are mistakes, not requests.
 MAX_SIDE = 1 << 20          # pixels per image side
@@ -41,9 +45,9 @@ EVAL_BYTES_PER_PIXEL = 384
 # One tile in flight on a rank (tile_rays + render_chunked outputs + the cat + the CPU copy).
 TILE_BYTES_PER_PIXEL = 128
 # Bytes a rank holds per cached pixel it owns, at most: rgb16 colours (6) + two int32 permutations
-# or, with a centre-crop warm-up, crop positions and two crop permutations (12); the loader
+# (8) or, with a centre-crop warm-up, crop positions and two crop permutations (12); the loader
 # streams shards when the cache is larger than data.cache_memory (see nerf_dist.loader).
-CACHE_BYTES_PER_RAY = 6 + 12
+CACHE_BYTES_PER_RAY = bytes_per_pixel("rgb16") + max(PERM_BYTES, CROP_BYTES)
 # Tile results sent to rank 0 per gather round, summed over the ranks (renderer.core): bounds what
 # rank 0 receives at once, whatever the frame size.
 ROUND_BYTES = 64 << 20
@@ -209,84 +213,26 @@ def _enabled() -> bool:
 
 # ------------------------------------------------------------------------------ model estimates
 
-def _get(cfg, name: str, default):
-    return getattr(cfg, name, default)
-
-
 def samples_per_ray(model_cfg, train: bool) -> int:
-    """Upper bound on field samples per ray held at once.
-
-    vanilla: inference keeps one pass alive (n_samples + n_importance for the fine pass);
-    training keeps the coarse and fine passes for backward (2 n_samples + n_importance).
-    fast: inference evaluates at most 32 slots per ray at a time (model_fast._EVAL_SEGMENT);
-    training keeps every kept sample, at most max_samples (occupancy and early stopping usually
-    keep far fewer: this is the upper bound).
-    """
-    if _get(model_cfg, "kind", "vanilla") == "fast":
-        m = int(_get(model_cfg, "max_samples", 256))
-        return m if train else min(32, m)
-    s, imp = int(_get(model_cfg, "n_samples", 64)), int(_get(model_cfg, "n_importance", 128))
-    if imp <= 0:
-        return s
-    return 2 * s + imp if train else s + imp
-
-
-def bytes_per_sample(model_cfg, train: bool) -> int:
-    """Activation bytes per field sample (fp32), an upper-bound formula of the model config.
-
-    Fitted to measured peaks (tests/test_memory.py checks estimate >= measured, within 2x):
-    vanilla (in_x = 3 (1 + 2 pos_freqs), in_d = 3 (1 + 2 dir_freqs), W = width, D = depth):
-      inference: the trunk's peak at the skip layer (previous output, [h, gamma(x)], new output:
-      about 4.5 W floats) + the encodings (in_x + in_d) + ~128 floats of points, directions and
-      compositing; training: every layer input saved for backward ((D + 2.5) W + 3 in_x +
-      2 in_d) + backward transients (3 W) + ~64 floats.
-    fast (L levels, F features, h hidden, g geo features): per level 8 corner indices (int64),
-      weights and their transients (320 L bytes at inference, 256 L saved in training) + the
-      MLPs (L F + 3 h + 2 g + 40 floats; training 2 L F + 4 h + 3 g + 60) + 64 bytes.
-    """
-    if _get(model_cfg, "kind", "vanilla") == "fast":
-        L, Fd = int(_get(model_cfg, "hash_levels", 16)), int(_get(model_cfg, "hash_features", 2))
-        h, g = int(_get(model_cfg, "hidden", 64)), int(_get(model_cfg, "geo_features", 15))
-        if train:
-            return 256 * L + _F32 * (2 * L * Fd + 4 * h + 3 * g + 60) + 64
-        return 320 * L + _F32 * (L * Fd + 3 * h + 2 * g + 40) + 64
-    in_x = 3 * (1 + 2 * int(_get(model_cfg, "pos_freqs", 10)))
-    in_d = 3 * (1 + 2 * int(_get(model_cfg, "dir_freqs", 4)))
-    W, D = int(_get(model_cfg, "width", 256)), int(_get(model_cfg, "depth", 8))
-    if train:
-        floats = (D + 2.5) * W + 3 * in_x + 2 * in_d + 3 * W + 64
-    else:
-        floats = 4.5 * W + in_x + in_d + 128
-    return int(math.ceil(floats * _F32))
+    """Upper bound on field samples per ray held at once (the kind's estimate)."""
+    return model_memory(model_cfg).samples_per_ray(train)
 
 
 def bytes_per_ray(model_cfg, train: bool) -> int:
-    """Activation bytes per ray: samples_per_ray * bytes_per_sample, plus the fast model's
-    per-ray marching tensors ([n_rays, march_steps] float/bool/int64 slots, ~64 B each, and
-    [n_rays, max_samples] slot tables)."""
-    b = samples_per_ray(model_cfg, train) * bytes_per_sample(model_cfg, train)
-    if _get(model_cfg, "kind", "vanilla") == "fast":
-        b += 64 * (int(_get(model_cfg, "march_steps", 1024)) + 1)
-        b += 16 * int(_get(model_cfg, "max_samples", 256))
-    return b
+    """Activation bytes per ray in training or in one rendering call (the kind's estimate:
+    :meth:`nerf_dist.models.base.NeRFModel.memory_estimate`; the formulas are documented there)."""
+    return model_memory(model_cfg).bytes_per_ray(train)
 
 
 def param_bytes(model_cfg) -> int:
-    """Parameter count x 4 bytes (weights only; training needs 4x: grads and two Adam moments)."""
-    if _get(model_cfg, "kind", "vanilla") == "fast":
-        L, Fd = int(_get(model_cfg, "hash_levels", 16)), int(_get(model_cfg, "hash_features", 2))
-        T = 1 << int(_get(model_cfg, "hash_log2_size", 19))
-        h, g = int(_get(model_cfg, "hidden", 64)), int(_get(model_cfg, "geo_features", 15))
-        n = L * T * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g) + (g + 17) * h + (h + 1) * h + (h + 1) * 3
-        n += int(_get(model_cfg, "grid_res", 128)) ** 3 * 2  # occupancy grid: density + bool
-    else:
-        in_x = 3 * (1 + 2 * int(_get(model_cfg, "pos_freqs", 10)))
-        in_d = 3 * (1 + 2 * int(_get(model_cfg, "dir_freqs", 4)))
-        W, D = int(_get(model_cfg, "width", 256)), int(_get(model_cfg, "depth", 8))
-        n = (in_x + 1) * W + (D - 1) * (W + 1) * W + in_x * W + (W + 1) * (W + 1) \
-            + (W + in_d + 1) * (W // 2) + (W // 2 + 1) * 3
-        n *= 2 if int(_get(model_cfg, "n_importance", 128)) > 0 else 1
-    return n * _F32
+    """The model's weights and buffers (the kind's estimate)."""
+    return model_memory(model_cfg).param_bytes
+
+
+def train_param_bytes(model_cfg) -> int:
+    """Weights plus what training adds: gradients and optimiser state (the kind's estimate)."""
+    est = model_memory(model_cfg)
+    return est.param_bytes + est.optimizer_bytes
 
 
 # ------------------------------------------------------------------------------ checks
@@ -405,9 +351,9 @@ def train_estimate(cfg, n_cache_rays: int, world_size: int = 1,
     """Per-rank peak memory of a training step, as {'host': {...}, 'device': {...}}.
 
     The rank's batch is ceil(rays_per_batch / world_size) rays; its activations are rays x
-    samples_per_ray(train) x bytes_per_sample(train) (see those functions: for the fast model
-    max_samples bounds the kept samples, so this is an upper bound). Weights count 4x (weights,
-    grads, two Adam moments). The rank's share of the ray cache (n_cache_rays / world_size x
+    bytes_per_ray(train), the kind's estimate (for the fast model max_samples bounds the kept
+    samples, so this is an upper bound). Weights count with gradients and Adam moments
+    (train_param_bytes). The rank's share of the ray cache (n_cache_rays / world_size x
     CACHE_BYTES_PER_RAY, at most data.cache_memory: the loader streams larger caches) is host
     memory; activations and weights go to the device (the host when the device is the CPU).
     """
@@ -421,7 +367,7 @@ def train_estimate(cfg, n_cache_rays: int, world_size: int = 1,
     acts = {f"activations of {rays} rays x {samples_per_ray(cfg.model, True)} samples "
             f"(train.rays_per_batch={cfg.train.rays_per_batch} over {world_size} rank(s))":
             rays * per_ray,
-            "model weights, gradients and Adam moments": 4 * param_bytes(cfg.model)}
+            "model weights, gradients and Adam moments": train_param_bytes(cfg.model)}
     if _device_type(device) == "cuda":
         return {"host": host, "device": acts}
     host.update(acts)

@@ -23,7 +23,7 @@ from . import storage
 from .checkpoint import CheckpointError, Checkpointer, load_url
 from .config import Config, ConfigError, diff_keys, from_dict, load_config, to_dict, with_overrides
 from .lifecycle import STATUS_FILE
-from .model import build_model
+from .models import build_model
 
 CONFIG_FILE = "config.yaml"
 

@@ -176,8 +176,39 @@ def test_damaged_newest_falls_back_with_warning(base_url, damage):
 def test_all_damaged_raises_rather_than_starting_over(tmp_path):
     ck = Checkpointer(str(tmp_path))
     flip_bytes(os.path.join(ck.save(1, {"w": torch.zeros(500)}), "state.pt"))
-    with pytest.warns(UserWarning, match="damaged"), pytest.raises(CheckpointError, match="all 1"):
+    with pytest.raises(CheckpointError, match="all 1 committed checkpoints .* damaged .*sha256"):
         ck.load()
+
+
+def test_storage_error_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    """A read that fails in storage (timeout, reset: after its retries) must not be mistaken for a
+    damaged checkpoint: falling back to an older step on one rank would split the replicas."""
+    ck = Checkpointer(str(tmp_path))
+    ck.save(10, {"step": 10})
+    ck.save(20, {"step": 20})
+    real = storage.read_bytes
+
+    def flaky(url, *a, **k):
+        if "step-00000020" in url and url.endswith("state.pt"):
+            raise storage.StorageError(f"read {url}: timed out after 3 retries")
+        return real(url, *a, **k)
+    monkeypatch.setattr(storage, "read_bytes", flaky)
+    with pytest.raises(CheckpointError, match="storage error.*step-00000020.*timed out"):
+        ck.newest_good()
+    with pytest.raises(CheckpointError, match="storage error"):
+        ck.load()
+    with pytest.raises(CheckpointError, match="storage error"):
+        ck.load_step(20)
+    assert ck.load_step(10)["step"] == 10
+
+
+def test_newest_good_names_what_it_skipped(tmp_path):
+    ck = Checkpointer(str(tmp_path))
+    ck.save(10, {"step": 10})
+    flip_bytes(os.path.join(ck.save(20, {"step": 20, "w": torch.zeros(500)}), "state.pt"))
+    step, state, skipped = ck.newest_good()
+    assert (step, state["step"]) == (10, 10)
+    assert len(skipped) == 1 and "step-00000020" in skipped[0] and "damaged" in skipped[0]
 
 
 def test_invalid_marker_is_invisible(tmp_path):

@@ -149,3 +149,100 @@ def test_run_dir_is_the_flag_help_shows_first(capsys):
             _parser().parse_args([cmd, "--help"])
         out = capsys.readouterr().out
         assert "--run-dir RUN_DIR, --run RUN_DIR" in out, (cmd, out)
+
+
+# ----------------------------------------------------------------------------- model kinds
+
+def test_model_keys_are_flat_and_each_kind_owns_its_own():
+    from dataclasses import fields
+
+    from nerf_dist.models.config import CommonModelConfig, ModelConfig, key_kinds
+    from nerf_dist.models.hashgrid.config import HashGridConfig
+    from nerf_dist.models.vanilla.config import VanillaConfig
+    kinds = key_kinds()
+    assert kinds["kind"] == kinds["chunk"] == kinds["precision"] == ()
+    assert kinds["width"] == ("vanilla",) and kinds["hash_levels"] == ("fast",)
+    names = [f.name for f in fields(ModelConfig)]
+    assert sorted(names) == sorted(f.name for c in (CommonModelConfig, VanillaConfig,
+                                                    HashGridConfig) for f in fields(c))
+    # a config of one kind is one of the other's too: every key of every kind is read and checked
+    cfg = load_config(None, ["model.kind=fast", "model.width=128", "model.hash_levels=4"])
+    assert isinstance(cfg.model, HashGridConfig) and isinstance(cfg.model, VanillaConfig)
+    assert (cfg.model.width, cfg.model.hash_levels) == (128, 4)
+    with pytest.raises(ConfigError, match=r"model\.skip"):
+        load_config(None, ["model.kind=fast", "model.skip=9"])
+    with pytest.raises(ConfigError, match=r"model\.hash_log2_size"):
+        load_config(None, ["model.hash_log2_size=30"])
+    # `nerf-dist keys` says which kind a key belongs to, and lists the kinds
+    docs = {k: doc for k, _, doc in describe_keys()}
+    assert docs["model.width"].startswith("[vanilla] ") and docs["model.max_samples"].startswith(
+        "[fast] ") and not docs["model.chunk"].startswith("[")
+    assert docs["model.kind"].startswith("vanilla (") and " | fast (" in docs["model.kind"]
+
+
+def test_a_saved_config_of_every_key_still_loads(tmp_path):
+    # NOTE: checkpoints and run folders store the whole model section, every kind's keys in it
+    cfg = load_config(None, ["model.kind=fast", "model.width=128", "model.grid_res=8"])
+    q = tmp_path / "r.yaml"
+    q.write_text(dump_yaml(cfg))
+    text = q.read_text()
+    assert "  width: 128\n" in text and "  grid_res: 8\n" in text and "  chunk: 8192\n" in text
+    assert load_config(str(q)) == cfg
+
+
+def test_two_kinds_may_share_a_key_only_with_one_meaning():
+    from dataclasses import dataclass
+
+    from nerf_dist.models.config import _check_shared_keys
+
+    @dataclass(frozen=True)
+    class A:
+        hidden: int = 64
+
+    @dataclass(frozen=True)
+    class B(A):
+        extra: float = 1.0
+
+    @dataclass(frozen=True)
+    class C:
+        hidden: int = 32
+
+    _check_shared_keys([A, B])                    # B extends A: `hidden` is one key of both
+    with pytest.raises(TypeError, match="model.hidden"):
+        _check_shared_keys([A, C])
+
+
+def test_a_new_kind_brings_its_keys_with_one_registry_entry():
+    from dataclasses import dataclass, fields
+
+    from nerf_dist.config_check import check
+    from nerf_dist.models.config import key_kinds, model_config_class
+    from nerf_dist.models.hashgrid.config import HashGridConfig
+    from nerf_dist.models.registry import KINDS, Kind
+
+    @dataclass(frozen=True)
+    class ToyConfig:
+        toy_size: int = 3
+        """Toy: its one key."""
+
+        def __post_init__(self) -> None:
+            check(self.toy_size >= 1, "model.toy_size", "must be >= 1")
+
+    @dataclass(frozen=True)
+    class CaptureConfig(HashGridConfig):
+        contract: bool = True
+        """Capture: a kind extending the hash grid's keys."""
+
+    kinds = {**KINDS, "toy": Kind(ToyConfig, "x:Y"), "capture": Kind(CaptureConfig, "x:Z")}
+    cls = model_config_class(kinds)
+    names = [f.name for f in fields(cls)]
+    assert names[:4] == ["kind", "chunk", "precision", "compile"]
+    assert "toy_size" in names and "contract" in names and names.count("hash_levels") == 1
+    assert cls(toy_size=5).toy_size == 5 and cls().max_samples == 256
+    with pytest.raises(ConfigError, match=r"model\.toy_size"):
+        cls(toy_size=0)
+    with pytest.raises(ConfigError, match=r"model\.hash_log2_size"):
+        cls(hash_log2_size=2)                     # the other kinds' keys are still checked
+    owners = key_kinds(kinds)
+    assert owners["toy_size"] == ("toy",) and owners["hash_levels"] == ("fast", "capture")
+    assert owners["contract"] == ("capture",) and owners["width"] == ("vanilla",)

@@ -27,7 +27,7 @@ DEMO_YAML = str(REPO / "configs" / "demo.yaml")
 def _trainer(scene, run, config=None, *overrides, device="cuda"):
     from nerf_dist.config import load_config
     from nerf_dist.dist import DistInfo
-    from nerf_dist.trainer import Trainer
+    from nerf_dist.train import Trainer
     cfg = load_config(config, [f"data.root={scene}", f"run.dir={run}", "log.progress=false",
                                "checkpoint.every=0", "eval.every=0", "train.resume=none",
                                *overrides])
@@ -91,7 +91,7 @@ def test_renderer_cuda_equals_cpu(demo_scene):
     importance samples' inverse CDF differ between devices; one PNG level is 3.9e-3).
     """
     from nerf_dist.config import load_config
-    from nerf_dist.model import build_model
+    from nerf_dist.models import build_model
     from nerf_dist.renderer import RenderSetup, render_frames
     from nerf_dist.renderer.paths import split_path
     from nerf_dist.scenes import load_scene

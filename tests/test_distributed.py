@@ -38,6 +38,10 @@ def test_two_ranks_follow_one_rank(demo_scene, tmp_path, one_rank_run):
     res = train_tiny(demo_scene, run, "train.steps=20", nproc=2)
     # logging happens once, not once per rank
     assert res.stdout.count("done: step 20") == 1
+    # every save compared both replicas' digests (not only rank 0's model)
+    assert res.stdout.count("replicas agree: 2 rank(s)") == 2, res.stdout[-2000:]
+    state = Checkpointer(str(run / "checkpoints"), is_main=False).load()[1]
+    assert state["replicas"]["world_size"] == 2 and len(state["replicas"]["digest"]) == 16
     a = checkpoint_params(str(one_rank_run / "checkpoints"))
     b = checkpoint_params(str(run / "checkpoints"))
     start = checkpoint_params(str(run / "checkpoints"), 10)
@@ -91,7 +95,14 @@ def test_fast_path_under_ddp_resumes_exactly(demo_scene, tmp_path):
         return res
     train(tmp_path / "full", "train.steps=20")
     train(tmp_path / "part", "train.steps=10")
-    train(tmp_path / "part", "train.steps=20", "train.resume=auto")
+    res = train(tmp_path / "part", "train.steps=20", "train.resume=auto")
+    # the resumed replicas (grid buffers included, which DDP never syncs) were compared at resume
+    # and at each save, and agree with the uninterrupted run's digest
+    digests = [ln.split("digest ")[1].split(",")[0] for ln in res.stdout.splitlines()
+               if "replicas agree: 2 rank(s)" in ln]
+    assert len(digests) == 1, res.stdout[-2000:]
+    full = Checkpointer(str(tmp_path / "full" / "checkpoints"), is_main=False).load()[1]
+    assert full["replicas"]["digest"] == digests[0]
     train(tmp_path / "one", "train.steps=20", nproc=1)
     a = checkpoint_params(str(tmp_path / "full" / "checkpoints"))
     b = checkpoint_params(str(tmp_path / "part" / "checkpoints"))

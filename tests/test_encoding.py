@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from nerf_dist.encoding import FrequencyEncoding
+from nerf_dist.models.vanilla.encoding import FrequencyEncoding
 
 
 def test_frequency_encoding_values():

@@ -150,7 +150,7 @@ def test_psnr_fg_by_hand():
 
 def test_eval_undoes_lens_distortion_and_equals_validation(distorted_scene, tmp_path):
     from nerf_dist.dist import DistInfo
-    from nerf_dist.trainer import Trainer
+    from nerf_dist.train import Trainer
     scene = load_scene(_data(distorted_scene), "test")
     assert scene.n == 4 and scene.meta["scale"] == pytest.approx(1.0)
     assert scene.distortion[1].tolist() == pytest.approx(list(DIST_FRAME2))

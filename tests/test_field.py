@@ -1,10 +1,10 @@
-"""Radiance fields (nerf_dist.field, nerf_dist.field_fast): shapes, the skip connection, and a
-density that does not depend on the view direction."""
+"""Radiance fields (nerf_dist.models.vanilla.field, nerf_dist.models.hashgrid.field): shapes, the
+skip connection, and a density that does not depend on the view direction."""
 import pytest
 import torch
 
-from nerf_dist.field import NeRFMLP
-from nerf_dist.field_fast import HashField
+from nerf_dist.models.vanilla.field import NeRFMLP
+from nerf_dist.models.hashgrid.field import HashField
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 

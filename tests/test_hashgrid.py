@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from nerf_dist.encoding import HashGridEncoding
+from nerf_dist.models.hashgrid.encoding import HashGridEncoding
 
 
 def test_output_shape_and_dtype():

@@ -163,3 +163,58 @@ def test_watchdog_names_what_it_waits_for():
     text = buf.getvalue()
     assert "[rank 3] still waiting after" in text and "all-reduce of step 7" in text
     assert "dist.timeout_s=42" in text and "something quick" not in text
+
+
+class _Lines:
+    """A stream that keeps each printed line with the time it arrived."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+
+    def write(self, text):
+        if text.strip():
+            self.lines.append((time.monotonic(), text))
+
+    def flush(self):
+        pass
+
+    def about(self, what: str) -> list[float]:
+        return [t for t, line in self.lines if f"for {what} (" in line]
+
+
+def test_watchdog_waits_nest():
+    """An inner wait is named while it lasts, with deadlines from its own start; then the outer
+    is named again, keeping its own start, and a deadline it passed meanwhile gives one line."""
+    out = _Lines()
+    dog = StallWatchdog(rank=0, warn_s=0.25, stream=out, poll_s=0.02)
+    try:
+        with dog.waiting("outer"):
+            t_outer = time.monotonic()
+            time.sleep(0.35)  # outer warned once (at 0.25 s); its next deadline is 0.5 s
+            assert len(out.about("outer")) == 1 and dog.current == "outer"
+            with dog.waiting("inner"):
+                t_inner = time.monotonic()
+                assert dog.current == "inner"
+                time.sleep(0.7)  # inner warned at 0.25 s and 0.5 s of ITS wait; outer passes 0.5 and 1.0 s
+            t_back = time.monotonic()
+            assert dog.current == "outer"
+            time.sleep(0.15)
+        assert dog.current is None
+        time.sleep(0.3)
+    finally:
+        dog.close()
+    inner, outer = out.about("inner"), out.about("outer")
+    assert len(inner) == 2 and inner[0] - t_inner >= 0.25 and inner[1] - t_inner >= 0.5
+    # nothing named the outer while the inner ran; then exactly one line for it (the deadlines
+    # it passed meanwhile), and none after it ended
+    assert outer[0] - t_outer >= 0.25 and len(outer) == 2 and outer[1] >= t_back
+    (line,) = [line for t, line in out.lines if t == outer[1]]
+    assert int(line.split("after ")[1].split(" s")[0]) >= 1  # the outer's whole wait, not the inner's
+    # a wait that ends out of order removes itself, not the other
+    a, b = dog.waiting("a"), dog.waiting("b")
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert dog.current == "b"
+    b.__exit__(None, None, None)
+    assert dog.current is None

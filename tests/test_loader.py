@@ -2,17 +2,24 @@
 and streaming in windows of shards within data.cache_memory (local, memory:// and S3)."""
 from __future__ import annotations
 
+import contextlib
+import datetime
+import io
 import json
 import math
+import os
+import time
 import uuid
 
 import pytest
 import torch
 
 from nerf_dist.config import DataConfig
+from nerf_dist.lifecycle import StallWatchdog
 from nerf_dist.loader import BATCH_FIELDS, RayLoader, plan_window, shard_batch_sizes, stream_positions
-from nerf_dist.ray_cache import RayCache, ensure_cache
-from nerf_dist.rays import scene_rays
+from nerf_dist.ray_cache import RayCache, RayCacheError, ShardReadError, ensure_cache
+from nerf_dist.render_ops.rays import scene_rays
+from nerf_dist.storage import StorageError
 from nerf_dist.scenes.base import Scene
 
 S = 8  # shards; 3 images x 5 x 7 = 105 rays -> 14 or 13 rays per shard
@@ -225,23 +232,6 @@ def test_precrop_without_crop_rays_raises_on_every_rank(tmp_path):
     RayLoader(c, 0, 2, 16, seed=0, precrop_steps=5, precrop_frac=1.0)  # every pixel qualifies
 
 
-def test_prefetch_gives_the_same_batches(cache):
-    plain = RayLoader(cache, 1, 2, 21, seed=4, precrop_steps=2)
-    fetch = RayLoader(cache, 1, 2, 21, seed=4, precrop_steps=2, prefetch=True)
-    try:
-        for step in range(6):
-            if step == 3:  # a resume mid-run drops the stale prefetched batch
-                sd = plain.state_dict()
-                sd["step"] = 1
-                plain.load_state_dict(sd)
-                fetch.load_state_dict(sd)
-            a, b = plain.next(), fetch.next()
-            for k in BATCH_FIELDS:
-                assert torch.equal(a[k], b[k]), (step, k)
-    finally:
-        fetch.close()
-
-
 # ----------------------------------------------------------------------------- windows
 
 def test_window_plan_is_a_property_of_the_run():
@@ -360,6 +350,183 @@ def test_windows_that_do_not_split_over_the_ranks_are_refused(big):
         RayLoader(big, 0, 2, 40, seed=0, cache_memory=memory)
     with pytest.raises(ValueError, match="rays_per_batch=400 draws 200 rays"):
         RayLoader(big, 0, 1, 400, seed=0, cache_memory=WINDOW_MEMORY)
+
+
+def _visits(ld: RayLoader, steps: int) -> list[int]:
+    """The windows the first `steps` steps enter, in order (a window change or the first step)."""
+    ws = [ld.plan.at(ld.seed, k)[0] for k in range(steps)]
+    return [w for k, w in enumerate(ws) if k == 0 or w != ws[k - 1]]
+
+
+def _land(ld: RayLoader) -> None:
+    """Let a read-ahead in flight finish (a read is recorded when it completes)."""
+    if ld.store._ahead is not None:
+        with contextlib.suppress(Exception):
+            ld.store._ahead[1].result()
+
+
+def test_resume_mid_window_reads_that_window_once(big):
+    ld = RayLoader(big, 1, 2, 40, seed=3, cache_memory=WINDOW_MEMORY)
+    plan, T = ld.plan, ld.plan.phase_steps
+    step = 2 * T + 3  # the middle of the third visit
+    w, w0, w_next = (plan.at(3, k)[0] for k in (step, 0, 3 * T))
+    assert w not in (w0, w_next), "pick a seed whose third window is neither the first nor the next"
+    assert ld.store.reads == []  # nothing is read when the loader is built
+    sd = ld.state_dict()
+    sd["step"] = step
+    ld.load_state_dict(sd)
+    mine = [s for s in plan.shards(w) if s % 2 == 1]
+    try:
+        for _ in range(T - 3):  # the rest of that visit
+            ld.next()
+        _land(ld)
+        # that window once, then the next one read ahead; window 0 never
+        assert ld.store.reads == mine + [s for s in plan.shards(w_next) if s % 2 == 1]
+        assert ld.store.sync_reads == 1
+    finally:
+        ld.close()
+
+
+def test_a_read_ahead_that_failed_is_read_again_at_the_switch(big, monkeypatch, capsys):
+    """A transient failure while reading a window ahead (a whole visit before it is needed)
+    does not stop the run: the window is read again when entered; the batches do not change."""
+    clean = RayLoader(big, 0, 1, 40, seed=1, cache_memory=WINDOW_MEMORY)
+    T = clean.plan.phase_steps
+    want = [clean.next() for _ in range(2 * T)]
+    clean.close()
+    ld = RayLoader(big, 0, 1, 40, seed=1, cache_memory=WINDOW_MEMORY)
+    second = ld.plan.shards(ld.plan.at(1, T)[0])
+    failed = []
+    orig = RayCache.read_shard
+
+    def flaky(self, s, verify=True):
+        if s == second[0] and not failed:
+            failed.append(s)
+            raise ShardReadError(f"cannot read ray cache shard {s}: simulated outage", s)
+        return orig(self, s, verify)
+    monkeypatch.setattr(RayCache, "read_shard", flaky)
+    try:
+        for step in range(2 * T):
+            got = ld.next()
+            assert all(torch.equal(want[step][k], got[k]) for k in BATCH_FIELDS), step
+    finally:
+        ld.close()
+    assert failed and ld.store.sync_reads == 2  # the first window, and the retried one
+    assert f"reading ray cache shards {second}" in capsys.readouterr().err
+
+
+def test_close_stops_the_read_ahead_thread(big):
+    ld = RayLoader(big, 0, 1, 40, seed=1, cache_memory=WINDOW_MEMORY)
+    ld.next()  # holds the first window and starts reading the next one
+    threads = list(ld.store._pool._threads)
+    assert threads and all(t.is_alive() for t in threads)
+    ld.close()
+    assert not any(t.is_alive() for t in threads)
+    ld.close()  # idempotent
+    assert ld.next()["rgb"].shape == (40, 3)  # still usable: reads on the calling thread
+
+
+def test_watch_covers_window_reads_and_the_switch(big, monkeypatch):
+    calls = []
+
+    @contextlib.contextmanager
+    def watch(what):
+        calls.append(what)
+        yield
+    ld = RayLoader(big, 0, 2, 40, seed=1, cache_memory=WINDOW_MEMORY, watch=watch)
+    for _ in range(30):
+        ld.next()
+    ld.close()
+    visits = _visits(ld, 30)
+    # per window entered: the switch (every rank's shards), inside it this rank's read; nothing
+    # on the other steps
+    switches = [c for c in calls if c.startswith("every rank's ray cache shards of window")]
+    reads = [c for c in calls if c.startswith("this rank's ray cache shards")]
+    assert len(switches) == len(reads) == len(visits) and len(calls) == 2 * len(visits)
+    assert [int(c.split("window ")[1].split(" ")[0]) for c in switches] == visits
+    # with the stall watchdog: a slow read is named while it lasts
+    orig = RayCache.read_shard
+    monkeypatch.setattr(RayCache, "read_shard", lambda self, s: time.sleep(0.4) or orig(self, s))
+    buf = io.StringIO()
+    dog = StallWatchdog(rank=0, warn_s=0.1, stream=buf, poll_s=0.02)
+    try:
+        slow = RayLoader(big, 0, 2, 40, seed=1, cache_memory=WINDOW_MEMORY, watch=dog.waiting)
+        slow.next()
+        slow.close()
+    finally:
+        dog.close()
+    assert "for this rank's ray cache shards [" in buf.getvalue()
+
+
+DAMAGE_SEED, DAMAGE_TIMEOUT_S = 3, 30.0
+
+
+def _damaged_worker(rank, world_size, init_file, url, out):
+    import torch.distributed as tdist
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                             world_size=world_size,
+                             timeout=datetime.timedelta(seconds=DAMAGE_TIMEOUT_S))
+    res = {"detect": None, "steps": 0, "err": "", "storage": False}
+    orig = RayCache.read_shard
+
+    def spy(self, s, verify=True):
+        try:
+            return orig(self, s, verify)
+        except RayCacheError:
+            res["detect"] = res["detect"] or time.time()
+            raise
+    RayCache.read_shard = spy  # NOTE: this spawned process only
+    ld = RayLoader(RayCache.open(url), rank, world_size, 40, seed=DAMAGE_SEED,
+                   cache_memory=WINDOW_MEMORY)
+    try:
+        grad = torch.zeros(1)
+        for _ in range(5 * ld.plan.phase_steps):
+            ld.next()
+            res["steps"] += 1
+            tdist.all_reduce(grad)  # stands for the gradient all-reduce of a training step
+    except Exception as e:  # noqa: BLE001 - the test reads it
+        res["err"], res["storage"] = f"{type(e).__name__}: {e}", isinstance(e, StorageError)
+    ld.close()
+    res["exit"] = time.time()
+    torch.save(res, f"{out}.{rank}")
+    tdist.destroy_process_group()
+
+
+def test_a_damaged_shard_in_a_later_window_stops_every_rank_naming_it(tmp_path):
+    """Two gloo ranks stream windows; a shard of the third window visited (rank 1's) is
+    truncated after the build. Rank 1 finds it (reading that window ahead); both ranks stop at
+    the step that enters the window, each naming the shard, long before dist.timeout_s (without
+    the agreement rank 0 would wait in the all-reduce until then)."""
+    import torch.multiprocessing as mp
+    cache = build(tmp_path, make_scene(**BIG))
+    probe = RayLoader(cache, 0, 2, 40, seed=DAMAGE_SEED, cache_memory=WINDOW_MEMORY)
+    T = probe.plan.phase_steps
+    w = probe.plan.at(DAMAGE_SEED, 2 * T)[0]
+    assert w not in (probe.plan.at(DAMAGE_SEED, 0)[0], probe.plan.at(DAMAGE_SEED, T)[0])
+    (bad,) = [s for s in probe.plan.shards(w) if s % 2 == 1]
+    path = os.path.join(cache.url, f"shard-{bad:05d}.bin")
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[: len(raw) // 2])
+    out = str(tmp_path / "out")
+    t0 = time.time()
+    mp.spawn(_damaged_worker, args=(2, str(tmp_path / "init"), cache.url, out), nprocs=2)
+    res = [torch.load(f"{out}.{r}") for r in range(2)]
+    name = f"shard-{bad:05d}.bin"
+    # the owner raises its own storage error; its peer names the owner and the shard
+    assert res[1]["storage"] and res[1]["err"].startswith(f"ShardReadError: ray cache shard ")
+    assert f"{name} is damaged" in res[1]["err"]
+    assert res[0]["err"].startswith(f"RayCacheError: rank 1 failed while reading its ray cache "
+                                    f"shards for step {2 * T} (window {w})")
+    assert name in res[0]["err"] and not res[0]["storage"]
+    # both stopped at the step that enters the window, not one step later in a collective
+    assert res[0]["steps"] == res[1]["steps"] == 2 * T
+    detect = res[1]["detect"]
+    assert res[0]["detect"] is None and detect is not None and t0 < detect
+    # ordering, not a wall-clock bound: every rank exits before dist.timeout_s after detection
+    assert all(detect < r["exit"] < detect + DAMAGE_TIMEOUT_S for r in res)
+    print(f"damaged {name} (window {w}, entered at step {2 * T}): found at +"
+          f"{detect - t0:.3f} s; rank 0 exits {res[0]['exit'] - detect:.3f} s and rank 1 "
+          f"{res[1]['exit'] - detect:.3f} s after detection (dist.timeout_s={DAMAGE_TIMEOUT_S:g})")
 
 
 # ----------------------------------------------------------------------------- object storage

@@ -191,7 +191,7 @@ import json, os, sys
 import torch
 from nerf_dist import memory
 from nerf_dist.config import load_config
-from nerf_dist.model import build_model
+from nerf_dist.models import build_model
 
 def rss(key):
     for line in open("/proc/self/status"):
@@ -263,7 +263,7 @@ def test_cuda_activation_estimates_bound_the_measured_peaks():
     """On a GPU: torch.cuda.max_memory_allocated growth of one call <= estimate <= 4x it, and
     available_bytes reports the device's free memory."""
     import torch
-    from nerf_dist.model import build_model
+    from nerf_dist.models import build_model
     dev = torch.device("cuda")
     free, total = torch.cuda.mem_get_info(dev)
     assert 0 < memory.available_bytes(dev) <= total

@@ -1,4 +1,4 @@
-"""Models (nerf_dist.model): the common output contract of every kind, VanillaNeRF's coarse/fine
+"""Models (nerf_dist.models): the common output contract of every kind, VanillaNeRF's coarse/fine
 outputs, chunked rendering, and the fast path's view-direction encoding (real spherical
 harmonics, orthonormal on the sphere). FastNeRF's own behaviour: tests/test_model_fast.py."""
 import math
@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from nerf_dist.config import ModelConfig
-from nerf_dist.field_fast import spherical_harmonics
-from nerf_dist.model import VanillaNeRF, build_model, render_chunked
-from nerf_dist.model_fast import FastNeRF
+from nerf_dist.models import build_model
+from nerf_dist.models.chunked import render_chunked
+from nerf_dist.models.hashgrid.field import spherical_harmonics
+from nerf_dist.models.hashgrid.model import FastNeRF
+from nerf_dist.models.vanilla.model import VanillaNeRF
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 TINY = dict(depth=2, width=32, skip=0, pos_freqs=4, dir_freqs=2, n_samples=16, n_importance=16)

@@ -1,5 +1,5 @@
 """FastNeRF: interface, gradients, empty-space skipping, early termination, and a quick fit; the
-model protocol and registry every kind shares (nerf_dist.model_base, nerf_dist.model)."""
+model protocol and registry every kind shares (nerf_dist.models.base, nerf_dist.models.registry)."""
 import math
 import re
 import time
@@ -7,10 +7,9 @@ import time
 import pytest
 import torch
 
-from nerf_dist import config as config_mod
 from nerf_dist.config import ModelConfig
-from nerf_dist.model import MODELS, build_model
-from nerf_dist.model_base import NeRFModel
+from nerf_dist.models import KINDS, build_model, model_class
+from nerf_dist.models.base import NeRFModel
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 SMALL = dict(kind="fast", hash_levels=8, hash_features=2, hash_log2_size=14, hash_base_res=8,
@@ -141,8 +140,9 @@ def test_bf16_forward_backward():
 
 
 def test_registry_matches_the_config_and_every_kind_is_a_protocol_model():
-    assert tuple(MODELS) == config_mod.MODEL_KINDS
-    assert all(issubclass(cls, NeRFModel) for cls in MODELS.values())
+    assert tuple(KINDS) == ("vanilla", "fast")
+    assert all(issubclass(model_class(k), NeRFModel) for k in KINDS)
+    assert all(isinstance(ModelConfig(), k.config) for k in KINDS.values())
     cfg = ModelConfig()
     object.__setattr__(cfg, "kind", "nope")     # past the config's own check
     msg = "'nope' is not a registered model: vanilla | fast"
@@ -167,3 +167,30 @@ def test_protocol_hooks_of_each_kind():
         fast.field.density_mlp[-1].bias[0] = -20.0
     assert fast.before_step(0, torch.Generator().manual_seed(0))
     assert fast.log_scalars() == {"occupied_frac": 0.0}
+
+
+@pytest.mark.parametrize("over,train_render,samples,params", [
+    ({}, (3853312, 1052160), (256, 192), 4766752),
+    ({"kind": "fast"}, (1569856, 273216), (256, 32), 83924300),
+    ({"n_importance": 0}, (963328, 350720), (64, 64), 2383376),
+    ({"kind": "fast", "max_samples": 16, "hash_levels": 8}, (124800, 125632), (16, 16), 50365772),
+])
+def test_each_kind_estimates_its_memory(over, train_render, samples, params):
+    # NOTE: the figures of nerf_dist.memory's formulas before they moved into the kinds
+    est = model_class(over.get("kind", "vanilla")).memory_estimate(ModelConfig(**over))
+    assert (est.train_bytes_per_ray, est.render_bytes_per_ray) == train_render
+    assert (est.train_samples_per_ray, est.render_samples_per_ray) == samples
+    assert est.param_bytes == params and est.optimizer_bytes == 3 * params
+
+
+def test_losses_are_the_squared_errors_of_the_supervised_outputs():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(depth=2, width=16, skip=0, n_samples=4, n_importance=4))
+    o, d = camera_rays(8, 0)
+    out = model(o, d, d, 2.0, 4.0, train=True, generator=torch.Generator().manual_seed(0))
+    target = torch.rand(8, 3)
+    terms = model.losses(out, target, 0.5)
+    assert tuple(terms) == ("rgb", "rgb_coarse")
+    for key, value in terms.items():
+        torch.testing.assert_close(value, ((out[key] - target) ** 2).sum() * 0.5)
+    assert tuple(make().losses({"rgb": target}, target, 1.0)) == ("rgb",)

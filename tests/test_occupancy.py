@@ -1,7 +1,7 @@
 """Occupancy grid: marks cells of a known density field, query agrees, deterministic updates."""
 import torch
 
-from nerf_dist.occupancy import OccupancyGrid
+from nerf_dist.models.hashgrid.occupancy import OccupancyGrid
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 

@@ -2,10 +2,12 @@
 multi-rank builds, fsspec URLs, verification, retries on flaky storage, errors."""
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
 import shutil
+import time
 import uuid
 
 import fsspec
@@ -18,9 +20,9 @@ from fsspec.implementations.memory import MemoryFileSystem
 import nerf_dist.ray_cache.build as rc_build
 from nerf_dist import ray_cache, storage
 from nerf_dist.config import DataConfig
-from nerf_dist.ray_cache import (RayCache, RayCacheError, build_shards, cache_key, ensure_cache,
-                                 write_parts, write_shards)
-from nerf_dist.rays import scene_rays
+from nerf_dist.ray_cache import (RayCache, RayCacheError, ShardReadError, build_shards, cache_key,
+                                 ensure_cache, write_parts, write_shards)
+from nerf_dist.render_ops.rays import scene_rays
 from nerf_dist.scenes import load_scene
 from nerf_dist.scenes.base import Scene
 
@@ -344,10 +346,10 @@ def _gloo_worker(rank, world_size, init_file, root, base, out):
             flip_byte(os.path.join(cache.url, "shard-00001.bin"))
         tdist.barrier()
         try:
-            RayLoader(cache, rank, world_size, 8, seed=0)
+            RayLoader(cache, rank, world_size, 8, seed=0).next()  # the first batch reads
             err = ""
         except RayCacheError as e:
-            err = str(e)
+            err = f"{type(e).__name__}: {e}"
         torch.save({"built": built, "url": cache.url, "again": again.url, "err": err,
                     "same": same, "parts": os.path.exists(os.path.join(cache.url, "parts"))},
                    f"{out}.{rank}")
@@ -365,8 +367,50 @@ def test_ensure_cache_with_two_gloo_ranks(tmp_path):
     assert res[0]["url"] == res[1]["url"] == res[0]["again"] and res[0]["same"]
     assert not res[0]["parts"]  # the build's part files are gone once committed
     # the damaged shard is named on the rank that read it and on its peer
-    assert "shard-00001.bin is damaged" in res[1]["err"] and "--rebuild" in res[1]["err"]
-    assert res[0]["err"].startswith("rank 1 found a damaged ray cache") and "shard-00001" in res[0]["err"]
+    assert res[1]["err"].startswith("ShardReadError: ") and "--rebuild" in res[1]["err"]
+    assert "shard-00001.bin is damaged" in res[1]["err"]
+    assert res[0]["err"].startswith("RayCacheError: rank 1 failed while reading its ray cache "
+                                    "shards for step 0") and "shard-00001.bin" in res[0]["err"]
+
+
+ALONE_TIMEOUT_S = 30.0
+
+
+def _rank0_alone_worker(rank, world_size, init_file, root, base, out, step):
+    """ensure_cache on 2 gloo ranks where a step rank 0 does alone fails with a storage error."""
+    import torch.distributed as tdist
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                             world_size=world_size,
+                             timeout=datetime.timedelta(seconds=ALONE_TIMEOUT_S))
+    rc_build.open_scene = lambda cfg, split: rc_build.InMemory(make_scene())
+    if rank == 0:
+        def fail(*a, **k):
+            raise storage.StorageError(f"cannot write {base}: simulated outage in {step}")
+        setattr(rc_build, step, fail)
+    err, t_fail = "", time.time()
+    try:
+        ensure_cache(DataConfig(root=root, cache_shards=4), base, rank, world_size, **QUIET)
+        tdist.barrier()  # NOTE: where a rank that missed the failure would wait until the timeout
+    except Exception as e:  # noqa: BLE001 - the test reads it
+        err = f"{type(e).__name__}: {e}"
+    torch.save({"err": err, "start": t_fail, "exit": time.time()}, f"{out}.{rank}")
+    tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("step", ["write_manifest", "_cache_problem"])
+def test_a_failed_rank0_only_step_of_the_build_stops_both_ranks(tmp_path, step):
+    """Rank 0 alone checks the cache and commits it (manifest); a storage error there is raised
+    on rank 0 as itself and on rank 1 naming rank 0 and the error, before dist.timeout_s."""
+    import torch.multiprocessing as mp
+    root, base, out = make_root(tmp_path), str(tmp_path / "cache"), str(tmp_path / "out")
+    mp.spawn(_rank0_alone_worker, args=(2, str(tmp_path / "init"), root, base, out, step),
+             nprocs=2)
+    res = [torch.load(f"{out}.{r}") for r in range(2)]
+    doing = "committing" if step == "write_manifest" else "checking"
+    assert res[0]["err"] == f"StorageError: cannot write {base}: simulated outage in {step}"
+    assert res[1]["err"].startswith(f"RayCacheError: rank 0 failed while {doing} the ray cache ")
+    assert res[1]["err"].endswith(f"StorageError: cannot write {base}: simulated outage in {step}")
+    assert all(r["exit"] < r["start"] + ALONE_TIMEOUT_S for r in res)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -513,12 +557,14 @@ def test_a_shard_that_stays_truncated_fails_naming_the_url(flaky_cache):
     from nerf_dist.loader import RayLoader
     cache = flaky_cache
     TruncatingFS.plan = ["truncate"] * 4  # retries=3: four reads, all short
-    with pytest.raises(RayCacheError, match=r"flakycache://.*shard-00000\.bin is damaged.*read 4 times"):
-        RayLoader(cache, 0, 1, 8, seed=0)
+    # NOTE: the loader reads at its first batch; this rank's own failure is a storage error
+    with pytest.raises(ShardReadError, match=r"flakycache://.*shard-00000\.bin is damaged.*read 4 times"):
+        RayLoader(cache, 0, 1, 8, seed=0).next()
     TruncatingFS.plan = [ConnectionResetError("reset")] * 4
-    with pytest.raises(RayCacheError, match=r"cannot read ray cache shard flakycache://.*"
-                                            r"shard-00000\.bin.*gave up after 4 attempt"):
-        RayLoader(cache, 0, 1, 8, seed=0)
+    with pytest.raises(storage.StorageError, match=r"cannot read ray cache shard flakycache://.*"
+                                                   r"shard-00000\.bin.*gave up after 4 attempt") as e:
+        RayLoader(cache, 0, 1, 8, seed=0).next()
+    assert isinstance(e.value, RayCacheError) and e.value.shard == 0
     TruncatingFS.plan = []
     assert RayLoader(cache, 0, 1, 8, seed=0).next()["rgb"].shape == (8, 3)
 

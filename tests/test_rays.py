@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from nerf_dist import rays
+from nerf_dist.render_ops import rays
 
 
 def test_pixel_centres_row_major():

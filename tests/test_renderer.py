@@ -15,8 +15,8 @@ import torch
 
 from conftest import TINY_MODEL, run_cli
 from nerf_dist.config import load_config
-from nerf_dist.model import build_model
-from nerf_dist.rays import scene_rays
+from nerf_dist.models import build_model
+from nerf_dist.render_ops.rays import scene_rays
 from nerf_dist.renderer import (RenderSetup, frame_batches, plan_tiles, rank_loads, render_frames,
                                 tile_rays)
 from nerf_dist.renderer.job import _fingerprint
@@ -115,7 +115,7 @@ def test_tile_rays_match_scene_rays(demo_scene):
 
 @pytest.mark.slow
 def test_render_frames_independent_of_tile_and_chunk(demo_scene):
-    from nerf_dist.model import render_chunked
+    from nerf_dist.models.chunked import render_chunked
     from nerf_dist.renderer.paths import split_path
     from nerf_dist.scenes import load_scene
     scene = load_scene(load_config(None, [f"data.root={demo_scene}"]).data, "val")

@@ -1,9 +1,9 @@
-"""nerf_dist.sampling: stratified samples, inverse-CDF (importance) samples, intervals, RowNoise."""
+"""nerf_dist.render_ops.sampling: stratified samples, inverse-CDF (importance) samples, intervals, RowNoise."""
 import numpy as np
 import pytest
 import torch
 
-from nerf_dist import sampling
+from nerf_dist.render_ops import sampling
 
 
 # ----------------------------------------------------------------------------- stratified

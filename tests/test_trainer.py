@@ -11,17 +11,18 @@ import torch.multiprocessing as mp
 
 from conftest import TINY_MODEL, free_port
 from nerf_dist import checkpoint as ckpt_mod
-from nerf_dist import config as config_mod
+from nerf_dist import memory
 from nerf_dist.checkpoint import Checkpointer
 from nerf_dist.cli import main
 from nerf_dist.config import load_config
 from nerf_dist.dist import DistInfo
 from nerf_dist.lifecycle import NonFiniteError, read_status
 from nerf_dist.loader import RayLoader
-from nerf_dist.model import MODELS
-from nerf_dist.model_base import NeRFModel
+from nerf_dist.memory import MemoryBudgetError
+from nerf_dist.models.base import MemoryEstimate, NeRFModel
+from nerf_dist.models.registry import KINDS, Kind, NoKeys
 from nerf_dist.run_dir import load_model
-from nerf_dist.trainer import Trainer, train
+from nerf_dist.train import Trainer, train
 
 
 def _cfg(scene, run, *extra):
@@ -169,15 +170,27 @@ def test_impossible_batch_fails_before_training(demo_scene, tmp_path, capsys):
 class _ToyNeRF(NeRFModel):
     """A third model kind, defined here: one learnable colour for every ray. It uses every hook
     of the protocol, so the test sees each reach the trainer (and a checkpoint load it back)."""
+    BYTES_PER_RAY = 1000            # what it says it needs, per ray (tests change it)
 
     def __init__(self, cfg, aabb=None):
         super().__init__(cfg)
         self.colour = torch.nn.Parameter(torch.zeros(3))
         self.register_buffer("hook_calls", torch.zeros((), dtype=torch.int64))
+        self.loss_terms: list[tuple[str, ...]] = []
+
+    @classmethod
+    def memory_estimate(cls, cfg):
+        return MemoryEstimate(cls.BYTES_PER_RAY, cls.BYTES_PER_RAY // 2, 1, 1, 12, 36)
 
     def before_step(self, step, generator=None):
         self.hook_calls += 1
         return True
+
+    def losses(self, out, target_rgb, scale):
+        terms = {**super().losses(out, target_rgb, scale),
+                 "colour_norm": 1e-3 * (self.colour ** 2).sum()}
+        self.loss_terms.append(tuple(terms))
+        return terms
 
     def optimizer_settings(self):
         return {"params": [{"params": [self.colour], "weight_decay": 0.0}], "eps": 1e-6}
@@ -193,9 +206,9 @@ class _ToyNeRF(NeRFModel):
 
 
 def test_a_third_model_kind_trains_without_trainer_changes(demo_scene, tmp_path, monkeypatch):
-    # NOTE: registering the kind is all it takes (the config's list of names and the registry).
-    monkeypatch.setattr(config_mod, "MODEL_KINDS", (*config_mod.MODEL_KINDS, "toy"))
-    monkeypatch.setitem(MODELS, "toy", _ToyNeRF)
+    # NOTE: one registry entry is all it takes (a kind with a folder names its model class as
+    # "module:Class" and its own config dataclass; this one has no keys of its own).
+    monkeypatch.setitem(KINDS, "toy", Kind(NoKeys, _ToyNeRF, "a test's kind"))
     cfg = load_config(None, [f"data.root={demo_scene}", f"run.dir={tmp_path / 'r'}",
                              "train.rays_per_batch=64", "log.progress=false", "log.every=1",
                              "train.threads=1", "train.steps=3", "train.lr=0.1",
@@ -213,8 +226,17 @@ def test_a_third_model_kind_trains_without_trainer_changes(demo_scene, tmp_path,
     finally:
         trainer.close()
     assert res["step"] == 3 and int(trainer.model.hook_calls) == 3
+    assert trainer.model.loss_terms == [("rgb", "colour_norm")] * 3
     assert [v["model/hook_calls"] for _, v in logged] == [1.0, 2.0, 3.0]
     assert bool((trainer.model.colour.detach() != 0).all())          # it learned something
+    # it sizes itself: the memory checks use its own estimate, and refuse a batch it cannot hold
+    est = memory.train_estimate(cfg, trainer.cache.n_rays)["host"]
+    assert [v for k, v in est.items() if k.startswith("activations")] == [64 * 1000]
+    assert est["model weights, gradients and Adam moments"] == 12 + 36
+    assert memory.bytes_per_ray(cfg.model, False) == 500
+    monkeypatch.setattr(_ToyNeRF, "BYTES_PER_RAY", 1 << 50)
+    with pytest.raises(MemoryBudgetError, match="train.rays_per_batch"):
+        memory.check_train_batch(cfg, trainer.cache.n_rays)
     loaded = load_model(run_dir=str(tmp_path / "r"))
     assert isinstance(loaded.model, _ToyNeRF) and loaded.step == 3
     torch.testing.assert_close(loaded.model.colour, trainer.model.colour.detach())

@@ -1,4 +1,4 @@
-"""nerf_dist.volrend: weights, transmittance and compositing against hand-computed values.
+"""nerf_dist.render_ops.volrend: weights, transmittance and compositing against hand-computed values.
 
 (Sampling tests live in tests/test_sampling.py.)
 """
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from nerf_dist import volrend
+from nerf_dist.render_ops import volrend
 
 
 def test_constant_slab_transmittance():

@@ -7,6 +7,15 @@ shards r, r+N, r+2N, ... (S must be a multiple of N), holds only its shards of t
 shards' parts in window order. Global batches therefore do not depend on the number of ranks, and
 a run may resume on another world size.
 
+Failures reach every rank. Nothing is read when the loader is built: the first batch reads the
+window of its step (so a run resumed mid-window reads that window once, not window 0 first).
+Because the schedule is global, every rank enters a new window at the same step; there the ranks
+agree once (one small all-gather per window, none on the other steps, :meth:`RayLoader.batch_at`):
+a shard that a rank could not read (storage error, missing, damaged: found by the read-ahead and
+read once more at the switch, or by a read at the switch) raises on that rank its own :class:`~nerf_dist.ray_cache.ShardReadError`
+(a StorageError) and on every other rank a RayCacheError naming that rank and that shard, so no
+rank goes on into the gradient all-reduce and waits there until dist.timeout_s.
+
 Memory: a rank holds at most data.cache_memory of shard data (colours, permutations, crop
 positions, the read-ahead; :meth:`RayLoader.bytes_held`). When the whole cache fits (S shards x
 their cost <= cache_memory) there is a single window: every shard is loaded once and every step
@@ -33,13 +42,13 @@ step 0 of the full stream, so epoch 0 still sees every pixel.
 """
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+from typing import Callable, ContextManager
 
 import torch
 
-from ..dist import raise_together
-from ..ray_cache import RayCache, RayCacheError, pixel_crop
+from ..ray_cache import RayCache, pixel_crop
+from ..ray_cache.agree import together
 from .schedule import (_CROP, _FULL, WindowPlan, memory_for, plan_window, shard_batch_sizes,
                        stream_positions, stream_seed)
 from .store import ShardStore, crop_positions
@@ -54,11 +63,15 @@ class RayLoader:
     n_global (= rays_per_batch, the size of the global batch the local one is part of) and
     index: [b_local] int64, the positions of these rays inside the global batch.
     cache_memory: bytes of shard data one rank may hold (data.cache_memory); None = no bound.
+    watch: ``watch(what)`` gives a context manager put around every blocking wait for shard reads
+    and for the other ranks at a window switch (the trainer passes its StallWatchdog.waiting).
+    :meth:`close` stops the read-ahead thread. Batches are built on the calling thread only.
     """
 
     def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
                  precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu",
-                 prefetch: bool = False, cache_memory: int | None = None, log=None):
+                 cache_memory: int | None = None, log=None,
+                 watch: Callable[[str], ContextManager] | None = None):
         S = cache.n_shards
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")
@@ -86,25 +99,10 @@ class RayLoader:
         if self.precrop_steps > 0:
             self._check_crop_coverage()
         self._step = 0
-        self._lock = threading.RLock()
-        # NOTE: one worker thread builds every batch (batch_at is pure in the step), so prefetching
-        # cannot change the sequence and the shard store is never touched concurrently.
-        self._pool = None
-        self._pending = None  # (step, Future) of the batch being prefetched
-        if prefetch:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ray-loader-{rank}")
+        self._window: int | None = None  # the window whose shards are held (None: none yet)
+        self._watch = watch or (lambda what: contextlib.nullcontext())
         self.store = ShardStore(cache, read_ahead=self.plan.n_windows > 1,
                                 name=f"ray-loader-{rank}")
-        err = ""
-        try:
-            self.store.hold(self._owned(self._where(0)[1]))  # verified against size + sha256
-        except RayCacheError as e:
-            err = str(e)
-        # NOTE: collective (every rank builds its loader at the same point): a damaged shard is
-        # found only by the rank that owns it, and its peers must fail with it rather than wait
-        # for it in the first collective until the process-group timeout.
-        raise_together(err, rank, world_size, RayCacheError,
-                       others="rank {rank} found a damaged ray cache: {err}")
         if log is not None:
             log(self.describe())
 
@@ -164,11 +162,11 @@ class RayLoader:
                              f"pick a data.cache_shards that does not divide the image width")
 
     # ------------------------------------------------------------------ schedule
-    def _where(self, step: int) -> tuple[int, list[int], int]:
-        """(stream, the window's shards, v) at global step `step`."""
+    def _where(self, step: int) -> tuple[int, int, int]:
+        """(stream, window w, v) at global step `step` (the window's shards: plan.shards(w))."""
         stream, k = (_CROP, step) if step < self.precrop_steps else (_FULL, step - self.precrop_steps)
         w, v = self.plan.at(self.seed, k)
-        return stream, self.plan.shards(w), v
+        return stream, w, v
 
     def _owned(self, shards: list[int]) -> tuple[int, ...]:
         return tuple(s for s in shards if s % self.world_size == self.rank)
@@ -178,13 +176,13 @@ class RayLoader:
         plan = self.plan
         if plan.n_windows == 1:
             return None
-        cur = set(self._owned(self._where(step)[1]))
+        cur = set(self._owned(plan.shards(self._where(step)[1])))
         k, P, T = step, self.precrop_steps, plan.phase_steps
         for _ in range(2 * plan.n_windows + 2):
             local = k if k < P else k - P
-            nxt = k + T - local % (plan.n_windows * T) % T
+            nxt = k + T - local % T  # the first step of the next visit
             k = P if k < P <= nxt else nxt
-            shards = self._owned(self._where(k)[1])
+            shards = self._owned(plan.shards(self._where(k)[1]))
             if set(shards) != cur:
                 return shards
         return None
@@ -200,7 +198,8 @@ class RayLoader:
     def pixels_at(self, step: int) -> torch.Tensor:
         """Global pixel indices [b_local] int64 of this rank's rays at `step`, in batch order,
         computed from the schedule alone (nothing read, nothing cached)."""
-        stream, shards, v = self._where(step)
+        stream, w, v = self._where(step)
+        shards = self.plan.shards(w)
         out = []
         for j, s in enumerate(shards):
             b = self.b[j]
@@ -214,51 +213,68 @@ class RayLoader:
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
 
     def batch_at(self, step: int) -> dict:
-        """The local batch of global step `step` (pure: does not move the cursor)."""
-        with self._lock:
-            stream, shards, v = self._where(step)
-            if stream == _FULL:
-                self.store.drop_crop()
-            self.store.hold(self._owned(shards))
-            ahead = self._next_window(step)
-            if ahead is not None:
-                self.store.prefetch(ahead)
-            S, q, gidx, where, off = self.n_shards, [], [], [], 0
-            for j, s in enumerate(shards):
-                b = self.b[j]
-                if s % self.world_size == self.rank and b:
-                    pos = self.store.positions(stream, s, v * b, b, self.seed, self.precrop_frac)
-                    q.append(self.store.colours[s][pos])
-                    gidx.append(s + pos * S)
-                    where.append(torch.arange(off, off + b))
-                off += b
-            c = self.cache.channels
-            q = torch.cat(q) if q else torch.zeros((0, c), dtype=torch.uint8)
-            gidx = torch.cat(gidx) if gidx else torch.zeros(0, dtype=torch.int64)
-            out: dict = self.cache.rays(gidx.to(self.device, non_blocking=True))
-            out["rgb"] = self.cache.rgb(q).to(self.device, non_blocking=True)
-            out["n_global"] = self.rays_per_batch
-            out["index"] = torch.cat(where) if where else torch.zeros(0, dtype=torch.int64)
-            return out
+        """The local batch of global step `step` (does not move the cursor).
+
+        Collective when `step` lies in another window than the one held (and at the first
+        batch): see :meth:`_enter`. :meth:`next` reaches those steps on every rank together.
+        """
+        stream, w, v = self._where(step)
+        if stream == _FULL:
+            self.store.drop_crop()
+        if w != self._window:
+            self._enter(w, step)
+        shards = self.plan.shards(w)
+        S, q, gidx, where, off = self.n_shards, [], [], [], 0
+        for j, s in enumerate(shards):
+            b = self.b[j]
+            if s % self.world_size == self.rank and b:
+                pos = self.store.positions(stream, s, v * b, b, self.seed, self.precrop_frac)
+                q.append(self.store.colours[s][pos])
+                gidx.append(s + pos * S)
+                where.append(torch.arange(off, off + b))
+            off += b
+        c = self.cache.channels
+        q = torch.cat(q) if q else torch.zeros((0, c), dtype=torch.uint8)
+        gidx = torch.cat(gidx) if gidx else torch.zeros(0, dtype=torch.int64)
+        out: dict = self.cache.rays(gidx.to(self.device, non_blocking=True))
+        out["rgb"] = self.cache.rgb(q).to(self.device, non_blocking=True)
+        out["n_global"] = self.rays_per_batch
+        out["index"] = torch.cat(where) if where else torch.zeros(0, dtype=torch.int64)
+        return out
+
+    def _enter(self, w: int, step: int) -> None:
+        """Hold this rank's shards of window w (the read-ahead, or a read now), agree with the
+        other ranks that every rank has its shards, then start reading the next window ahead.
+
+        Raises this rank's own error (a ShardReadError naming the shard) when its read failed,
+        and RayCacheError naming the failed rank and its error when another rank's did
+        (:func:`~nerf_dist.ray_cache.agree.together`).
+        NOTE: collective, once per window: the window changes at the same step on every rank.
+        """
+        owned = self._owned(self.plan.shards(w))
+        self._window = None  # NOTE: what is held is dropped below; a failed switch holds nothing
+
+        def hold():
+            with self._watch(f"this rank's ray cache shards {list(owned)} to be read"):
+                self.store.hold(owned)  # verified against size + sha256
+
+        with self._watch(f"every rank's ray cache shards of window {w} (step {step})"):
+            together(hold, self.rank, self.world_size,
+                     f"reading its ray cache shards for step {step} (window {w})")
+        self._window = w
+        ahead = self._next_window(step)
+        if ahead is not None:
+            self.store.prefetch(ahead)
 
     def next(self) -> dict:
         """The local batch of the current step; then advance to the next step."""
-        if self._pool is None:
-            batch = self.batch_at(self._step)
-        else:
-            if self._pending is not None and self._pending[0] == self._step:
-                batch = self._pending[1].result()
-            else:
-                batch = self._pool.submit(self.batch_at, self._step).result()
-            self._pending = (self._step + 1, self._pool.submit(self.batch_at, self._step + 1))
+        batch = self.batch_at(self._step)
         self._step += 1
         return batch
 
     def close(self) -> None:
-        """Stop the prefetch and read-ahead threads (if any)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool, self._pending = None, None
+        """Stop the read-ahead thread (waits for a read in flight). Idempotent; a batch after
+        it still works, reading synchronously."""
         self.store.close()
 
     __next__ = next
@@ -284,13 +300,9 @@ class RayLoader:
                 f"data.cache_memory={self.cache_memory} gives windows of {self.plan.window}: "
                 f"resuming would not continue the same ray sequence; set data.cache_memory back "
                 f"to the value the run started with")
-        if self._pending is not None:  # NOTE: let a running prefetch finish before moving on
-            try:
-                self._pending[1].result()
-            except Exception:  # noqa: BLE001 - a stale batch; the next read reports real errors
-                pass
+        # NOTE: nothing is read here: the next batch reads its own window (once), so a resume
+        # mid-window never reads window 0 first.
         self._step = int(sd["step"])
-        self._pending = None  # a prefetched batch of the old cursor is stale
 
 
 __all__ = ["BATCH_FIELDS", "RayLoader", "WindowPlan", "plan_window", "shard_batch_sizes",

@@ -2,6 +2,7 @@
 background thread, and the permutations drawn over them; every byte of it counted."""
 from __future__ import annotations
 
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -27,7 +28,8 @@ class ShardStore:
     """Colours of the owned shards of one window, read on demand or ahead.
 
     colours: {shard: [n_s, C] uint8/uint16}. Only the thread that builds batches calls the
-    methods; the read-ahead thread only runs :meth:`read`, which touches nothing here.
+    methods; the read-ahead thread only runs :meth:`read`, whose one write here is appending to
+    ``reads`` (a list append is atomic in CPython; readers wait for the read-ahead to land).
     """
 
     def __init__(self, cache: RayCache, read_ahead: bool, name: str = "ray-loader"):
@@ -52,6 +54,8 @@ class ShardStore:
     def hold(self, shards: tuple[int, ...]) -> None:
         """Make exactly these shards resident (the read-ahead if it is them, else a read now).
 
+        A read-ahead that failed is read again now, once (its own retries were spent a whole
+        window earlier: an outage may be over); a second failure raises, naming the shard URL.
         NOTE: what is held is dropped BEFORE a synchronous read, so the bound holds on a jump
         (resume, a read-ahead that guessed wrong) as well as on an ordinary window change.
         """
@@ -61,8 +65,12 @@ class ShardStore:
             fut = self._ahead[1]
             self._ahead = None
             self.drop()
-            self.colours = fut.result()  # a read error surfaces here, naming the shard URL
-            return
+            try:
+                self.colours = fut.result()
+                return
+            except Exception as e:  # noqa: BLE001 - read again below; that read's error is final
+                print(f"nerf-dist ray loader: reading ray cache shards {list(shards)} ahead "
+                      f"failed ({e}); reading them again now", file=sys.stderr, flush=True)
         self.drop()
         self.cancel_ahead()
         self.sync_reads += 1
@@ -132,6 +140,7 @@ class ShardStore:
         return n
 
     def close(self) -> None:
+        """Stop the read-ahead thread (a read in flight finishes first); idempotent."""
         if self._pool is not None:
             self.cancel_ahead()
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -33,6 +33,7 @@ import torch
 from .. import dist, storage
 from ..config import DataConfig
 from ..scenes import open_scene, scene_sources
+from .agree import together
 from .colour import MODES, bytes_per_pixel, convert, encode, widest
 from .key import digest, key_inputs_of
 from .layout import (CACHE_VERSION, MANIFEST, PARTS, RayCache, RayCacheError, count_in,
@@ -306,33 +307,45 @@ def ensure_cache(data_cfg: DataConfig, base_url: str, rank: int = 0, world_size:
     Collective: every rank must call it. Building streams the frames (see the module docstring)
     with data.cache_memory bounding each rank's buffer. scene: an already loaded train Scene
     (else the scene is opened lazily, only when a build is needed).
+
+    A step that fails on one rank (indexing the scene, rank 0's decision and commit, opening the
+    cache) raises on every rank (:func:`.agree.together`), the failure named in every rank's log.
     """
-    files = scene_sources(data_cfg, "train")
-    inputs = key_inputs_of(data_cfg, "train", files)
     # NOTE: every rank indexes the scene (so a bad scene fails on all of them alike), but rank 0's
     # key wins: a file touched between two ranks' reads must not split them over two folders.
+    inputs = together(lambda: key_inputs_of(data_cfg, "train", scene_sources(data_cfg, "train")),
+                      rank, world_size, "indexing the scene's files")
     key = dist.broadcast_object(digest(inputs))
     url = storage.join(base_url, key[:16])
     where = storage.redact(url)
-    # NOTE: rank 0 decides so every rank takes the same branch (a manifest could appear mid-check).
-    problem = dist.broadcast_object(("--rebuild" if rebuild else _cache_problem(url, key))
-                                    if rank == 0 else None)
-    if problem is not None:
-        if rank == 0:
+
+    def decide():
+        if rank != 0:
+            return None
+        problem = "--rebuild" if rebuild else _cache_problem(url, key)
+        if problem is not None:
             why = f"rebuilding {where}: {problem}" if problem else f"building {where}"
             log(f"ray cache: {why} ({data_cfg.cache_shards} shards, format {CACHE_VERSION})")
             for old in _older_caches(base_url, key[:16]):
                 log(f"ray cache: not using {storage.redact(storage.join(base_url, ''))}{old}; "
                     f"delete it to free its space")
             storage.remove(storage.join(url, MANIFEST))  # a stale/corrupt marker must not survive
+        return problem
+    # NOTE: rank 0 decides so every rank takes the same branch (a manifest could appear mid-check).
+    problem = dist.broadcast_object(together(decide, rank, world_size,
+                                             f"checking the ray cache {where}"))
+    if problem is not None:
         _build(data_cfg, url, key, inputs, rank, world_size, log, scene)
     elif rank == 0:
         log(f"ray cache: reusing {where}")
-    cache = RayCache.open(url)
-    if cache.key != key:
-        raise RayCacheError(f"ray cache {where} has key {cache.key[:16]}..., expected {key[:16]}...; "
-                            f"{rebuild_hint(url)}")
-    return cache
+
+    def open_():
+        cache = RayCache.open(url)
+        if cache.key != key:
+            raise RayCacheError(f"ray cache {where} has key {cache.key[:16]}..., expected "
+                                f"{key[:16]}...; {rebuild_hint(url)}")
+        return cache
+    return together(open_, rank, world_size, f"opening the ray cache {where}")
 
 
 def _gather(value, err: str, rank: int, world_size: int, where: str) -> list:
@@ -376,13 +389,17 @@ def _build(data_cfg, url, key, inputs, rank, world_size, log, scene) -> None:
     mode = widest(m for _, m in infos)
     sums, err = guard(lambda: write_shards(source, url, S, all_flushes, mode, rank, world_size,
                                            frames, log))
+    # NOTE: the gather above waits for every rank's shards: rank 0 may commit right after it.
     sums = {s: c for part in _gather(sums, err, rank, world_size, where) for s, c in part.items()}
-    dist.barrier()
-    if rank == 0:
+
+    def commit():
+        if rank != 0:
+            return
         write_manifest(source, url, key, S, sums, mode, inputs)
         if all_flushes:
             storage.remove(storage.join(url, PARTS), recursive=True)
         total = sum(int(c["bytes"]) for c in sums.values())
         log(f"ray cache: committed {where} ({source.n * source.H * source.W} pixels, {mode}, "
             f"{bytes_per_pixel(mode)} bytes a pixel, {total / 1e6:.1f} MB)")
-    dist.barrier()
+    # NOTE: rank 0 commits alone; the others wait here, and learn of its failure here.
+    together(commit, rank, world_size, f"committing the ray cache {where}")

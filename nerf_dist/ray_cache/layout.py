@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import storage
-from ..rays import make_rays
+from ..render_ops.rays import make_rays
 from .colour import MODES, bytes_per_pixel, decode
 
 CACHE_VERSION = 3  # 3: pixels (colours only) + cameras in the manifest; 2: rays + checksums
@@ -25,6 +25,23 @@ _OLD = {1: "an older format without shard checksums",
 
 class RayCacheError(RuntimeError):
     """A ray cache is missing, incomplete, corrupt or of another version; the message names the URL."""
+
+
+class ShardReadError(storage.StorageError, RayCacheError):
+    """This rank could not read ray cache shard ``shard``: a storage error (retries spent), a
+    missing file, or bytes that fail the manifest's size or sha256. ``url`` is the shard's
+    (redacted) URL, also in the message.
+
+    NOTE: a StorageError by type (this rank's own storage, never "a peer rank died"), and still
+    a RayCacheError for callers that catch the cache's errors.
+    """
+
+    def __init__(self, message: str, shard: int | None = None, url: str | None = None):
+        super().__init__(message)
+        self.shard, self.url = shard, url
+
+    def __reduce__(self):  # NOTE: keeps shard and url across pickling (spawned test workers)
+        return type(self), (str(self), self.shard, self.url)
 
 
 def shard_name(s: int) -> str:
@@ -124,18 +141,18 @@ class RayCache:
         return storage.join(self.url, shard_name(s))
 
     def check_bytes(self, s: int, raw: bytes) -> None:
-        """RayCacheError naming the shard unless raw has the size and sha256 the manifest records."""
+        """ShardReadError naming the shard unless raw has the size and sha256 the manifest records."""
         want = self.checksums[s]
         where = storage.redact(self.shard_url(s))
         if len(raw) != int(want["bytes"]):
-            raise RayCacheError(f"ray cache shard {where} is damaged: {len(raw)} bytes, the manifest "
-                                f"records {want['bytes']} (truncated or overwritten); "
-                                f"{rebuild_hint(self.url)}")
+            raise ShardReadError(f"ray cache shard {where} is damaged: {len(raw)} bytes, the "
+                                 f"manifest records {want['bytes']} (truncated or overwritten); "
+                                 f"{rebuild_hint(self.url)}", s, where)
         got = hashlib.sha256(raw).hexdigest()
         if got != want["sha256"]:
-            raise RayCacheError(f"ray cache shard {where} is damaged: sha256 {got[:16]}... differs "
-                                f"from the manifest's {str(want['sha256'])[:16]}...; "
-                                f"{rebuild_hint(self.url)}")
+            raise ShardReadError(f"ray cache shard {where} is damaged: sha256 {got[:16]}... differs "
+                                 f"from the manifest's {str(want['sha256'])[:16]}...; "
+                                 f"{rebuild_hint(self.url)}", s, where)
 
     def read_bytes(self, s: int, verify: bool = True) -> bytearray:
         """Shard s's bytes, checked against the manifest's size and sha256 (verify).
@@ -143,7 +160,7 @@ class RayCache:
         Transient storage errors are retried inside :func:`storage.read_bytes`. A remote read that
         arrives short or with another checksum (a connection cut mid-body, a proxy's truncated
         answer) is read again, storage.retries more times with storage.backoff_s doubling; then
-        RayCacheError names the URL. Local files are read once: their damage is not transient.
+        ShardReadError names the URL. Local files are read once: their damage is not transient.
         Never returns bytes that failed the check.
         """
         if not 0 <= s < self.n_shards:
@@ -157,19 +174,20 @@ class RayCache:
             try:
                 raw = storage.read_bytes(url, writable=True)
             except FileNotFoundError as e:
-                raise RayCacheError(f"ray cache shard not found: {where} (the cache is incomplete); "
-                                    f"{rebuild_hint(self.url)}") from e
+                raise ShardReadError(f"ray cache shard not found: {where} (the cache is "
+                                     f"incomplete); {rebuild_hint(self.url)}", s, where) from e
             except Exception as e:  # noqa: BLE001 - storage error (retries spent): name the URL
-                raise RayCacheError(f"cannot read ray cache shard {where}: {type(e).__name__}: {e}") from e
+                raise ShardReadError(f"cannot read ray cache shard {where}: {type(e).__name__}: "
+                                     f"{e}", s, where) from e
             if not verify:
                 return raw
             try:
                 self.check_bytes(s, raw)
                 return raw
-            except RayCacheError as e:
+            except ShardReadError as e:
                 if attempt == attempts:
                     more = f" (read {attempts} times)" if attempts > 1 else ""
-                    raise RayCacheError(f"{e}{more}") from None
+                    raise ShardReadError(f"{e}{more}", s, where) from None
                 print(f"nerf-dist ray cache: {e.args[0].split('; ')[0]}; reading it again in "
                       f"{delay:.1f} s (attempt {attempt + 1} of {attempts})", file=sys.stderr,
                       flush=True)
@@ -184,9 +202,10 @@ class RayCache:
         raw = self.read_bytes(s, verify)
         n = self.shard_sizes[s]
         if len(raw) != n * self.bytes_per_pixel:
-            raise RayCacheError(f"corrupt ray cache shard {storage.redact(self.shard_url(s))}: "
-                                f"{len(raw)} bytes for {n} pixels of {self.bytes_per_pixel} bytes; "
-                                f"{rebuild_hint(self.url)}")
+            where = storage.redact(self.shard_url(s))
+            raise ShardReadError(f"corrupt ray cache shard {where}: {len(raw)} bytes for {n} "
+                                 f"pixels of {self.bytes_per_pixel} bytes; "
+                                 f"{rebuild_hint(self.url)}", s, where)
         # NOTE: little-endian on disk ("<u2"); astype is a no-op on little-endian machines, and
         # torch then shares the bytearray's memory. uint16 travels as int16 bits (torch's uint16
         # lacks most kernels, e.g. index_put): :func:`.colour.decode` masks them back.

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as tdist
 
 from .. import dist, memory
-from ..model import render_chunked
-from ..rays import make_rays
+from ..models.chunked import render_chunked
+from ..render_ops.rays import make_rays
 from .paths import CameraPath
 from .tiles import Tile, frame_batches, frame_tiles, plan_tiles
 

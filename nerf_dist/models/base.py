@@ -1,0 +1,122 @@
+"""The protocol every model kind implements: the trainer, renderer, memory checks and checkpoints
+see only this.
+
+A model kind is a subclass of :class:`NeRFModel` (``nerf_dist/models/<kind>/model.py``) registered
+with its config dataclass in :data:`nerf_dist.models.registry.KINDS`. Nothing outside the kind's
+folder branches on the kind.
+
+Construction: ``Kind(cfg: ModelConfig, aabb: [2, 3] tensor | None)``; cfg is the whole model.*
+section (common keys + every kind's, :mod:`nerf_dist.models.config`); aabb is the scene box (from
+the ray cache in training, from the checkpoint when loading); a kind that needs it raises
+ValueError on None.
+
+forward(rays_o [n_rays, 3], rays_d [n_rays, 3], viewdirs [n_rays, 3] unit, near, far, *,
+        train=False, generator=None, background=None) -> dict
+    rgb [n_rays, 3], depth [n_rays] (along rays_d, in its units), acc [n_rays] (opacity),
+    samples_per_ray: 0-d tensor (mean field evaluations per ray, logged), plus every key that
+    :meth:`NeRFModel.rgb_keys` names ([n_rays, 3] each).
+    near, far: floats or [n_rays]; generator: torch.Generator or
+    :class:`nerf_dist.render_ops.sampling.RowNoise` for training jitter (None at inference);
+    background: [3] colour composited behind, or None.
+
+losses(out, target_rgb [n_rays, 3], scale) -> {name: 0-d tensor}: the terms the loss is the sum of.
+memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of this config needs,
+    known before it is built (the memory checks of nerf_dist.memory use it).
+
+State: parameters and buffers only; ``state_dict()`` is what a checkpoint holds, so a checkpoint
+loads into ``Kind(cfg, aabb)`` built from the checkpoint's own config and scene box.
+NOTE (DDP): buffers are never broadcast by DDP (the trainer tells DDP to ignore them); they must be
+identical on every rank, i.e. constants or deterministic functions of (parameters, step,
+generator) such as the fast model's occupancy grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# Bytes of one float32: the unit of every estimate (upper bounds for fp32; bf16/fp16 need less).
+F32 = 4
+# Adam keeps, per parameter, a gradient and two moments: 3 floats beside the weight itself.
+ADAM_FLOATS_PER_PARAM = 3
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Upper-bound memory of one model kind for a config, in bytes (fp32), checked against
+    measured peaks in tests/test_memory.py."""
+    train_bytes_per_ray: int
+    """Activations a training step holds per ray (forward pass kept for backward)."""
+    render_bytes_per_ray: int
+    """Activations rendering holds per ray in one model call (no grad)."""
+    train_samples_per_ray: int
+    """Field samples per ray held at once in training (for the check's message)."""
+    render_samples_per_ray: int
+    """Field samples per ray held at once when rendering."""
+    param_bytes: int
+    """Weights and buffers (the model's own memory, whatever it does)."""
+    optimizer_bytes: int
+    """What training adds per weight: gradients and the optimiser's state."""
+
+    def bytes_per_ray(self, train: bool) -> int:
+        return self.train_bytes_per_ray if train else self.render_bytes_per_ray
+
+    def samples_per_ray(self, train: bool) -> int:
+        return self.train_samples_per_ray if train else self.render_samples_per_ray
+
+
+def sse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum of squared errors: pred, target [n_rays, 3] -> 0-d tensor."""
+    return ((pred - target) ** 2).sum()
+
+
+class NeRFModel(nn.Module):
+    """Base class with the protocol's defaults (those of a plain MLP NeRF: nothing to do per step,
+    Adam eps 1e-8 on every parameter, nothing extra to log, only ``rgb`` supervised, by squared
+    error). A kind must say how much memory it needs (:meth:`memory_estimate`)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def before_step(self, step: int, generator: torch.Generator | None = None) -> bool:
+        """Called by the trainer before every training step's forward pass, on the un-wrapped
+        module, with a generator seeded from (seed, step) (the same on every rank). Returns True
+        when it changed the model's state (e.g. refreshed a grid)."""
+        return False
+
+    def rgb_keys(self) -> tuple[str, ...]:
+        """Output keys supervised against the pixels' colour, each with weight 1 ('rgb' first)."""
+        return ("rgb",)
+
+    def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
+        """The loss terms of a training step: {name: 0-d tensor}; the loss is their sum.
+
+        out: this model's forward output in training; target_rgb: [n_rays, 3] the pixels' colours;
+        scale: the factor that turns a sum of squared errors over this rank's rays into its share
+        of the global batch's mean (the trainer's, so that DDP's gradient average is exact).
+        Default: the squared error of every :meth:`rgb_keys` output, one term each, named by key.
+        """
+        return {key: sse(out[key], target_rgb) * scale for key in self.rgb_keys()}
+
+    def optimizer_settings(self) -> dict:
+        """Adam settings: {"params": parameters or param-group dicts, "eps": float}.
+
+        NOTE: the trainer sets every group's lr from its schedule each step, so a group may set its
+        own weight_decay or eps but not its lr.
+        """
+        return {"params": list(self.parameters()), "eps": 1e-8}
+
+    def log_scalars(self) -> dict[str, float]:
+        """Scalars logged with the training metrics (as ``model/<name>``) at each logging step."""
+        return {}
+
+    @classmethod
+    def memory_estimate(cls, cfg) -> MemoryEstimate:
+        """What a model of config cfg needs (before it is built); every kind says."""
+        raise NotImplementedError(f"model kind {cls.__name__} does not estimate its memory: "
+                                  f"define {cls.__name__}.memory_estimate (see MemoryEstimate)")
+
+
+__all__ = ["ADAM_FLOATS_PER_PARAM", "F32", "MemoryEstimate", "NeRFModel", "sse"]

@@ -1,0 +1,116 @@
+"""The model.* config section: the keys every kind shares plus each registered kind's own keys.
+
+Keys stay flat on the command line, in YAML and in a checkpoint's saved config (``model.width``,
+``model.hash_levels``), as they were before each kind had its own dataclass. :class:`ModelConfig`
+is one frozen dataclass built from :class:`CommonModelConfig` and every registered kind's config
+(:data:`registry.KINDS`) as its bases, so
+
+- a kind's code reads its keys as ``cfg.width`` and ``isinstance(cfg, VanillaConfig)`` holds;
+- a config may carry keys of kinds it does not use (every existing config and checkpoint does),
+  and every kind validates its own keys (its ``__post_init__``) whichever kind is chosen;
+- :func:`key_kinds` says which kind(s) each key belongs to (``nerf-dist keys`` shows it).
+
+NOTE: two kinds may share a key only when it means the same (same type and default, e.g. one
+kind's config extends another's); anything else is an error when this module loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from ..config_check import check
+from .registry import KINDS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class CommonModelConfig:
+    kind: str = "vanilla"
+    """Which model to train (the registered kinds are listed first); a key marked [kind] is that
+    kind's own and applies to it only."""
+    chunk: int = 8192
+    """Rays evaluated at once when rendering full images (memory bound)."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 autocast for the field (fp16 only on CUDA)."""
+    compile: bool = False
+    """Wrap the field in torch.compile."""
+
+    def __post_init__(self) -> None:
+        # NOTE: looked up when a config is built, so a kind registered later (a test's) is valid.
+        check(self.kind in KINDS, "model.kind", f"must be {'|'.join(KINDS)}, got {self.kind!r}")
+        check(self.precision in PRECISIONS, "model.precision",
+              f"must be {'|'.join(PRECISIONS)}, got {self.precision!r}")
+        check(self.chunk >= 1, "model.chunk", f"must be >= 1, got {self.chunk}")
+
+
+def _kind_configs(kinds: dict) -> list[type]:
+    """The kinds' config classes, each once, in registry order."""
+    out: list[type] = []
+    for k in kinds.values():
+        if k.config not in out:
+            out.append(k.config)
+    return out
+
+
+def _check_shared_keys(classes: list[type]) -> None:
+    """TypeError unless every key that several classes declare has one type and default."""
+    seen: dict[str, tuple[type, dataclasses.Field]] = {}
+    for cls in classes:
+        for f in fields(cls):
+            if f.name in seen:
+                other, g = seen[f.name]
+                if (f.type, f.default, f.default_factory) != (g.type, g.default, g.default_factory):
+                    raise TypeError(f"model.{f.name} is a key of both {other.__name__} and "
+                                    f"{cls.__name__} with different types or defaults")
+            else:
+                seen[f.name] = (cls, f)
+
+
+def model_config_class(kinds: dict) -> type:
+    """The frozen dataclass of the model.* section for the registry `kinds` (name -> Kind): the
+    common keys first, then each kind's own in registry order; it validates them all."""
+    configs = _kind_configs(kinds)
+    _check_shared_keys([CommonModelConfig, *configs])
+    # NOTE: a kind's config that another's extends is inherited through it (listing both as bases
+    # could make no consistent MRO); dataclass fields come from the bases in reverse MRO order.
+    bases = [c for c in configs if not any(c is not o and issubclass(o, c) for o in configs)]
+
+    def __post_init__(self) -> None:
+        CommonModelConfig.__post_init__(self)
+        for cls in configs:
+            post = getattr(cls, "__post_init__", None)
+            if post is not None:
+                post(self)
+
+    return dataclass(frozen=True)(type("ModelConfig", (*reversed(bases), CommonModelConfig), {
+        "__post_init__": __post_init__, "__module__": __name__, "__qualname__": "ModelConfig",
+        "__doc__": "The model.* section: the common keys and every registered kind's own keys."}))
+
+
+ModelConfig = model_config_class(KINDS)
+
+
+def kinds_help() -> str:
+    """'vanilla (coarse + fine MLPs ...) | fast (...)': the registered kinds, for help texts."""
+    return " | ".join(f"{name} ({k.about})" if k.about else name for name, k in KINDS.items())
+
+
+def key_kinds(kinds: dict | None = None) -> dict[str, tuple[str, ...]]:
+    """{key (without 'model.'): the kinds it belongs to}; () for the keys common to every kind.
+    kinds: a registry (name -> Kind); None = :data:`registry.KINDS`."""
+    kinds = KINDS if kinds is None else kinds
+    common = {f.name for f in fields(CommonModelConfig)}
+    own = {name: {f.name for f in fields(k.config)} for name, k in kinds.items()}
+    out: dict[str, tuple[str, ...]] = {}
+    for f in fields(CommonModelConfig):
+        out[f.name] = ()
+    for cls in _kind_configs(kinds):
+        for f in fields(cls):
+            if f.name not in common:
+                out[f.name] = tuple(name for name in kinds if f.name in own[name])
+    return out
+
+
+__all__ = ["CommonModelConfig", "ModelConfig", "PRECISIONS", "key_kinds", "kinds_help",
+           "model_config_class"]
