@@ -13,7 +13,7 @@ import torch
 from conftest import train_tiny
 from nerf_dist.config import DataConfig
 from nerf_dist.lifecycle import read_status
-from nerf_dist.rays import make_rays
+from nerf_dist.render_ops.rays import make_rays
 from nerf_dist.scenes import SceneError, detect_format, load_scene, open_scene, scene_sources
 from nerf_dist.scenes.colmap_model import MODEL_IDS, qvec_to_rotmat
 

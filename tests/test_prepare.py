@@ -22,7 +22,7 @@ from conftest import REPO, run_cli
 from nerf_dist.config import DataConfig
 from nerf_dist.prepare import PrepareError, PrepareOptions, prepare
 from nerf_dist.prepare.inputs import collect_images, extract_frames, sharpness
-from nerf_dist.rays import distort, make_rays
+from nerf_dist.render_ops.rays import distort, make_rays
 from nerf_dist.scenes import load_scene
 from nerf_dist.scenes.colmap_model import read_cameras, read_images
 

@@ -93,9 +93,10 @@ def collect_images(folder: str, dest: str, progress=None) -> Collected:
     common = max(set(sizes.values()), key=list(sizes.values()).count)
     odd = [n for n, s in sizes.items() if s != common]
     if odd:
+        listed = ", ".join(f"{n} is {sizes[n][0]}x{sizes[n][1]}" for n in odd[:5])
         raise PrepareError(f"images in {folder} must all have one size: most are {common[0]}x"
-                           f"{common[1]} but {', '.join(f'{n} is {sizes[n][0]}x{sizes[n][1]}' for n in odd[:5])}"
-                           f"{' ...' if len(odd) > 5 else ''} (resize or remove them)")
+                           f"{common[1]} but {listed}{' ...' if len(odd) > 5 else ''} (resize or "
+                           f"remove them)")
     return Collected(names=sorted(todo), kind="images", size=common, skipped=skipped)
 
 
@@ -128,8 +129,10 @@ def extract_frames(video: str, dest: str, n_frames: int, progress=None) -> Colle
         gen = imageio_ffmpeg.read_frames(video)
         meta = next(gen)
     except (RuntimeError, OSError, StopIteration, ValueError) as e:
-        raise PrepareError(f"cannot decode video {video}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
-                           f" (is it a video file ffmpeg can read?)") from e
+        # NOTE: ffmpeg's message is long; its last line says what went wrong.
+        why = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise PrepareError(f"cannot decode video {video}: {why} (is it a video file ffmpeg can "
+                           f"read?)") from e
     if total < 2:
         raise PrepareError(f"video {video} has {total} frame(s); structure from motion needs many "
                            f"views of the scene")

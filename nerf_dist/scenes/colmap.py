@@ -9,12 +9,14 @@ model stores it); with data.downscale N, ``images_N/NAME`` when that folder exis
 writes them; intrinsics follow the files' size), else the full images are area-averaged.
 
 Cameras: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL and OPENCV become K plus OpenCV
-k1 k2 p1 p2 (what :func:`nerf_dist.rays.make_rays` undistorts); one camera per image is fine
-(per-frame K), but every image of a split must have one size. Other models (OPENCV_FISHEYE,
-FULL_OPENCV, ...) are refused by name: make_rays has no fisheye or higher-order distortion.
+k1 k2 p1 p2 (what :func:`nerf_dist.render_ops.rays.make_rays` undistorts); one camera per image
+is fine (per-frame K), but every image of a split must have one size. Other models
+(OPENCV_FISHEYE, FULL_OPENCV, ...) are refused by name: make_rays has no fisheye or
+higher-order distortion.
 
-Pixels: COLMAP puts the centre of the top-left pixel at (0.5, 0.5), as :mod:`nerf_dist.rays`
-does, so cx, cy are used as they are: a 3D point projects to the pixel COLMAP measured.
+Pixels: COLMAP puts the centre of the top-left pixel at (0.5, 0.5), as
+:mod:`nerf_dist.render_ops.rays` does, so cx, cy are used as they are: a 3D point projects to the
+pixel COLMAP measured.
 
 Poses: ``x_cam = R(q) x_world + t`` (OpenCV axes) becomes camera-to-world in the OpenGL
 convention (c2w = [R^T | -R^T t] with the y and z axes negated). Then the whole scene (every
