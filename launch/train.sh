@@ -124,8 +124,9 @@ run_dir="$(printf '%s\n' "$probe" | tail -n 1)"
 # shellcheck source=launch/ranks.sh
 source "$(dirname "${BASH_SOURCE[0]}")/ranks.sh"
 choose_ranks launch/train.sh
-# NOTE: without this, a restarted group (--max-restarts) can reuse the dead group's rendezvous
-# store and fail to connect or hang in init (pytorch#135712, still in torch 2.13).
+# NOTE: dist.init already keys each restart of the group apart in torchrun's shared store
+# (pytorch#135712, still in torch 2.13); with this set, worker rank 0 also hosts a fresh store for
+# every restart, which holds where restart counts differ (elastic --nnodes=MIN:MAX).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 
 run_args=(--standalone --nnodes=1 --nproc_per_node="$n_ranks" --max_restarts="$max_restarts")
@@ -166,12 +167,15 @@ done
 trap - TERM USR1 HUP INT
 
 # NOTE: torchrun's own exit code is 1 for a rank that exited 75 as for one that failed; the run's
-# status.json (written by rank 0) tells them apart.
+# status.json (written by rank 0) tells them apart. --ended: torchrun has returned, so every rank
+# has exited, and a status still saying "running" is a rank 0 that died (SIGKILL, out of memory):
+# it is recorded as "died". The mtime is read first, as that record changes it.
+after="$(status_mtime)"
 st=0
-python -m nerf_dist status --run-dir "$run_dir" || st=$?
+python -m nerf_dist status --ended --run-dir "$run_dir" || st=$?
 if [ "$interrupted" = 1 ]; then
   exit 130
-elif [ "$(status_mtime)" = "$before" ]; then
+elif [ "$after" = "$before" ]; then
   # NOTE: this run never wrote its status (it failed before training started), so what is there
   # is an earlier run's and must not turn a failure into "finished" or "resume me".
   echo "launch/train.sh: error: torchrun exited $rc before the run wrote $run_dir/status.json; see the log above" >&2

@@ -1,6 +1,6 @@
 """`nerf-dist` command line: thin entry points that parse, build, run and always clean up.
 
-Commands: train, render, eval, cache, demo, demo-scene, keys. Run `nerf-dist COMMAND --help`.
+Commands: train, render, eval, cache, demo, demo-scene, prepare, status, keys. Run `nerf-dist COMMAND --help`.
 Config overrides are `section.key=value` arguments after the options.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import replace
 from . import __version__
 from .config import ConfigError, RenderConfig, describe_keys, load_config, with_section
 from .lifecycle import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_RESUME, EXIT_USAGE, STATUS_FILE,
-                        StopSignals, read_status, status_exit_code)
+                        StopSignals, read_status, record_died, resolve_status, status_exit_code)
 from .storage import StorageError, redact, scrub
 
 # NOTE: lazy because every command that computes imports torch (seconds on a busy node): the
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
                "  cache        build the sharded ray cache for a config (also done by train)\n"
                "  demo         the quick start: demo scene, train, evaluate, orbit video\n"
                "  demo-scene   write the procedural demo scene (Blender format)\n"
+               "  prepare      photos or a video -> camera poses (COLMAP, needs pycolmap)\n"
                "  status       how a run ended (exit 0 finished, 75 stopped to be resumed, 1 other)\n"
                "  keys         list every config key with its default and meaning\n"
                "\nexit codes of train: 0 finished, 1 error, 2 usage, 75 stopped by SIGTERM/SIGUSR1 "
@@ -135,16 +136,50 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--views", type=int, default=40, help="training views (default 40)")
     s.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
+    pr = sub.add_parser(
+        "prepare", help="photos or a video -> a scene with camera poses (COLMAP)",
+        formatter_class=fmt,
+        description="Recover camera poses with COLMAP's structure from motion (pycolmap: pip "
+                    "install 'nerf_dist[sfm]') and write OUT_DIR/images/, OUT_DIR/sparse/0/ and "
+                    "OUT_DIR/prepare_report.json; then train with `nerf-dist train --config "
+                    "configs/capture.yaml data.root=OUT_DIR`. OUT_DIR appears only when the solve "
+                    "succeeded (it is built in a hidden folder next to it).")
+    pr.add_argument("input", metavar="INPUT", help="folder of photos (png/jpg) or a video file")
+    pr.add_argument("out_dir", metavar="OUT_DIR", help="scene folder to write")
+    pr.add_argument("--frames", type=int, default=120,
+                    help="video: frames to keep, the sharpest of each window (default 120)")
+    pr.add_argument("--matching", choices=("auto", "exhaustive", "sequential"), default="auto",
+                    help="auto: sequential for a video or over 300 photos, else exhaustive")
+    pr.add_argument("--camera-model", default="OPENCV",
+                    help="OPENCV (default), SIMPLE_RADIAL, PINHOLE, SIMPLE_PINHOLE, RADIAL, "
+                         "OPENCV_FISHEYE (train cannot use fisheye yet)")
+    pr.add_argument("--camera-per-image", action="store_true",
+                    help="solve intrinsics per image (photos from several cameras or zooms)")
+    pr.add_argument("--sfm-max-size", type=int, default=1600, metavar="PX",
+                    help="longest side SIFT sees (default 1600); the full-size images are kept")
+    pr.add_argument("--threads", type=int, default=0, help="CPU threads (default 0: all)")
+    pr.add_argument("--min-registered", type=float, default=0.5, metavar="FRACTION",
+                    help="fail unless this fraction of the images registers (default 0.5)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    pr.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     st = sub.add_parser("status", help="how a run ended (exit code 0 / 75 / 1)",
                         formatter_class=fmt,
                         description="Print RUN_DIR/status.json (written by train on rank 0) and "
                                     "exit 0 when the run finished, 75 when it was stopped to be "
-                                    "resumed (requeue it), 1 otherwise (failed, still running, or "
-                                    "no status). Scripts use it after torchrun, whose own exit "
+                                    "resumed (requeue it), 1 otherwise (failed, died, still "
+                                    "running, or no status). A 'running' status whose rank 0 is "
+                                    "gone (its process no longer runs on this machine, or no "
+                                    "heartbeat for a few minutes) is reported and recorded as "
+                                    "'died'. Scripts use it after torchrun, whose own exit "
                                     "code does not carry the trainer's.")
     src = st.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", "--run", dest="run", metavar="RUN_DIR", help="run folder")
     src.add_argument("--config", help="config file whose run.dir (after overrides) is the run")
+    st.add_argument("--ended", action="store_true",
+                    help="every process of the run has exited (a launcher after torchrun "
+                         "returned): a 'running' status is then recorded as 'died'")
     st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
     sub.add_parser("keys", help="list config keys")
@@ -228,8 +263,12 @@ def cmd_status(args) -> int:
     if doc is None:
         print(f"no readable {STATUS_FILE} in {run} (the run never started training there)")
         return EXIT_ERROR
-    print(json.dumps(doc, indent=1))
-    return status_exit_code(doc)
+    judged = resolve_status(doc, ended=args.ended)
+    if judged is not doc and not record_died(run, doc, judged):
+        # NOTE: the file changed since it was read (a restarted rank 0): judge what it says now
+        judged = resolve_status(read_status(run), ended=args.ended) or judged
+    print(json.dumps(judged, indent=1))
+    return status_exit_code(judged)
 
 
 def cmd_cache(args) -> int:
@@ -303,13 +342,47 @@ def cmd_demo_scene(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from tqdm import tqdm  # NOTE: lazy, with the command that draws bars
+
+    # NOTE: lazy: numpy/PIL, and pycolmap once a solve starts; prepare never imports torch.
+    from .prepare import PrepareOptions, prepare
+    opts = PrepareOptions(frames=args.frames, matching=args.matching,
+                          camera_model=args.camera_model, single_camera=not args.camera_per_image,
+                          sfm_max_size=args.sfm_max_size, threads=args.threads,
+                          min_registered=args.min_registered, overwrite=args.overwrite,
+                          verbose=args.verbose)
+    bars = []
+
+    def stage(name: str, total: int):
+        close_bars()
+        bar = tqdm(total=total, desc=f"{name:<7}", unit="img" if total > 1 else "step",
+                   disable=args.no_progress, leave=True, file=sys.stderr)
+        bars.append(bar)
+        return bar.update
+
+    def close_bars() -> None:
+        for b in bars:
+            b.close()
+
+    def log(text: str) -> None:
+        close_bars()
+        print(text)
+
+    try:
+        prepare(args.input, args.out_dir, opts, stage=stage, log=log)
+    finally:
+        close_bars()
+    return 0
+
+
 def cmd_keys(_args) -> int:
     print(_keys_help())
     return 0
 
 
 COMMANDS = {"train": cmd_train, "render": cmd_render, "eval": cmd_eval, "cache": cmd_cache, "demo": cmd_demo,
-            "demo-scene": cmd_demo_scene, "status": cmd_status, "keys": cmd_keys}
+            "demo-scene": cmd_demo_scene, "prepare": cmd_prepare, "status": cmd_status, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

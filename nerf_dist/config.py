@@ -29,9 +29,9 @@ from .models.config import ModelConfig, key_kinds, kinds_help
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "data/demo"
-    """Scene folder (Blender, LLFF or instant-ngp/nerfstudio layout)."""
+    """Scene folder (Blender, LLFF, instant-ngp/nerfstudio or COLMAP layout)."""
     format: str = "auto"
-    """auto | blender | llff | ngp. 'auto' detects the format from the folder."""
+    """auto | blender | llff | ngp | colmap. 'auto' detects the format from the folder."""
     downscale: int = 1
     """Integer image downscale factor (area averaging)."""
     white_background: bool = True
@@ -39,7 +39,7 @@ class DataConfig:
     skip_missing: bool = False
     """Drop frames whose image file is missing (with a warning) instead of failing."""
     llff_hold: int = 8
-    """LLFF / ngp: every N-th view is held out as the test split."""
+    """LLFF / ngp / colmap: every N-th view (of the name-sorted images for colmap) is held out as the test split."""
     ndc: str = "auto"
     """auto | true | false: normalised device coordinates (auto = on for LLFF)."""
     cache_dir: str = ""
@@ -48,6 +48,10 @@ class DataConfig:
     """Number of ray-cache shards; a multiple of every world size you use."""
     allow_outside_root: bool = False
     """Allow scene files (a file_path with ../ or an absolute path) outside data.root."""
+    colmap_dir: str = ""
+    """COLMAP: model folder (cameras/images/points3D .bin or .txt) relative to data.root; empty = sparse/0, sparse or data.root."""
+    orient: str = "up"
+    """COLMAP: up (mean camera up -> +z) | pca (principal axes of the camera centres) | none (COLMAP's axes)."""
     cache_memory: str = "2GB"
     """Shard data EACH RANK holds ("2GB", "512MiB", or bytes), also each rank's buffer while the
     cache is built; larger caches are streamed (README: Scenes larger than memory). Per rank, not
@@ -76,8 +80,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.cache_memory_bytes  # noqa: B018 - validates data.cache_memory
-        _check(self.format in ("auto", "blender", "llff", "ngp"), "data.format",
-               f"must be auto|blender|llff|ngp, got {self.format!r}")
+        _check(self.format in ("auto", "blender", "llff", "ngp", "colmap"), "data.format",
+               f"must be auto|blender|llff|ngp|colmap, got {self.format!r}")
+        _check(self.orient in ("up", "pca", "none"), "data.orient",
+               f"must be up|pca|none, got {self.orient!r}")
         _check(self.downscale >= 1, "data.downscale", f"must be >= 1, got {self.downscale}")
         _check(self.llff_hold >= 2, "data.llff_hold", f"must be >= 2, got {self.llff_hold}")
         _check(str(self.ndc) in ("auto", "true", "false", "True", "False"), "data.ndc",

@@ -38,6 +38,32 @@ def pick_device(local_rank: int = 0, prefer: str = "auto") -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def restart_store(timeout: datetime.timedelta):
+    """The store this restart of the worker group rendezvouses through, or None for env://.
+
+    Under torchrun (c10d rendezvous with torch >= 2.5 unless TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1;
+    the static rendezvous always) every worker is a client of the agent's TCPStore
+    (TORCHELASTIC_USE_AGENT_STORE), which outlives the workers: after a restart (``--max-restarts``)
+    gloo's and NCCL's address keys of the dead group are still there, and a restarted worker that
+    reads one before its new peer overwrote it connects to a dead port ("connectFullMesh failed ...
+    Connection refused") or hangs in init: pytorch#135712, still in torch 2.13. A race: with
+    bench/restart_loop.py on a loaded 2-core machine, 3 restarts of 10 worked without the prefix
+    (6 failed to connect, 1 hung), 10 of 10 with it. The keys of each restart are put under their
+    own prefix, as torch < 2.5 did itself ("/worker/attempt_N").
+
+    NOTE: TORCHELASTIC_RESTART_COUNT is the agent's count of failures, so every agent of a job with
+    a fixed node count (``--nnodes=N``, what the launch scripts use) gives all its workers the same
+    N. An elastic job (``--nnodes=MIN:MAX``) that admits a new node restarts the workers without
+    counting; there the new node's count can differ: use TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None   # no torchrun, or a store that rank 0 hosts afresh for every restart
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    client = tdist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                            is_master=False, timeout=timeout)
+    return tdist.PrefixStore(f"/worker/attempt_{attempt}", client)
+
+
 def init(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     """Initialise the process group when launched by torchrun (or SLURM via torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -48,8 +74,11 @@ def init(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        tdist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                 timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # NOTE: an explicit store only where torchrun shares its own (see restart_store); env://
+        # everywhere else, as before.
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout,
+                                 store=restart_store(timeout))
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 

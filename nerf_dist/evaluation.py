@@ -38,15 +38,17 @@ colour by more than this (about 5 levels of 8 bits: above PNG/JPEG quantisation 
 
 
 def render_views(setup: RenderSetup, scene, views: Iterable[int], rank: int = 0,
-                 world_size: int = 1, tile: int = RenderConfig.tile) -> Iterator[tuple[int, dict]]:
+                 world_size: int = 1, tile: int = RenderConfig.tile,
+                 watch=None) -> Iterator[tuple[int, dict]]:
     """Frames `views` of `scene` through the tiled renderer -> (index, out) on rank 0, in order.
 
     out: rgb [H, W, 3] clamped to [0, 1], depth [H, W], acc [H, W] (float32, CPU). The cameras are
     the split's own (:func:`split_path`: intrinsics, pose and lens distortion), so the pixels are
     those training fits. Every rank must iterate to the end; with world_size 1 no collective runs
-    (in-training validation renders on rank 0 alone).
+    (in-training validation renders on rank 0 alone). watch: as in :func:`render_frames`.
     """
-    for i, out in render_frames(setup, split_path(scene), list(views), rank, world_size, tile):
+    for i, out in render_frames(setup, split_path(scene), list(views), rank, world_size, tile,
+                                watch=watch):
         out["rgb"] = out["rgb"].clamp(0, 1)
         yield i, out
 

@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -188,16 +189,99 @@ class _Wait:
         return False
 
 
-def write_status(run_dir: str, state: str, step: int, exit_code: int | None, reason: str,
-                 checkpoint_step: int | None) -> None:
-    """Write RUN_DIR/status.json atomically (rank 0 only; run.dir is local)."""
-    os.makedirs(run_dir, exist_ok=True)
-    doc = {"state": state, "step": int(step), "exit_code": exit_code, "reason": reason,
-           "checkpoint_step": checkpoint_step,
-           "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    with storage.atomic_write(os.path.join(run_dir, STATUS_FILE)) as tmp, open(tmp, "w") as f:
+# NOTE: rank 0 may die without a word (SIGKILL, the out-of-memory killer, a lost node), leaving
+# "running" in status.json for good. So a "running" status names its writer (pid, host, process
+# start time) and carries a heartbeat that a thread refreshes every HEARTBEAT_S; readers that find
+# the writer gone (same machine: that process no longer runs; elsewhere: no heartbeat for
+# STALE_AFTER_S) report the run as "died" (`nerf-dist status` also records it in the file).
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 180.0
+
+_status_lock = threading.Lock()
+_running_docs: dict[str, dict] = {}   # status path -> the "running" doc its heartbeat refreshes
+
+
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start of process ``pid`` in clock ticks after boot (/proc/PID/stat field 22); None when it
+    does not exist (or is a zombie) or there is no /proc."""
+    stat = _read_first_line(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()   # NOTE: the command name (field 2) may hold spaces
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _machine() -> dict:
+    """What tells this machine and pid namespace apart (a pid means something only there)."""
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = None
+    return {"host": socket.gethostname(),
+            "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns}
+
+
+def _writer() -> dict:
+    return {"pid": os.getpid(), "start": _proc_start(os.getpid()), **_machine()}
+
+
+def _write_doc(path: str, doc: dict) -> None:
+    # NOTE: atomic_write's temp names are unique per call: the heartbeat thread may write too.
+    with storage.atomic_write(path) as tmp, open(tmp, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _heartbeat(path: str, doc: dict) -> None:
+    """Refresh ``doc``'s heartbeat in ``path`` until another status replaces it in this process."""
+    while True:
+        time.sleep(HEARTBEAT_S)
+        with _status_lock:
+            if _running_docs.get(path) is not doc:
+                return
+            doc["heartbeat"] = time.time()
+            try:
+                _write_doc(path, doc)
+            except OSError:
+                pass   # NOTE: a full or stalled disk must not kill training; readers see it stale
+
+
+def write_status(run_dir: str, state: str, step: int, exit_code: int | None, reason: str,
+                 checkpoint_step: int | None) -> None:
+    """Write RUN_DIR/status.json atomically (rank 0 only; run.dir is local).
+
+    The doc names its writer (``writer``: pid, host, ...) and a ``heartbeat`` (epoch seconds).
+    A "running" status is refreshed every HEARTBEAT_S by a daemon thread until the next status of
+    this run from this process replaces it, so :func:`resolve_status` can tell a dead writer.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    doc = {"state": state, "step": int(step), "exit_code": exit_code, "reason": reason,
+           "checkpoint_step": checkpoint_step, "time": _now_iso(), "writer": _writer(),
+           "heartbeat": time.time()}
+    path = os.path.join(run_dir, STATUS_FILE)
+    with _status_lock:
+        # NOTE: under the lock, so a heartbeat can never put "running" back over a final state.
+        _write_doc(path, doc)
+        if state == "running":
+            _running_docs[path] = doc
+            threading.Thread(target=_heartbeat, args=(path, doc), daemon=True,
+                             name="nerf-dist-status-heartbeat").start()
+        else:
+            _running_docs.pop(path, None)
 
 
 def read_status(run_dir: str) -> dict | None:
@@ -210,13 +294,75 @@ def read_status(run_dir: str) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
+def _writer_gone(doc: dict, ended: bool, now: float) -> str | None:
+    """Why the writer of a "running" ``doc`` is known to be gone, or None (alive or unknown)."""
+    w = doc.get("writer")
+    if ended:
+        return "the launcher reports that every process of the run has exited"
+    if not isinstance(w, dict) or "pid" not in w:
+        return None   # a status from before writers were recorded: nothing to judge by
+    here = _machine()
+    if all(w.get(k) == here[k] for k in ("host", "boot_id", "pid_ns")):
+        if w.get("start") is not None and here["boot_id"] is not None:
+            alive = _proc_start(int(w["pid"])) == w["start"]
+        else:
+            try:
+                os.kill(int(w["pid"]), 0)
+                alive = True
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:
+                alive = True
+        return None if alive else f"process {w['pid']} no longer runs on {w['host']}"
+    beat = doc.get("heartbeat")
+    if isinstance(beat, (int, float)) and now - beat > STALE_AFTER_S:
+        return f"no heartbeat from {w.get('host')} for {now - beat:.0f} s"
+    return None
+
+
+def resolve_status(doc: dict | None, ended: bool = False, now: float | None = None) -> dict | None:
+    """``doc``, or a "died" copy of it when it says "running" but its writer is gone.
+
+    ``ended``: the caller knows every process of the run has exited (a launcher after torchrun
+    returned), so "running" can only be a writer that died.
+    """
+    if not doc or doc.get("state") != "running":
+        return doc
+    why = _writer_gone(doc, ended, time.time() if now is None else now)
+    if why is None:
+        return doc
+    w = doc.get("writer") or {}
+    who = f"pid {w['pid']} on {w.get('host')}" if "pid" in w else "pid unknown"
+    return {**doc, "state": "died", "exit_code": None, "time": _now_iso(),
+            "reason": f"rank 0 ({who}) died without a final status: killed (SIGKILL, the "
+                      f"out-of-memory killer) or its node was lost ({why}); it had been running "
+                      f"since step {doc.get('step')} ({doc.get('time')}). Run again with "
+                      f"train.resume=auto to resume from its newest checkpoint"}
+
+
+def record_died(run_dir: str, seen: dict, died: dict) -> bool:
+    """Replace status.json by ``died`` if it still holds ``seen`` (what was judged); True if so.
+
+    NOTE: re-read first, so a writer that came back meanwhile (a restarted rank 0) keeps its
+    "running"; the window between the two is a few microseconds, and its heartbeat restores it.
+    """
+    with _status_lock:
+        if read_status(run_dir) != seen:
+            return False
+        try:
+            _write_doc(os.path.join(run_dir, STATUS_FILE), died)
+        except OSError:
+            return False   # NOTE: a run folder this reader may not write: reported, not recorded
+        return True
+
+
 def status_exit_code(doc: dict | None) -> int:
-    """0 finished, 75 stopped (resume me), 1 anything else (failed, running, missing)."""
+    """0 finished, 75 stopped (resume me), 1 anything else (failed, died, running, missing)."""
     if not doc:
         return EXIT_ERROR
     return {"finished": EXIT_OK, "stopped": EXIT_RESUME}.get(doc.get("state"), EXIT_ERROR)
 
 
 __all__ = ["StopSignals", "StallWatchdog", "NonFiniteError", "write_status",
-           "read_status", "status_exit_code", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE",
-           "EXIT_RESUME", "EXIT_INTERRUPTED", "STATUS_FILE"]
+           "read_status", "resolve_status", "record_died", "status_exit_code", "EXIT_OK",
+           "EXIT_ERROR", "EXIT_USAGE", "EXIT_RESUME", "EXIT_INTERRUPTED", "STATUS_FILE"]

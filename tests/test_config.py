@@ -17,7 +17,7 @@ def test_defaults_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("override,key", [
     ("train.stpes=3", "train.stpes"), ("nope.x=1", "nope"), ("train.steps=abc", "train.steps"),
-    ("train.lr=-1", "train.lr"), ("data.format=colmap", "data.format"),
+    ("train.lr=-1", "train.lr"), ("data.format=sfm", "data.format"), ("data.orient=sideways", "data.orient"),
     ("data.downscale=0", "data.downscale"), ("model.kind=foo", "model.kind"),
     ("train.lr=.inf", "train.lr"), ("train.lr=.nan", "train.lr"), ("train.lr=1e3", "train.lr"),
     ("train.steps=.inf", "train.steps"), ("model.grid_threshold=-.inf", "model.grid_threshold"),

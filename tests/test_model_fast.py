@@ -91,7 +91,7 @@ def test_empty_space_is_skipped():
 
 
 def test_state_dict_has_grid_and_no_compiled_duplicates():
-    sd = make().state_dict()
+    sd = make(compile=True).state_dict()      # NOTE: compiled wrappers (test_compile runs them)
     assert "grid.occupied" in sd and "grid.density" in sd
     assert not any("_orig_mod" in k for k in sd)
 

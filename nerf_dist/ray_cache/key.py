@@ -51,7 +51,10 @@ def key_inputs(data_cfg: DataConfig, split: str = "train") -> dict:
 def key_inputs_of(data_cfg: DataConfig, split: str, files) -> dict:
     """key_inputs for the SceneFiles files."""
     real_root = os.path.realpath(str(data_cfg.root))
-    return {"version": CACHE_VERSION, "format": scene_format(data_cfg),
+    fmt = scene_format(data_cfg)
+    # NOTE: only COLMAP scenes are oriented by a setting; other formats keep their old keys.
+    extra = {"orient": data_cfg.orient} if fmt == "colmap" else {}
+    return {"version": CACHE_VERSION, "format": fmt, **extra,
             "downscale": data_cfg.downscale, "white_background": data_cfg.white_background,
             "skip_missing": data_cfg.skip_missing, "llff_hold": data_cfg.llff_hold,
             "ndc": str(data_cfg.ndc).lower(), "cache_shards": data_cfg.cache_shards, "split": split,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -128,7 +129,9 @@ def _split_rounds(tiles: list[Tile], n_rounds: int) -> list[list[Tile]]:
 
 def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank: int = 0,
                   world_size: int = 1, tile: int = 64, balance: str = "time",
-                  stats: dict | None = None) -> Iterator[tuple[int, dict]]:
+                  stats: dict | None = None,
+                  watch: Callable[[str], ContextManager] | None = None
+                  ) -> Iterator[tuple[int, dict]]:
     """Render `frames` of `cams` across ranks; yields (frame, {rgb, depth, acc}) on rank 0.
 
     Every rank must iterate to the end (the loop holds collectives); ranks other than 0 yield
@@ -137,6 +140,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     each batch by pixel count; 'time' weights tiles by the seconds per pixel measured at the same
     tile position in the previous batch (neighbouring frames cost alike), so cheap empty regions
     and expensive detailed ones even out across ranks.
+    watch: ``watch(what)`` is a context manager around each collective wait (e.g. a
+    :class:`~nerf_dist.lifecycle.StallWatchdog`'s ``waiting``), so a frozen peer is named.
     stats: if given, accumulates 'rays' and 'render_s' of this rank and 'rank_s' per rank (rank 0).
 
     Memory: tiles are pasted into the frames being assembled as they arrive, never all held at
@@ -145,6 +150,7 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     balanced round by round), and each round is gathered to rank 0 and pasted, so rank 0
     receives at most about memory.ROUND_BYTES of tile results at a time.
     """
+    watch = watch or (lambda what: nullcontext())
     if balance not in ("time", "pixels"):
         raise ValueError(f"balance must be 'time' or 'pixels', got {balance!r}")
     setup.model.eval()
@@ -187,7 +193,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
                 else:
                     sent.append((tuple(t), out, dt))
             if world_size > 1:
-                parts = _gather_to_main(sent, rank, world_size)
+                with watch(f"the other ranks' tiles of frame(s) {batch}"):
+                    parts = _gather_to_main(sent, rank, world_size)
                 del sent
                 if rank == 0:
                     for r, part in enumerate(parts):
@@ -202,7 +209,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
         if balance == "time" and world_size > 1:
             # NOTE: not when world_size is 1: in-training validation renders on rank 0 alone
             # while a process group exists, and a broadcast there would wait for the others.
-            cost_map = dist.broadcast_object(cost_map)
+            with watch("rank 0's tile timings"):
+                cost_map = dist.broadcast_object(cost_map)
         if rank == 0:
             for f in batch:
                 yield f, assembled.pop(f)

@@ -9,6 +9,7 @@ import os
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
 from .blender import index_blender, load_blender, open_blender
+from .colmap import find_model, index_colmap, load_colmap, open_colmap
 from .lazy import LazyScene
 from .llff import index_llff, load_llff, open_llff
 from .ngp import index_ngp, load_ngp, open_ngp
@@ -22,14 +23,21 @@ _MARKERS = (("blender", "transforms_train.json"), ("llff", "poses_bounds.npy"),
 
 def detect_format(root: str) -> str:
     """'blender' if transforms_train.json exists in root, 'llff' if poses_bounds.npy, 'ngp' if
-    transforms.json; SceneError naming the folder and the files looked for otherwise."""
+    transforms.json, 'colmap' if sparse/0, sparse/ or root itself holds cameras.bin or .txt;
+    SceneError naming the folder and the files looked for otherwise.
+
+    NOTE: the COLMAP model comes last: a folder prepared by COLMAP and then converted (with a
+    transforms.json next to sparse/) was converted on purpose, so the conversion wins.
+    """
     root = str(root)
     if not os.path.isdir(root):
         raise SceneError(f"scene folder not found: {root}")
     for fmt, marker in _MARKERS:
         if os.path.isfile(os.path.join(root, marker)):
             return fmt
-    looked = ", ".join(m for _, m in _MARKERS)
+    if find_model(root) is not None:
+        return "colmap"
+    looked = ", ".join(m for _, m in _MARKERS) + ", sparse/0/cameras.bin (or .txt)"
     raise SceneError(f"cannot detect the scene format of {root}: none of {looked} found "
                      f"(set data.format explicitly if the layout is unusual)")
 
@@ -38,8 +46,11 @@ def scene_format(data_cfg: DataConfig) -> str:
     """The reader data_cfg selects: data_cfg.format, or :func:`detect_format` for 'auto'."""
     if not os.path.isdir(str(data_cfg.root)):
         raise SceneError(f"scene folder not found: {data_cfg.root}")
-    fmt = detect_format(data_cfg.root) if data_cfg.format == "auto" else data_cfg.format
-    if fmt not in ("blender", "llff", "ngp"):
+    fmt = data_cfg.format
+    if fmt == "auto":
+        # NOTE: data.colmap_dir names a COLMAP model, whatever else the folder holds.
+        fmt = "colmap" if data_cfg.colmap_dir else detect_format(data_cfg.root)
+    if fmt not in ("blender", "llff", "ngp", "colmap"):
         raise SceneError(f"unknown scene format {fmt!r} for {data_cfg.root}")
     return fmt
 
@@ -59,6 +70,8 @@ def scene_sources(data_cfg: DataConfig, split: str) -> SceneFiles:
         return index_blender(data_cfg, split).sources
     if fmt == "llff":
         return index_llff(data_cfg, split).sources
+    if fmt == "colmap":
+        return index_colmap(data_cfg, split).sources
     return index_ngp(data_cfg, split).sources
 
 
@@ -73,6 +86,8 @@ def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
         return open_blender(data_cfg, split)
     if fmt == "llff":
         return open_llff(data_cfg, split)
+    if fmt == "colmap":
+        return open_colmap(data_cfg, split)
     return open_ngp(data_cfg, split)
 
 
@@ -81,7 +96,8 @@ def load_scene(data_cfg: DataConfig, split: str) -> Scene:
 
     data_cfg.format selects the reader ('auto' = :func:`detect_format`). See
     :func:`nerf_dist.scenes.blender.load_blender`, :func:`nerf_dist.scenes.llff.load_llff` and
-    :func:`nerf_dist.scenes.ngp.load_ngp` for what each returns. Scene.sources lists every file
+    :func:`nerf_dist.scenes.ngp.load_ngp` and :func:`nerf_dist.scenes.colmap.load_colmap` for what
+    each returns. Scene.sources lists every file
     read (the ray-cache key covers exactly those).
     """
     return open_scene(data_cfg, split).load()

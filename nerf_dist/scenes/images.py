@@ -176,6 +176,20 @@ def load_images(paths: Sequence[str], factor: int, background: Sequence[float],
     return out, size0
 
 
+def image_folder(root: str, factor: int, what: str) -> tuple[str, int]:
+    """(folder, downscale still to apply): root/images_{factor}/ when factor > 1 and it exists
+    (pre-downscaled copies, as LLFF and nerfstudio write them), else root/images/ and factor.
+    SceneError names the missing folder (``what``: the scene format, for the message)."""
+    if factor > 1:
+        pre = os.path.join(root, f"images_{factor}")
+        if os.path.isdir(pre):
+            return pre, 1
+    folder = os.path.join(root, "images")
+    if not os.path.isdir(folder):
+        raise SceneError(f"{what} image folder not found: {folder}")
+    return folder, factor
+
+
 def list_images(folder: str) -> list[str]:
     """Image files (png/jpg/jpeg, any case) directly inside folder, sorted by name."""
     names = sorted(n for n in os.listdir(folder)

@@ -19,7 +19,7 @@ import torch
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
 from .blender import background_of
-from .images import list_images
+from .images import image_folder, list_images
 from .lazy import LazyScene, probe_size
 
 
@@ -83,18 +83,6 @@ def split_indices(n: int, hold: int, split: str) -> list[int]:
     return [i for i in range(n) if i % hold == 0]
 
 
-def _image_folder(root: str, factor: int) -> tuple[str, int]:
-    """(folder, remaining downscale): images_{factor}/ when present, else images/ and factor."""
-    if factor > 1:
-        pre = os.path.join(root, f"images_{factor}")
-        if os.path.isdir(pre):
-            return pre, 1
-    folder = os.path.join(root, "images")
-    if not os.path.isdir(folder):
-        raise SceneError(f"LLFF image folder not found: {folder}")
-    return folder, factor
-
-
 @dataclass
 class LlffIndex:
     """What :func:`load_llff` reads, found without decoding an image: pb_path, poses [N, 3, 5],
@@ -120,7 +108,7 @@ def index_llff(data_cfg: DataConfig, split: str) -> LlffIndex:
     root = data_cfg.root
     pb_path = os.path.join(root, "poses_bounds.npy")
     poses, bds = read_poses_bounds(pb_path)
-    folder, factor = _image_folder(root, data_cfg.downscale)
+    folder, factor = image_folder(root, data_cfg.downscale, "LLFF")
     files = list_images(folder)
     if len(files) != poses.shape[0]:
         raise SceneError(f"{pb_path} has {poses.shape[0]} poses but {folder} holds {len(files)} "

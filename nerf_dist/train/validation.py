@@ -66,7 +66,8 @@ class Validator:
                 self.log.info(f"step {step}: validation cut short by a stop signal after {v} "
                               f"view(s)")
                 break
-            for i, out in render_views(setup, scene, [v], rank, world, tile=self.cfg.render.tile):
+            for i, out in render_views(setup, scene, [v], rank, world, tile=self.cfg.render.tile,
+                                       watch=self.watchdog.waiting):
                 gt = torch.from_numpy(scene.image(i))
                 psnrs.append(psnr(out["rgb"], gt))
                 fg = psnr_fg(out["rgb"], gt, background)
