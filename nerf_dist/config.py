@@ -26,6 +26,14 @@ from .models.config import ModelConfig, key_kinds, kinds_help
 
 
 
+# The scene readers (nerf_dist.scenes.READERS, which checks it holds exactly these), in the order
+# format 'auto' tries them.
+SCENE_FORMATS = ("blender", "llff", "ngp", "colmap")
+# The image files a scene may name (and `prepare` reads), compared in lower case. NOTE: here and
+# not in nerf_dist.scenes because `prepare` never imports torch, which the scenes package does.
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "data/demo"
@@ -80,8 +88,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         self.cache_memory_bytes  # noqa: B018 - validates data.cache_memory
-        _check(self.format in ("auto", "blender", "llff", "ngp", "colmap"), "data.format",
-               f"must be auto|blender|llff|ngp|colmap, got {self.format!r}")
+        formats = ("auto",) + SCENE_FORMATS
+        _check(self.format in formats, "data.format",
+               f"must be {'|'.join(formats)}, got {self.format!r}")
         _check(self.orient in ("up", "pca", "none"), "data.orient",
                f"must be up|pca|none, got {self.orient!r}")
         _check(self.downscale >= 1, "data.downscale", f"must be >= 1, got {self.downscale}")

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+from ..config import IMAGE_EXTS
+
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 EXIF_ORIENTATION = 0x0112
 

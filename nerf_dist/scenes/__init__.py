@@ -5,39 +5,70 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from ..config import DataConfig
+from ..config import SCENE_FORMATS, DataConfig
 from .base import Scene, SceneError, SceneFiles
-from .blender import index_blender, load_blender, open_blender
-from .colmap import find_model, index_colmap, load_colmap, open_colmap
+from .blender import index_blender, open_blender
+from .colmap import find_model, index_colmap, open_colmap
 from .lazy import LazyScene
-from .llff import index_llff, load_llff, open_llff
-from .ngp import index_ngp, load_ngp, open_ngp
+from .llff import index_llff, open_llff
+from .ngp import index_ngp, open_ngp
 
 SPLITS = ("train", "val", "test")
 
-# (format, file that identifies it), checked in this order.
-_MARKERS = (("blender", "transforms_train.json"), ("llff", "poses_bounds.npy"),
-            ("ngp", "transforms.json"))
+
+@dataclass(frozen=True)
+class Reader:
+    """One scene format: how its folder is recognised and how a split of it is read.
+
+    name: the data.format value; looks_for: what :func:`detect_format` checks (for messages);
+    detect(root) -> bool: whether a folder holds this format; index(data_cfg, split): the
+    metadata only, an object whose ``.sources`` is a :class:`SceneFiles` (no image decoded);
+    open(data_cfg, split) -> :class:`LazyScene` (images decoded on demand).
+    """
+
+    name: str
+    looks_for: str
+    detect: Callable[[str], bool]
+    index: Callable[[DataConfig, str], Any]
+    open: Callable[[DataConfig, str], LazyScene]
+
+
+def _has(marker: str) -> Callable[[str], bool]:
+    return lambda root: os.path.isfile(os.path.join(root, marker))
+
+
+# NOTE: the order is the order detect_format tries them. The COLMAP model comes last: a folder
+# prepared by COLMAP and then converted (a transforms.json next to sparse/) was converted on
+# purpose, so the conversion wins. A new format is a module with index_*/open_* and a row here.
+READERS: dict[str, Reader] = {r.name: r for r in (
+    Reader("blender", "transforms_train.json", _has("transforms_train.json"), index_blender,
+           open_blender),
+    Reader("llff", "poses_bounds.npy", _has("poses_bounds.npy"), index_llff, open_llff),
+    Reader("ngp", "transforms.json", _has("transforms.json"), index_ngp, open_ngp),
+    Reader("colmap", "sparse/0/cameras.bin (or .txt)", lambda root: find_model(root) is not None,
+           index_colmap, open_colmap),
+)}
+# NOTE: config validates data.format against SCENE_FORMATS without importing the readers.
+if tuple(READERS) != SCENE_FORMATS:  # pragma: no cover - a reader added in one place only
+    raise ImportError(f"config.SCENE_FORMATS {SCENE_FORMATS} must list READERS {tuple(READERS)}")
 
 
 def detect_format(root: str) -> str:
-    """'blender' if transforms_train.json exists in root, 'llff' if poses_bounds.npy, 'ngp' if
-    transforms.json, 'colmap' if sparse/0, sparse/ or root itself holds cameras.bin or .txt;
-    SceneError naming the folder and the files looked for otherwise.
-
-    NOTE: the COLMAP model comes last: a folder prepared by COLMAP and then converted (with a
-    transforms.json next to sparse/) was converted on purpose, so the conversion wins.
-    """
+    """The first reader of :data:`READERS` whose folder root is: 'blender' if
+    transforms_train.json exists in root, 'llff' if poses_bounds.npy, 'ngp' if transforms.json,
+    'colmap' if sparse/0, sparse/ or root itself holds cameras.bin or .txt; SceneError naming the
+    folder and the files looked for otherwise."""
     root = str(root)
     if not os.path.isdir(root):
         raise SceneError(f"scene folder not found: {root}")
-    for fmt, marker in _MARKERS:
-        if os.path.isfile(os.path.join(root, marker)):
-            return fmt
-    if find_model(root) is not None:
-        return "colmap"
-    looked = ", ".join(m for _, m in _MARKERS) + ", sparse/0/cameras.bin (or .txt)"
+    for r in READERS.values():
+        if r.detect(root):
+            return r.name
+    looked = ", ".join(r.looks_for for r in READERS.values())
     raise SceneError(f"cannot detect the scene format of {root}: none of {looked} found "
                      f"(set data.format explicitly if the layout is unusual)")
 
@@ -50,29 +81,23 @@ def scene_format(data_cfg: DataConfig) -> str:
     if fmt == "auto":
         # NOTE: data.colmap_dir names a COLMAP model, whatever else the folder holds.
         fmt = "colmap" if data_cfg.colmap_dir else detect_format(data_cfg.root)
-    if fmt not in ("blender", "llff", "ngp", "colmap"):
+    if fmt not in READERS:
         raise SceneError(f"unknown scene format {fmt!r} for {data_cfg.root}")
     return fmt
 
 
-def _check_split(data_cfg: DataConfig, split: str) -> None:
+def reader(data_cfg: DataConfig, split: str) -> Reader:
+    """The :class:`Reader` of data_cfg's scene (SceneError for an unknown split or format)."""
     if split not in SPLITS:
         raise SceneError(f"unknown split {split!r} for scene {data_cfg.root}: expected one of {SPLITS}")
+    return READERS[scene_format(data_cfg)]
 
 
 def scene_sources(data_cfg: DataConfig, split: str) -> SceneFiles:
     """Every file :func:`load_scene` reads for split, found without decoding an image (parses
     only the metadata); equal to ``load_scene(data_cfg, split).sources``. SceneError as
     load_scene would raise it (missing files, a file_path outside data.root, ...)."""
-    _check_split(data_cfg, split)
-    fmt = scene_format(data_cfg)
-    if fmt == "blender":
-        return index_blender(data_cfg, split).sources
-    if fmt == "llff":
-        return index_llff(data_cfg, split).sources
-    if fmt == "colmap":
-        return index_colmap(data_cfg, split).sources
-    return index_ngp(data_cfg, split).sources
+    return reader(data_cfg, split).index(data_cfg, split).sources
 
 
 def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
@@ -80,28 +105,20 @@ def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
     frames are decoded one at a time (:meth:`LazyScene.image`) or all at once
     (:meth:`LazyScene.load`, which is what load_scene returns). The image size comes from the
     first file's header."""
-    _check_split(data_cfg, split)
-    fmt = scene_format(data_cfg)
-    if fmt == "blender":
-        return open_blender(data_cfg, split)
-    if fmt == "llff":
-        return open_llff(data_cfg, split)
-    if fmt == "colmap":
-        return open_colmap(data_cfg, split)
-    return open_ngp(data_cfg, split)
+    return reader(data_cfg, split).open(data_cfg, split)
 
 
 def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     """Read split ('train', 'val' or 'test') of the scene at data_cfg.root.
 
     data_cfg.format selects the reader ('auto' = :func:`detect_format`). See
-    :func:`nerf_dist.scenes.blender.load_blender`, :func:`nerf_dist.scenes.llff.load_llff` and
-    :func:`nerf_dist.scenes.ngp.load_ngp` and :func:`nerf_dist.scenes.colmap.load_colmap` for what
-    each returns. Scene.sources lists every file
-    read (the ray-cache key covers exactly those).
+    :func:`nerf_dist.scenes.blender.load_blender`, :func:`nerf_dist.scenes.llff.load_llff`,
+    :func:`nerf_dist.scenes.ngp.load_ngp` and :func:`nerf_dist.scenes.colmap.load_colmap` for
+    what each returns. Scene.sources lists every file read (the ray-cache key covers exactly
+    those).
     """
     return open_scene(data_cfg, split).load()
 
 
-__all__ = ["Scene", "SceneError", "SceneFiles", "LazyScene", "load_scene", "open_scene", "scene_sources", "scene_format",
-           "detect_format"]
+__all__ = ["READERS", "Reader", "Scene", "SceneError", "SceneFiles", "LazyScene", "SPLITS",
+           "load_scene", "open_scene", "reader", "scene_sources", "scene_format", "detect_format"]

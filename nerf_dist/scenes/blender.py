@@ -8,93 +8,25 @@ background) fills :attr:`Scene.depths` (written by :mod:`nerf_dist.scenes.demo`)
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles, inside_root
-from .images import downscale_depth, drop_missing
+from .images import background_of, downscale_depth, drop_missing, resolve_image
 from .lazy import LazyScene, probe_size
+from .transforms import frame_pose, get_frames, read_json, require
 
 NEAR, FAR = 2.0, 6.0
 AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
+# NOTE: a file_path without extension names a PNG in this layout (the NeRF paper's data).
+BLENDER_EXTS = (".png",)
 
-
-# ----------------------------------------------------------------------------- shared helpers
-
-def read_json(path: str) -> dict:
-    """Parse a transforms JSON file; SceneError names the file (and line/column when invalid)."""
-    if not os.path.isfile(path):
-        raise SceneError(f"transforms file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise SceneError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise SceneError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise SceneError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def require(obj: dict, key: str, where: str) -> Any:
-    """obj[key], or SceneError naming the missing field and where it was expected."""
-    if key not in obj:
-        raise SceneError(f"{where}: missing field '{key}'")
-    return obj[key]
-
-
-def get_frames(data: dict, path: str) -> list[dict]:
-    """The ``frames`` list of a transforms file (each entry a JSON object)."""
-    frames = require(data, "frames", path)
-    if not isinstance(frames, list):
-        raise SceneError(f"{path}: field 'frames' must be a list, got {type(frames).__name__}")
-    for i, fr in enumerate(frames):
-        if not isinstance(fr, dict):
-            raise SceneError(f"{path}: frame {i} must be a JSON object, got {type(fr).__name__}")
-    return frames
-
-
-def frame_pose(frame: dict, i: int, path: str) -> np.ndarray:
-    """The frame's ``transform_matrix`` as c2w: [3, 4] float64; SceneError names file + frame."""
-    where = f"{path}: frame {i}"
-    raw = require(frame, "transform_matrix", where)
-    try:
-        m = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise SceneError(f"{where}: field 'transform_matrix' is not a numeric matrix: {e}") from e
-    if m.shape not in ((4, 4), (3, 4)):
-        raise SceneError(f"{where}: field 'transform_matrix' must be 4x4 (or 3x4), got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise SceneError(f"{where}: field 'transform_matrix' has non-finite values (NaN/inf)")
-    return m[:3, :4]
-
-
-def resolve_image(root: str, file_path: str, exts: tuple[str, ...] = (".png",)) -> str:
-    """Image path of a frame: relative to root; without an extension the first existing of exts
-    is used (the first one when none exists, so the 'missing' message names a real candidate)."""
-    p = os.path.normpath(os.path.join(root, file_path))
-    if os.path.splitext(p)[1].lower() in (".png", ".jpg", ".jpeg"):
-        return p
-    for e in exts:
-        if os.path.isfile(p + e):
-            return p + e
-    return p + exts[0]
-
-
-def background_of(data_cfg: DataConfig) -> list[float]:
-    return [1.0, 1.0, 1.0] if data_cfg.white_background else [0.0, 0.0, 0.0]
-
-
-# ----------------------------------------------------------------------------- reader
 
 def transforms_path(root: str, split: str) -> str:
     """transforms_{split}.json; 'test' falls back to 'val' (with a warning) when absent."""
@@ -150,7 +82,7 @@ def index_blender(data_cfg: DataConfig, split: str) -> BlenderIndex:
         if not isinstance(fp, str) or not fp:
             raise SceneError(f"{where}: field 'file_path' must be a non-empty string")
         inside_root(root, root, fp, data_cfg.allow_outside_root, where, "file_path")
-        files.append(resolve_image(root, fp))
+        files.append(resolve_image(root, fp, BLENDER_EXTS))
         poses.append(frame_pose(fr, i, path))
 
     keep = drop_missing(files, data_cfg.skip_missing, path)

@@ -50,10 +50,9 @@ import torch
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles, inside_root
-from .blender import background_of
 from .colmap_model import (Camera, Image, Points3D, model_file, qvec_to_rotmat, read_cameras,
                            read_images, read_points3D)
-from .images import drop_missing, image_folder
+from .images import background_of, drop_missing, image_folder
 from .lazy import LazyScene, probe_size
 
 NEAR_FALLBACK = 0.05

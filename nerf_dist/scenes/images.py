@@ -1,4 +1,10 @@
-"""Image decoding, background compositing and area downscaling shared by the scene readers.
+"""Image files of a scene and the one decode pipeline the readers share.
+
+Finding them: :data:`IMAGE_EXTS`, :func:`resolve_image`, :func:`list_images`,
+:func:`image_folder`, :func:`drop_missing`. Decoding a frame: :func:`read_frame` (decode, check
+its size against the scene's) then :func:`finish_frame` (composite over :func:`background_of`,
+then downscale); :func:`load_images` runs both over every frame in a thread pool, and
+:class:`nerf_dist.scenes.lazy.LazyScene` one frame at a time.
 
 Everything here works on numpy arrays; readers turn the stacked result into a torch tensor.
 Vocabulary: ``img: [H, W, C]`` float32 in [0, 1] with C in (3, 4) (RGB or straight-alpha RGBA).
@@ -13,9 +19,32 @@ from typing import Sequence
 import imageio.v3 as iio
 import numpy as np
 
+from ..config import IMAGE_EXTS, DataConfig
 from .base import SceneError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+def is_image(path: str) -> bool:
+    """Whether path ends in one of :data:`IMAGE_EXTS` (any case)."""
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTS
+
+
+def resolve_image(root: str, file_path: str, exts: tuple[str, ...] = IMAGE_EXTS) -> str:
+    """Image path of a frame: relative to root; without an image extension the first existing
+    of exts (each in lower, then upper case) is used (exts[0] when none exists, so the 'missing'
+    message names a real candidate)."""
+    p = os.path.normpath(os.path.join(root, file_path))
+    if is_image(p):
+        return p
+    for e in exts:
+        for cand in (p + e, p + e.upper()):
+            if os.path.isfile(cand):
+                return cand
+    return p + exts[0]
+
+
+def background_of(data_cfg: DataConfig) -> list[float]:
+    """The compositing colour: [3] white with data.white_background, else black."""
+    return [1.0, 1.0, 1.0] if data_cfg.white_background else [0.0, 0.0, 0.0]
 
 
 def read_image(path: str) -> np.ndarray:
@@ -104,16 +133,38 @@ def downscale_depth(depth: np.ndarray, factor: int) -> np.ndarray:
     return np.where(hit > 0, s / np.maximum(hit, 1), 0.0).astype(np.float32)
 
 
-def load_image(path: str, factor: int, background: Sequence[float]) -> tuple[np.ndarray, tuple]:
-    """read_image -> composite -> downscale.
+def read_frame(path: str, source: str, frame_id: int, size0: tuple | None = None,
+               first: tuple[int, str] | None = None) -> np.ndarray:
+    """One frame as decoded: [H0, W0, 3 or 4] float32 in [0, 1], straight alpha.
 
-    Returns (img: [H // factor, W // factor, 3] float32, (H, W) of the file before downscaling).
+    SceneError naming source (the metadata file) and the frame when the file is missing or
+    cannot be decoded, or when size0 is given and the frame has another (H0, W0); first: (frame
+    id, path) of the frame that set size0, named in that message.
     """
-    img = composite(read_image(path), background)
+    if not os.path.isfile(path):
+        raise SceneError(f"{source}: frame {frame_id}: image file not found: {path}")
+    img = read_image(path)
+    if size0 is not None and tuple(img.shape[:2]) != tuple(size0):
+        h, w = img.shape[:2]
+        fid, fpath = first if first is not None else ("0", "the first")
+        raise SceneError(
+            f"{source}: frame {frame_id}: image {path} is {w}x{h} (W x H) but frame {fid} "
+            f"({fpath}) is {size0[1]}x{size0[0]}; all images must have one size")
+    return img
+
+
+def finish_frame(raw: np.ndarray, factor: int, background: Sequence[float],
+                 path: str = "") -> np.ndarray:
+    """A decoded frame as the readers hold it: composite over background, then downscale.
+
+    raw: [H0, W0, C]. Returns [H0 // factor, W0 // factor, 3] float32; SceneError (naming path)
+    when the image is smaller than the factor.
+    """
+    img = composite(raw, background)
     try:
-        return downscale(img, factor), img.shape[:2]
+        return downscale(img, factor)
     except ValueError as e:
-        raise SceneError(f"image {path}: {e}") from e
+        raise SceneError(f"image {path}: {e}" if path else str(e)) from e
 
 
 def _workers() -> int:
@@ -146,28 +197,27 @@ def drop_missing(paths: Sequence[str], skip_missing: bool, source: str,
 
 
 def load_images(paths: Sequence[str], factor: int, background: Sequence[float],
-                source: str, frame_ids: Sequence[int] | None = None) -> tuple[np.ndarray, tuple]:
-    """Decode, composite and downscale many images in a thread pool.
+                source: str, frame_ids: Sequence[int] | None = None,
+                size0: tuple | None = None) -> tuple[np.ndarray, tuple]:
+    """:func:`read_frame` then :func:`finish_frame` for many images, in a thread pool.
 
-    paths: n image files (all must exist, see :func:`drop_missing`). Returns (images:
-    [n, H, W, 3] float32, (H0, W0) the file size before downscaling). Every image must have the
-    size of the first one; otherwise SceneError
-    names the odd file, its frame index and both sizes.
+    paths: n image files (see :func:`drop_missing`). Returns (images: [n, H, W, 3] float32,
+    (H0, W0) the file size before downscaling). Every image must have size0 (default: the size
+    of the first one); otherwise SceneError names the odd file, its frame index and both sizes.
     """
     if len(paths) == 0:
         raise SceneError(f"{source}: no frames to load")
     ids = list(frame_ids) if frame_ids is not None else list(range(len(paths)))
-    first, size0 = load_image(paths[0], factor, background)
-    out = np.empty((len(paths),) + first.shape, dtype=np.float32)
-    out[0] = first
+    first = (ids[0], paths[0])
+    raw = read_frame(paths[0], source, ids[0], size0, first)
+    size0 = tuple(raw.shape[:2])
+    img = finish_frame(raw, factor, background, paths[0])
+    out = np.empty((len(paths),) + img.shape, dtype=np.float32)
+    out[0] = img
 
     def one(i: int) -> None:
-        img, size = load_image(paths[i], factor, background)
-        if size != size0:
-            raise SceneError(
-                f"{source}: frame {ids[i]}: image {paths[i]} is {size[1]}x{size[0]} (W x H) but "
-                f"frame {ids[0]} ({paths[0]}) is {size0[1]}x{size0[0]}; all images must have one size")
-        out[i] = img
+        out[i] = finish_frame(read_frame(paths[i], source, ids[i], size0, first), factor,
+                              background, paths[i])
 
     if len(paths) > 1:
         with ThreadPoolExecutor(max_workers=_workers()) as pool:
@@ -192,7 +242,5 @@ def image_folder(root: str, factor: int, what: str) -> tuple[str, int]:
 
 def list_images(folder: str) -> list[str]:
     """Image files (png/jpg/jpeg, any case) directly inside folder, sorted by name."""
-    names = sorted(n for n in os.listdir(folder)
-                   if os.path.splitext(n)[1].lower() in (".png", ".jpg", ".jpeg")
-                   and not n.startswith("."))
+    names = sorted(n for n in os.listdir(folder) if is_image(n) and not n.startswith("."))
     return [os.path.join(folder, n) for n in names]

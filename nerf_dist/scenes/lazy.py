@@ -11,7 +11,6 @@ uses a LazyScene as it is; `eval` decodes each view's ground truth (:meth:`LazyS
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from .base import Scene, SceneError, SceneFiles
-from .images import composite, downscale, load_images, read_image
+from .images import finish_frame, load_images, read_frame, read_image
 
 
 def probe_size(path: str, factor: int) -> tuple[int, int]:
@@ -90,24 +89,17 @@ class LazyScene:
     def read(self, i: int) -> np.ndarray:
         """Frame i as decoded: [H0, W0, 3 or 4] float32 in [0, 1], straight alpha.
 
-        SceneError naming the file and frame when it cannot be decoded or has another size.
+        SceneError naming the file and frame when it cannot be decoded or has another size
+        (:func:`.images.read_frame`).
         """
-        path = self.files[i]
-        if not os.path.isfile(path):
-            raise SceneError(f"{self.source}: frame {self.frame_ids[i]}: image file not found: {path}")
-        img = read_image(path)
-        if tuple(img.shape[:2]) != tuple(self.size0):
-            h, w = img.shape[:2]
-            raise SceneError(
-                f"{self.source}: frame {self.frame_ids[i]}: image {path} is {w}x{h} (W x H) but "
-                f"frame {self.frame_ids[0]} ({self.files[0]}) is {self.size0[1]}x{self.size0[0]}; "
-                f"all images must have one size")
-        return img
+        return read_frame(self.files[i], self.source, self.frame_ids[i], self.size0,
+                          (self.frame_ids[0], self.files[0]))
 
     def finish(self, raw: np.ndarray) -> np.ndarray:
         """The reader's processing of a decoded frame: composite over the background, then
-        downscale. raw: [H0, W0, C]. Returns [H, W, 3] float32 (what :meth:`load` stores)."""
-        return downscale(composite(raw, self.background), self.factor)
+        downscale (:func:`.images.finish_frame`). raw: [H0, W0, C]. Returns [H, W, 3] float32
+        (what :meth:`load` stores)."""
+        return finish_frame(raw, self.factor, self.background)
 
     def image(self, i: int) -> np.ndarray:
         """Frame i as :meth:`load` holds it: [H, W, 3] float32."""
@@ -124,11 +116,8 @@ class LazyScene:
 
     def load(self) -> Scene:
         """Every frame decoded (thread pool) into a :class:`Scene`."""
-        images, size0 = load_images(self.files, self.factor, self.background, self.source,
-                                    self.frame_ids)
-        if tuple(size0) != tuple(self.size0):  # pragma: no cover - the header lied
-            raise SceneError(f"{self.files[0]}: decoded size {size0} differs from its header's "
-                             f"{self.size0}")
+        images, _ = load_images(self.files, self.factor, self.background, self.source,
+                                self.frame_ids, self.size0)
         n, H, W = images.shape[:3]
         return Scene(images=torch.from_numpy(images), K=self.K, c2w=self.c2w, near=self.near,
                      far=self.far, aabb=self.aabb,

@@ -18,8 +18,7 @@ import torch
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
-from .blender import background_of
-from .images import image_folder, list_images
+from .images import background_of, image_folder, list_images
 from .lazy import LazyScene, probe_size
 
 

@@ -28,15 +28,14 @@ import torch
 
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles, inside_root, to_scene_frame
-from .blender import background_of, frame_pose, get_frames, read_json, require, resolve_image
-from .images import drop_missing
+from .images import background_of, drop_missing, resolve_image
 from .intrinsics import number, parse_intrinsics
 from .lazy import LazyScene, probe_size
+from .transforms import frame_pose, get_frames, read_json, require
 
 NEAR = 0.05
 MAX_AABB_SCALE = 16.0
 SPLITS = ("train", "val", "test")
-_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 def _norm_name(p: str) -> str:
@@ -140,7 +139,7 @@ def index_ngp(data_cfg: DataConfig, split: str) -> NgpIndex:
             raise SceneError(f"{where}: field 'file_path' must be a non-empty string")
         folder = os.path.dirname(p) or "."
         inside_root(root, folder, fp, data_cfg.allow_outside_root, where, "file_path")
-        files.append(resolve_image(folder, fp, _EXTS))
+        files.append(resolve_image(folder, fp))
         poses.append(frame_pose(fr, i, p))
 
     ids = [i for _, _, i, _ in chosen]
