@@ -128,7 +128,7 @@ def main() -> None:
                              device=a.device)
         ttt = res["time_to_target"]
         print(f"  {p}: {res['steps']} steps, {res['rays_per_s']:.0f} rays/s, time to {a.target} dB: "
-              f"{'%.0f s' % ttt if ttt is not None else 'not reached'}; curve {res['curve']}")
+              f"{f'{ttt:.0f} s' if ttt is not None else 'not reached'}; curve {res['curve']}")
 
 
 if __name__ == "__main__":

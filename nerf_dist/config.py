@@ -292,7 +292,7 @@ class Config:
 
 # ----------------------------------------------------------------------------- helpers
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _class_docs(cls: type) -> dict[str, str]:
     """{field: the docstring literal written under it} of a dataclass, parsed from its source once.
 

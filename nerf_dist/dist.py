@@ -9,8 +9,8 @@ import contextlib
 import datetime
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as tdist

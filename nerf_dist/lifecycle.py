@@ -123,7 +123,7 @@ class StallWatchdog:
                                             daemon=True)
             self._thread.start()
 
-    def waiting(self, what: str) -> "_Wait":
+    def waiting(self, what: str) -> _Wait:
         return _Wait(self, what)
 
     @property

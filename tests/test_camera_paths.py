@@ -256,7 +256,7 @@ def test_ngp_transforms_json_path_renders_from_the_scene_cameras(tmp_path):
     from types import SimpleNamespace
 
     from nerf_dist.config import load_config
-    from nerf_dist.renderer.core import RenderSetup, tile_rays
+    from nerf_dist.renderer.core import tile_rays
     from nerf_dist.renderer.job import build_path
     from nerf_dist.renderer.paths import in_scene_frame, split_path
     from nerf_dist.renderer.tiles import Tile

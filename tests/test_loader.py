@@ -513,7 +513,7 @@ def test_a_damaged_shard_in_a_later_window_stops_every_rank_naming_it(tmp_path):
     res = [torch.load(f"{out}.{r}") for r in range(2)]
     name = f"shard-{bad:05d}.bin"
     # the owner raises its own storage error; its peer names the owner and the shard
-    assert res[1]["storage"] and res[1]["err"].startswith(f"ShardReadError: ray cache shard ")
+    assert res[1]["storage"] and res[1]["err"].startswith("ShardReadError: ray cache shard ")
     assert f"{name} is damaged" in res[1]["err"]
     assert res[0]["err"].startswith(f"RayCacheError: rank 1 failed while reading its ray cache "
                                     f"shards for step {2 * T} (window {w})")

@@ -126,9 +126,9 @@ def test_spherical_harmonics_addition_theorem_per_degree():
     # and normalised (the orthonormality test alone could not see a rotated basis within l).
     d = torch.randn(100, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     Y = spherical_harmonics(d / d.norm(dim=-1, keepdim=True))
-    for l, (a, b) in enumerate([(0, 1), (1, 4), (4, 9), (9, 16)]):
+    for deg, (a, b) in enumerate([(0, 1), (1, 4), (4, 9), (9, 16)]):
         s = (Y[:, a:b] ** 2).sum(-1)
-        torch.testing.assert_close(s, torch.full_like(s, (2 * l + 1) / (4 * math.pi)))
+        torch.testing.assert_close(s, torch.full_like(s, (2 * deg + 1) / (4 * math.pi)))
 
 
 def test_spherical_harmonics_low_degrees_at_the_pole():

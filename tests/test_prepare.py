@@ -33,7 +33,7 @@ VIEWS, W, H, FOCAL = 24, 200, 150, 180.0
 
 # ----------------------------------------------------------------------------- a textured scene
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((64, 64, 64, 3))
 

@@ -43,7 +43,7 @@ step 0 of the full stream, so epoch 0 still sees every pixel.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager
+from collections.abc import Callable
 
 import torch
 
@@ -71,7 +71,7 @@ class RayLoader:
     def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
                  precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu",
                  cache_memory: int | None = None, log=None,
-                 watch: Callable[[str], ContextManager] | None = None):
+                 watch: Callable[[str], contextlib.AbstractContextManager] | None = None):
         S = cache.n_shards
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")

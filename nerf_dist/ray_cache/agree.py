@@ -5,7 +5,8 @@ ray cache and the loader are its users today. It could move to dist.py.
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..dist import raise_together
 from .layout import RayCacheError

@@ -23,9 +23,9 @@ import json
 import os
 import zlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Callable
 
 import numpy as np
 import torch

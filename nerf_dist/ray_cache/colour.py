@@ -18,7 +18,7 @@ it; ``q: [n, C]`` stored integers; ``rgb: [n, 3]`` float32 training colours.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

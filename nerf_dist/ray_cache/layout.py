@@ -126,7 +126,7 @@ class RayCache:
         return sum(int(c["bytes"]) for c in self.checksums)
 
     @classmethod
-    def open(cls, url: str) -> "RayCache":
+    def open(cls, url: str) -> RayCache:
         """Open the cache folder at url; RayCacheError naming the URL if it is not a complete,
         valid cache of this version (shards are verified when read, not here)."""
         path = storage.join(url, MANIFEST)

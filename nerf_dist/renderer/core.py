@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from contextlib import nullcontext
-from typing import Callable, ContextManager, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -48,7 +48,7 @@ class RenderSetup:
     ndc_size: tuple[int, int] = (0, 0)
 
     @classmethod
-    def from_scene(cls, model, scene, chunk: int, device) -> "RenderSetup":
+    def from_scene(cls, model, scene, chunk: int, device) -> RenderSetup:
         """The scene's near, far, background and NDC settings (a Scene or a LazyScene)."""
         return cls(model, float(scene.near), float(scene.far),
                    torch.as_tensor(scene.background, dtype=torch.float32), chunk,
@@ -130,7 +130,7 @@ def _split_rounds(tiles: list[Tile], n_rounds: int) -> list[list[Tile]]:
 def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank: int = 0,
                   world_size: int = 1, tile: int = 64, balance: str = "time",
                   stats: dict | None = None,
-                  watch: Callable[[str], ContextManager] | None = None
+                  watch: Callable[[str], AbstractContextManager] | None = None
                   ) -> Iterator[tuple[int, dict]]:
     """Render `frames` of `cams` across ranks; yields (frame, {rgb, depth, acc}) on rank 0.
 

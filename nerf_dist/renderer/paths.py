@@ -94,7 +94,7 @@ class CameraPath:
     def _dist(self, n: int | None = None) -> torch.Tensor | None:
         return None if self.distortion is None else self.distortion[:n].clone()
 
-    def resized(self, W: int, H: int) -> "CameraPath":
+    def resized(self, W: int, H: int) -> CameraPath:
         """The same cameras at another image size (intrinsics scaled per axis; the distortion,
         defined on normalised coordinates, is unchanged)."""
         K = self.K.clone()
@@ -102,7 +102,7 @@ class CameraPath:
         K[:, 1] *= H / self.H
         return CameraPath(K, self.c2w.clone(), H, W, self.name, dict(self.meta), self._dist())
 
-    def first(self, n: int) -> "CameraPath":
+    def first(self, n: int) -> CameraPath:
         return CameraPath(self.K[:n].clone(), self.c2w[:n].clone(), self.H, self.W, self.name,
                           dict(self.meta), self._dist(n))
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 
 class Tile(NamedTuple):

@@ -11,8 +11,8 @@ uses a LazyScene as it is; `eval` decodes each view's ground truth (:meth:`LazyS
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

@@ -26,7 +26,7 @@ class SceneBounds:
     aabb: torch.Tensor
 
     @classmethod
-    def from_meta(cls, meta: dict, device: torch.device) -> "SceneBounds":
+    def from_meta(cls, meta: dict, device: torch.device) -> SceneBounds:
         return cls(float(meta["near"]), float(meta["far"]),
                    torch.tensor(meta["background"], dtype=torch.float32, device=device),
                    torch.tensor(meta["aabb"], dtype=torch.float32))

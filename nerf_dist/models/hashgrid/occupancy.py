@@ -8,7 +8,7 @@ aabb_min + ([i, i+1], [j, j+1], [k, k+1]) * (aabb_max - aabb_min) / res.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
