@@ -1,0 +1,178 @@
+"""PartitionedNeRF: the scene box cut into P boxes (kd-tree), each box a field of its own, the
+colour head shared; every ray rendered per box segment and composited in ray order.
+
+Implements the model protocol (:mod:`nerf_dist.models.base`). One process holds every box by
+default; :meth:`PartitionedNeRF.distribute` (the trainer's hook) keeps only this rank's boxes and
+from then on forward exchanges the segment results within the box group (:mod:`.layout`), and
+:meth:`sync_gradients` (called after backward instead of DDP) sums the shared head's gradients
+over the box group and averages every gradient over the replicas.
+
+Sampling: ``box_samples`` stratified points in each box's segment of each ray; the training
+jitter of all P boxes is drawn at once ([n_rays, P * box_samples] from the step's generator, a
+RowNoise keyed by the rays' global index), so a box samples the same points on whichever rank
+holds it. NOTE: no occupancy grid yet: a box's samples do not skip its empty space.
+
+State: the hash tables and MLPs of the boxes this rank holds (``boxes.<k>.*``), the shared
+``colour.*``, and buffers ``bounds`` [P, 2, 3] (the partition), ``partition_source`` (index into
+kdtree.SOURCES) and ``partition_points`` (how many points it was derived from), so a checkpoint
+carries the partition.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from ...render_ops import sampling
+from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel
+from ..config import ModelConfig
+from .field import BoxField, ColourHead
+from .kdtree import SOURCES, kd_partition
+from .layout import BoxLayout, make_layout
+from .segments import composite_segments, ray_box_segments, reduce_segment, segment_samples
+
+
+class PartitionedNeRF(NeRFModel):
+    """P hash-grid boxes + a shared colour head. aabb: [2, 3] scene box (min, max)."""
+
+    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None):
+        super().__init__(cfg)
+        if aabb is None:
+            raise ValueError("model.kind=partitioned needs the scene's aabb")
+        aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
+        P = cfg.partitions
+        self.register_buffer("aabb", aabb.clone())
+        self.register_buffer("bounds", kd_partition(None, aabb, P).float())
+        self.register_buffer("partition_source", torch.tensor(SOURCES.index("even")))
+        self.register_buffer("partition_points", torch.tensor(0))
+        self.boxes = nn.ModuleDict({str(k): BoxField(cfg) for k in range(P)})
+        self.colour = ColourHead(cfg)
+        self.layout = make_layout(P)
+        self._load: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ partition and layout
+    @torch.no_grad()
+    def set_partition(self, points: torch.Tensor | None, source: str) -> None:
+        """Re-cut the scene box at the kd-tree median splits of points [n, 3] (before training:
+        the boxes' fields are not moved). source: one of kdtree.SOURCES."""
+        n = 0 if points is None else int(points.reshape(-1, 3).shape[0])
+        self.bounds.copy_(kd_partition(points, self.aabb, self.cfg.partitions))
+        self.partition_source.fill_(SOURCES.index(source))
+        self.partition_points.fill_(n)
+
+    def distribute(self, rank: int, world_size: int) -> tuple[int, int]:
+        """Collective, once, before training: take this rank's place in the layout (drop the
+        boxes other ranks hold). Returns (replica, n_replicas): the shard of the global batch this
+        rank reads (every rank of a box group reads the same rays)."""
+        self.layout = make_layout(self.cfg.partitions, rank, world_size)
+        for k in range(self.cfg.partitions):
+            if k not in self.layout.owned:
+                del self.boxes[str(k)]
+        return self.layout.replica, self.layout.n_replicas
+
+    def sync_gradients(self) -> None:
+        """Collective, after backward: the shared head's gradients summed over the box group,
+        every gradient averaged over the replicas (what DDP does for a replicated model)."""
+        lay = self.layout
+        if lay.world_group is None:
+            return
+        for params, group in ((list(self.boxes.parameters()), lay.replica_group),
+                              (list(self.colour.parameters()), lay.world_group)):
+            if group is None:
+                continue
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            tdist.all_reduce(flat, group=group)
+            flat /= lay.n_replicas
+            i = 0
+            for p in params:
+                n = p.numel()
+                p.grad = flat[i:i + n].view_as(p).clone()
+                i += n
+
+    def replica_digest_group(self):
+        """The ranks whose state must be bit-identical to this rank's (its replica group)."""
+        return self.layout.replica_group
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        """A checkpoint of any layout onto this one: keys of boxes this rank does not hold are
+        skipped (a one-process checkpoint holds every box)."""
+        held = set(self.boxes.keys())
+        state = {k: v for k, v in state.items()
+                 if not k.startswith("boxes.") or k.split(".")[1] in held}
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ protocol
+    def optimizer_settings(self) -> dict:
+        return {"params": list(self.parameters()), "eps": 1e-15}
+
+    def log_scalars(self) -> dict[str, float]:
+        return dict(self._load)
+
+    def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
+        terms = super().losses(out, target_rgb, scale)
+        if self.cfg.distortion_weight > 0:
+            # NOTE: scale * 3 turns a per-ray sum into the global batch's per-ray mean share.
+            terms["distortion"] = self.cfg.distortion_weight * out["distortion"].sum() * scale * 3
+        return terms
+
+    @classmethod
+    def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:
+        """Of one process holding every box (a rank of a P-rank box group holds 1/P of the
+        boxes' parameters). Per sample as the fast kind's field; box_samples per box crossed,
+        at most P boxes per ray."""
+        L, Fd, h, g, P = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features, \
+            cfg.partitions
+        samples = cfg.box_samples * P
+        per_sample = {True: 256 * L + F32 * (2 * L * Fd + 4 * h + 3 * g + 60) + 64,
+                      False: 320 * L + F32 * (L * Fd + 3 * h + 2 * g + 40) + 64}
+        n = P * (L * (1 << cfg.hash_log2_size) * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g)) \
+            + (g + 17) * h + (h + 1) * h + (h + 1) * 3
+        return MemoryEstimate(samples * per_sample[True], samples * per_sample[False], samples,
+                              samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32)
+
+    # ------------------------------------------------------------------ rendering
+    def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u) -> torch.Tensor:
+        """Box k's segment of each ray -> its reduction [n_rays, SEG_WIDTH].
+        t0, t1: [n_rays] the segment; u: [n_rays, box_samples] jitter or None."""
+        S = self.cfg.box_samples
+        ts, te, tpos = segment_samples(t0, t1, S, u)
+        pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]         # [n, S, 3]
+        lo, hi = self.bounds[k, 0].to(pts), self.bounds[k, 1].to(pts)
+        unit = ((pts - lo) / (hi - lo)).reshape(-1, 3)
+        sigma, geo = self.boxes[str(k)](unit)
+        d = viewdirs[:, None, :].expand(-1, S, -1).reshape(-1, 3)
+        rgb = self.colour(geo, d)
+        n = rays_o.shape[0]
+        return reduce_segment(sigma.view(n, S), rgb.view(n, S, 3), ts, te, tpos,
+                              rays_d.norm(dim=-1))
+
+    def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
+                generator=None, background: torch.Tensor | None = None):
+        n, P, S = rays_o.shape[0], self.cfg.partitions, self.cfg.box_samples
+        t0, t1 = ray_box_segments(rays_o, rays_d, self.bounds, near, far)        # [n, P]
+        u = None
+        if train:
+            u = sampling.uniform(n, P * S, generator, rays_o.device).to(rays_o.dtype).view(n, P, S)
+        local, load = [], {}
+        t_start = time.perf_counter()
+        for k in self.layout.owned:
+            local.append(self.render_box(k, rays_o, rays_d, viewdirs, t0[:, k], t1[:, k],
+                                         None if u is None else u[:, k]))
+            load[f"box{k}_rays"] = float((t1[:, k] > t0[:, k]).sum())
+        seconds = time.perf_counter() - t_start
+        seg = self.layout.gather(torch.stack(local, 1))                          # [n, P, W]
+        out = composite_segments(seg, t0, background)
+        crossed = (t1 > t0)[:, list(self.layout.owned)].sum()
+        if train:
+            # NOTE: load balance (model/* in TensorBoard): rays crossing each held box and this
+            # rank's field time; a box group is as slow as its busiest box.
+            self._load = {**load, "rank_box_ms": 1000.0 * seconds}
+        return {"rgb": out["rgb"], "depth": out["depth"], "acc": out["acc"],
+                "distortion": out["distortion"],
+                "samples_per_ray": torch.tensor(float(crossed) * S / max(n, 1))}
+
+
+__all__ = ["BoxLayout", "PartitionedNeRF"]
