@@ -10,6 +10,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
+from nerf_dist.dist import ReplicaMismatchError, check_replicas
 from nerf_dist.models import ModelConfig, build_model
 from nerf_dist.models.partitioned.kdtree import kd_partition, ray_points
 from nerf_dist.models.partitioned.segments import (composite_segments, distortion,
@@ -282,3 +283,27 @@ def test_rays_in_the_split_plane_belong_to_the_upper_box():
     assert not hit[4].any() and not hit[5].any()
     assert hit[6].tolist() == [False, True] and hit[7].tolist() == [False, True]
     assert hit[8].tolist() == [True, True]                        # grazing: crosses the plane
+
+
+def _digest_worker(rank, world, init, out):
+    tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(rank)               # every rank a different model
+        m = torch.nn.Linear(2, 2)
+        res = {"keyed": check_replicas(m, rank, world, "test", key=rank)}
+        try:
+            check_replicas(m, rank, world, "test")
+            res["plain"] = "passed"
+        except ReplicaMismatchError as e:
+            res["plain"] = str(e)
+        torch.save(res, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_replica_digest_is_compared_within_replica_groups(tmp_path):
+    out = str(tmp_path / "d")
+    mp.spawn(_digest_worker, args=(2, str(tmp_path / "init"), out), nprocs=2)
+    res = [torch.load(f"{out}.{r}") for r in range(2)]
+    assert res[0]["keyed"] == res[1]["keyed"]            # one digest of both groups, no error
+    assert "rank(s) 1 differ from rank 0" in res[0]["plain"] == res[1]["plain"]

@@ -108,6 +108,44 @@ class NeRFModel(nn.Module):
         """
         return {"params": list(self.parameters()), "eps": 1e-8}
 
+    def init_from_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float,
+                       far: float) -> None:
+        """Called once as a run is built (before a resume loads its state), on every rank, with
+        the same fixed sample of the training rays, rays_o, rays_d: [n_rays, 3] (CPU): what a
+        model derives from the scene (the partitioned kind cuts its boxes at the medians of points
+        along them). Must be a deterministic function of its inputs. Default: nothing."""
+
+    def distribute(self, rank: int, world_size: int) -> tuple[int, int] | None:
+        """Collective hook, called once on every rank before training when world_size > 1.
+
+        None (the default): the model is replicated on every rank and the trainer wraps it in
+        DDP. A model that places itself across ranks (the partitioned kind: box k on rank k)
+        returns (replica, n_replicas): this rank reads shard `replica` of `n_replicas` of each
+        global batch; the trainer then calls :meth:`sync_gradients` after every backward instead
+        of DDP, compares the replica digest among ranks of equal :meth:`replica_key`, and saves
+        :meth:`full_state` (collective) rather than state_dict().
+        """
+        return None
+
+    def sync_gradients(self) -> None:
+        """Collective (placed models only): make every gradient what the global batch gives."""
+
+    def replica_key(self) -> int:
+        """Ranks with the same key hold the same state (a placed model: the same boxes)."""
+        return 0
+
+    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+        """Collective: (model state, optimiser state) of the whole model as one process holding
+        all of it would have them, on rank 0 (None elsewhere). Default: this rank's own."""
+        return self.state_dict(), optimizer.state_dict()
+
+    def load_full_state(self, model_state: dict, optimizer_state: dict,
+                        optimizer: torch.optim.Optimizer) -> None:
+        """Load a checkpoint's model and optimiser state (as :meth:`full_state` wrote them) into
+        this model, whatever its layout, and the optimiser over its parameters."""
+        self.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+
     def log_scalars(self) -> dict[str, float]:
         """Scalars logged with the training metrics (as ``model/<name>``) at each logging step."""
         return {}

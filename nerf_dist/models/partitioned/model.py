@@ -29,9 +29,12 @@ from ...render_ops import sampling
 from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel
 from ..config import ModelConfig
 from .field import BoxField, ColourHead
-from .kdtree import SOURCES, kd_partition
+from .kdtree import SOURCES, kd_partition, ray_points
 from .layout import BoxLayout, make_layout
 from .segments import composite_segments, ray_box_segments, reduce_segment, segment_samples
+
+# Points drawn along each training ray the partition is derived from (init_from_rays).
+RAY_POINTS = 8
 
 
 class PartitionedNeRF(NeRFModel):
@@ -61,6 +64,12 @@ class PartitionedNeRF(NeRFModel):
         self.bounds.copy_(kd_partition(points, self.aabb, self.cfg.partitions))
         self.partition_source.fill_(SOURCES.index(source))
         self.partition_points.fill_(n)
+
+    def init_from_rays(self, rays_o, rays_d, near, far) -> None:
+        """The partition from points along the training rays (RAY_POINTS per ray)."""
+        pts = ray_points(rays_o.double(), rays_d.double(), near, far, self.aabb.double().cpu(),
+                         RAY_POINTS, torch.Generator().manual_seed(0))
+        self.set_partition(pts, "rays")
 
     def distribute(self, rank: int, world_size: int) -> tuple[int, int]:
         """Collective, once, before training: take this rank's place in the layout (drop the
@@ -95,6 +104,58 @@ class PartitionedNeRF(NeRFModel):
     def replica_digest_group(self):
         """The ranks whose state must be bit-identical to this rank's (its replica group)."""
         return self.layout.replica_group
+
+    def replica_key(self) -> int:
+        return self.layout.member
+
+    def _full_names(self) -> list[str]:
+        """Parameter names of the one-process layout, in its order (the optimiser's indices)."""
+        box = [n for n, _ in BoxField(self.cfg).named_parameters()] if not len(self.boxes) else \
+            [n for n, _ in next(iter(self.boxes.values())).named_parameters()]
+        return [f"boxes.{k}.{n}" for k in range(self.cfg.partitions) for n in box] + \
+            [f"colour.{n}" for n, _ in self.colour.named_parameters()]
+
+    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+        """Collective: the one-process model and optimiser state on rank 0, gathered from the
+        ranks of replica 0 (each sends its boxes; one gather_object, so rank 0 briefly holds the
+        whole model: a first version of a sharded checkpoint)."""
+        names = [n for n, _ in self.named_parameters()]
+        opt = optimizer.state_dict()
+        if self.layout.world_group is None:
+            return self.state_dict(), opt
+        mine = None
+        if self.layout.replica == 0:
+            cpu = lambda v: v.cpu() if torch.is_tensor(v) else v                  # noqa: E731
+            mine = ({k: v.cpu() for k, v in self.state_dict().items()},
+                    {names[i]: {k: cpu(v) for k, v in st.items()}
+                     for i, st in opt["state"].items()})
+        rank0 = tdist.get_rank() == 0
+        parts = [None] * tdist.get_world_size() if rank0 else None
+        tdist.gather_object(mine, parts, dst=0)
+        if not rank0:
+            return None
+        model, by_name = {}, {}
+        for part in parts:
+            if part is not None:
+                model.update(part[0])
+                by_name.update(part[1])
+        full = self._full_names()
+        group = {k: v for k, v in opt["param_groups"][0].items() if k != "params"}
+        return model, {"state": {i: by_name[n] for i, n in enumerate(full) if n in by_name},
+                       "param_groups": [{**group, "params": list(range(len(full)))}]}
+
+    def load_full_state(self, model_state: dict, optimizer_state: dict,
+                        optimizer: torch.optim.Optimizer) -> None:
+        """A one-process checkpoint onto this layout: this rank's boxes and the shared head, and
+        their optimiser state (one parameter group, indexed in the one-process order)."""
+        self.load_state_dict(model_state)
+        index = {n: i for i, n in enumerate(self._full_names())}
+        names = [n for n, _ in self.named_parameters()]
+        group = {k: v for k, v in optimizer_state["param_groups"][0].items() if k != "params"}
+        state = {j: optimizer_state["state"][index[n]] for j, n in enumerate(names)
+                 if index[n] in optimizer_state["state"]}
+        optimizer.load_state_dict({"state": state,
+                                   "param_groups": [{**group, "params": list(range(len(names)))}]})
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         """A checkpoint of any layout onto this one: keys of boxes this rank does not hold are

@@ -1,0 +1,91 @@
+"""The partitioned kind through the trainer (issue 19 points 1 and 5): a 2-box model trained on 2
+ranks (box k on rank k, the same rays on both) follows the same model trained in one process;
+its checkpoint holds every box (gathered on rank 0) and loads into one process, which renders it
+and resumes it."""
+from __future__ import annotations
+
+import os
+import traceback
+
+import torch
+import torch.multiprocessing as mp
+
+from conftest import checkpoint_params, free_port
+from nerf_dist.config import load_config
+from nerf_dist.dist import DistInfo
+from nerf_dist.run_dir import load_model
+from nerf_dist.train import train
+
+PART_MODEL = ["model.kind=partitioned", "model.partitions=2", "model.hash_levels=2",
+              "model.hash_log2_size=10", "model.hash_base_res=4", "model.hash_max_res=16",
+              "model.hidden=16", "model.geo_features=3", "model.box_samples=8"]
+TOL = 1e-5
+
+
+def _cfg(scene, run, *extra):
+    return load_config(None, [f"data.root={scene}", f"run.dir={run}", "train.rays_per_batch=128",
+                              "log.progress=false", "log.every=1", "train.threads=1",
+                              "checkpoint.every=2", "train.steps=4", "eval.every=0",
+                              *PART_MODEL, *extra])
+
+
+def _rank_main(rank, scene, run, out_dir, port, extra):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    from nerf_dist import dist
+    info = dist.init(timeout_s=60)
+    try:
+        train(_cfg(scene, run, *extra), info)
+        msg = "no error"
+    except Exception:  # noqa: BLE001 - reported to the test
+        msg = traceback.format_exc()
+    finally:
+        dist.close()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as f:
+        f.write(msg)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a
+               if a[k].is_floating_point())
+
+
+def test_two_box_run_on_two_ranks_follows_one_process_and_loads_anywhere(demo_scene, tmp_path):
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    two = tmp_path / "two"
+    mp.spawn(_rank_main, args=(str(demo_scene), str(two), str(tmp_path), free_port(), [cache]),
+             nprocs=2, join=True)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "no error", \
+            (tmp_path / f"rank{rank}.txt").read_text()
+    one = tmp_path / "one"
+    train(_cfg(demo_scene, one, cache), DistInfo())
+    a = checkpoint_params(str(one / "checkpoints"))
+    b = checkpoint_params(str(two / "checkpoints"))
+    assert any(k.startswith("boxes.1.") for k in b)                 # rank 0 saved every box
+    d = _max_diff(a, b)
+    print("partition trainer 1x2 vs one process, params after 4 steps, max abs diff:", d)
+    assert d <= TOL
+    assert _max_diff(a, checkpoint_params(str(one / "checkpoints"), 2)) > 100 * TOL
+    # the partition was derived from the training rays and travels with the checkpoint
+    assert int(b["partition_source"]) == 1 and int(b["partition_points"]) > 0
+    assert torch.equal(a["bounds"], b["bounds"])
+    # the 2-rank checkpoint loads into one process holding both boxes and renders what the
+    # one-process model renders
+    la, lb = load_model(str(one)), load_model(str(two))
+    ro = torch.tensor([[0.0, -4.0, 0.5], [0.3, -4.0, 0.2]])
+    rd = torch.tensor([[0.0, 1.0, -0.1], [-0.1, 1.0, 0.0]])
+    vd = rd / rd.norm(dim=-1, keepdim=True)
+    with torch.no_grad():
+        oa = la.model(ro, rd, vd, la.scene["near"], la.scene["far"])
+        ob = lb.model(ro, rd, vd, lb.scene["near"], lb.scene["far"])
+    assert float((oa["rgb"] - ob["rgb"]).abs().max()) <= 1e-4
+    # ... and resumes there (one process, both boxes) to the step the one-process run reaches
+    train(_cfg(demo_scene, two, cache, "train.steps=6", "train.resume=auto"), DistInfo())
+    train(_cfg(demo_scene, one, cache, "train.steps=6", "train.resume=auto"), DistInfo())
+    d6 = _max_diff(checkpoint_params(str(one / "checkpoints")),
+                   checkpoint_params(str(two / "checkpoints")))
+    print("partition: 1x2 run resumed in one process vs one process, after 6 steps:", d6)
+    assert d6 <= TOL
