@@ -307,3 +307,14 @@ def test_replica_digest_is_compared_within_replica_groups(tmp_path):
     res = [torch.load(f"{out}.{r}") for r in range(2)]
     assert res[0]["keyed"] == res[1]["keyed"]            # one digest of both groups, no error
     assert "rank(s) 1 differ from rank 0" in res[0]["plain"] == res[1]["plain"]
+
+
+def test_load_balance_scalars_cover_every_box():
+    model = make_model(2)
+    ro, rd, vd = make_rays()
+    model(ro, rd, vd, 0.05, 6.0, train=True, generator=torch.Generator().manual_seed(0))
+    sc = model.log_scalars()
+    t0, t1 = ray_box_segments(ro, rd, model.bounds, 0.05, 6.0)
+    want = (t1 > t0).sum(0).double() * 6 / 16
+    assert (sc["box0_samples"], sc["box1_samples"]) == tuple(want.tolist())
+    assert sc["imbalance"] == float(want.max() / want.mean()) and sc["box_ms"] > 0

@@ -31,7 +31,25 @@ from ..config import ModelConfig
 from .field import BoxField, ColourHead
 from .kdtree import SOURCES, kd_partition, ray_points
 from .layout import BoxLayout, make_layout
-from .segments import composite_segments, ray_box_segments, reduce_segment, segment_samples
+from .segments import (SEG_WIDTH, composite_segments, ray_box_segments, reduce_segment,
+                       segment_samples)
+
+
+def load_balance(crossed: torch.Tensor, box_samples: int, seconds: float) -> dict[str, float]:
+    """The model/* load-balance scalars of a training step. crossed: [n_rays, P] bool (ray n
+    crosses box k; every rank knows it for every box, no exchange needed).
+
+    box<k>_samples: field samples box k evaluated per ray of the batch; imbalance: the busiest
+    box's samples over the mean (a box group runs at the pace of its busiest box: above ~1.5,
+    move the split planes, i.e. re-derive the partition from points weighted like the rays);
+    box_ms: this rank's time in its own boxes' fields (rank 0's is the one logged).
+    """
+    per_box = crossed.sum(0).double() * box_samples / max(crossed.shape[0], 1)
+    out = {f"box{k}_samples": float(v) for k, v in enumerate(per_box)}
+    out["imbalance"] = float(per_box.max() / per_box.mean().clamp_min(1e-12))
+    out["box_ms"] = 1000.0 * seconds
+    return out
+
 
 # Points drawn along each training ray the partition is derived from (init_from_rays).
 RAY_POINTS = 8
@@ -198,17 +216,22 @@ class PartitionedNeRF(NeRFModel):
     def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u) -> torch.Tensor:
         """Box k's segment of each ray -> its reduction [n_rays, SEG_WIDTH].
         t0, t1: [n_rays] the segment; u: [n_rays, box_samples] jitter or None."""
-        S = self.cfg.box_samples
-        ts, te, tpos = segment_samples(t0, t1, S, u)
-        pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]         # [n, S, 3]
+        S, n = self.cfg.box_samples, rays_o.shape[0]
+        # NOTE: only rays crossing the box reach its field; a missed box's reduction is exactly
+        # zero (no colour, optical depth, opacity, depth or distortion).
+        hit = (t1 > t0).nonzero().squeeze(-1)
+        rays_o, rays_d, viewdirs = rays_o[hit], rays_d[hit], viewdirs[hit]
+        ts, te, tpos = segment_samples(t0[hit], t1[hit], S, None if u is None else u[hit])
+        pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]         # [m, S, 3]
         lo, hi = self.bounds[k, 0].to(pts), self.bounds[k, 1].to(pts)
         unit = ((pts - lo) / (hi - lo)).reshape(-1, 3)
         sigma, geo = self.boxes[str(k)](unit)
         d = viewdirs[:, None, :].expand(-1, S, -1).reshape(-1, 3)
         rgb = self.colour(geo, d)
-        n = rays_o.shape[0]
-        return reduce_segment(sigma.view(n, S), rgb.view(n, S, 3), ts, te, tpos,
-                              rays_d.norm(dim=-1))
+        m = hit.numel()
+        seg = reduce_segment(sigma.view(m, S), rgb.view(m, S, 3), ts, te, tpos,
+                             rays_d.norm(dim=-1))
+        return seg.new_zeros(n, SEG_WIDTH).index_put((hit,), seg)
 
     def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
                 generator=None, background: torch.Tensor | None = None):
@@ -217,20 +240,17 @@ class PartitionedNeRF(NeRFModel):
         u = None
         if train:
             u = sampling.uniform(n, P * S, generator, rays_o.device).to(rays_o.dtype).view(n, P, S)
-        local, load = [], {}
+        local = []
         t_start = time.perf_counter()
         for k in self.layout.owned:
             local.append(self.render_box(k, rays_o, rays_d, viewdirs, t0[:, k], t1[:, k],
                                          None if u is None else u[:, k]))
-            load[f"box{k}_rays"] = float((t1[:, k] > t0[:, k]).sum())
         seconds = time.perf_counter() - t_start
         seg = self.layout.gather(torch.stack(local, 1))                          # [n, P, W]
         out = composite_segments(seg, t0, background)
         crossed = (t1 > t0)[:, list(self.layout.owned)].sum()
         if train:
-            # NOTE: load balance (model/* in TensorBoard): rays crossing each held box and this
-            # rank's field time; a box group is as slow as its busiest box.
-            self._load = {**load, "rank_box_ms": 1000.0 * seconds}
+            self._load = load_balance(t1 > t0, S, seconds)
         return {"rgb": out["rgb"], "depth": out["depth"], "acc": out["acc"],
                 "distortion": out["distortion"],
                 "samples_per_ray": torch.tensor(float(crossed) * S / max(n, 1))}
