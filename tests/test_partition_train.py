@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import traceback
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -29,8 +30,8 @@ def _cfg(scene, run, *extra):
                               *PART_MODEL, *extra])
 
 
-def _rank_main(rank, scene, run, out_dir, port, extra):
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+def _rank_main(rank, scene, run, out_dir, port, extra, world=2):
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     from nerf_dist import dist
@@ -88,4 +89,33 @@ def test_two_box_run_on_two_ranks_follows_one_process_and_loads_anywhere(demo_sc
     d6 = _max_diff(checkpoint_params(str(one / "checkpoints")),
                    checkpoint_params(str(two / "checkpoints")))
     print("partition: 1x2 run resumed in one process vs one process, after 6 steps:", d6)
+    assert d6 <= TOL
+
+
+def _spawn(world, scene, run, tmp_path, *extra):
+    mp.spawn(_rank_main, args=(str(scene), str(run), str(tmp_path), free_port(), list(extra),
+                               world), nprocs=world, join=True)
+    for rank in range(world):
+        msg = (tmp_path / f"rank{rank}.txt").read_text()
+        assert msg == "no error", msg
+
+
+@pytest.mark.slow
+def test_two_replicas_of_two_boxes_follow_one_process_and_resume_on_one_replica(demo_scene,
+                                                                                 tmp_path):
+    """2x2 (4 processes) equals one process at the same global batch; its checkpoint resumes
+    on 1x2 (2 processes) and ends where the one-process run does."""
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    four, one = tmp_path / "four", tmp_path / "one"
+    _spawn(4, demo_scene, four, tmp_path, cache)
+    train(_cfg(demo_scene, one, cache), DistInfo())
+    d = _max_diff(checkpoint_params(str(one / "checkpoints")),
+                  checkpoint_params(str(four / "checkpoints")))
+    print("partition trainer 2x2 vs one process, params after 4 steps, max abs diff:", d)
+    assert d <= TOL
+    _spawn(2, demo_scene, four, tmp_path, cache, "train.steps=6", "train.resume=auto")
+    train(_cfg(demo_scene, one, cache, "train.steps=6", "train.resume=auto"), DistInfo())
+    d6 = _max_diff(checkpoint_params(str(one / "checkpoints")),
+                   checkpoint_params(str(four / "checkpoints")))
+    print("partition: 2x2 run resumed on 1x2 vs one process, after 6 steps:", d6)
     assert d6 <= TOL
