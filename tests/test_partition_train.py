@@ -4,6 +4,7 @@ its checkpoint holds every box (gathered on rank 0) and loads into one process, 
 and resumes it."""
 from __future__ import annotations
 
+import json
 import os
 import traceback
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import checkpoint_params, free_port
+from conftest import checkpoint_params, free_port, run_cli
 from nerf_dist.config import load_config
 from nerf_dist.dist import DistInfo
 from nerf_dist.run_dir import load_model
@@ -119,3 +120,22 @@ def test_two_replicas_of_two_boxes_follow_one_process_and_resume_on_one_replica(
                    checkpoint_params(str(four / "checkpoints")))
     print("partition: 2x2 run resumed on 1x2 vs one process, after 6 steps:", d6)
     assert d6 <= TOL
+
+
+@pytest.mark.slow
+def test_eval_of_a_partitioned_run_on_two_ranks_equals_one_rank(demo_scene, tmp_path):
+    """`nerf-dist eval` of a 2-box checkpoint: every rank holds both boxes and renders its tiles;
+    the per-view PSNR on 2 ranks equals one rank's."""
+    run = tmp_path / "run"
+    train(_cfg(demo_scene, run, f"data.cache_dir={tmp_path / 'cache'}"), DistInfo())
+    reports = []
+    for nproc in (1, 2):
+        out = tmp_path / f"eval{nproc}"
+        res = run_cli(["eval", "--run-dir", str(run), "--out", str(out), "--split", "test"],
+                      nproc=nproc)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert reports[1]["world_size"] == 2
+    a = [e["psnr"] for e in reports[0]["per_image"]]
+    b = [e["psnr"] for e in reports[1]["per_image"]]
+    assert len(a) == len(b) > 0 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
