@@ -73,11 +73,14 @@ def build_model_ddp(cfg: Config, dist: DistInfo, aabb: torch.Tensor
     """(model, the module to call for training: DDP-wrapped when distributed, comm timer,
     placement): placement is None for a replicated model, or (replica, n_replicas) for a model
     that placed itself across the ranks (:meth:`NeRFModel.distribute`; not wrapped in DDP)."""
-    model = build_model(cfg.model, aabb).to(dist.device)
+    model = build_model(cfg.model, aabb)
     comm = CommTimer()
     if not dist.distributed:
+        model = model.to(dist.device)
         return model, model, comm, None
+    # NOTE: before the move to the device, so a rank's device holds only its own part.
     placement = model.distribute(dist.rank, dist.world_size)
+    model = model.to(dist.device)
     if placement is not None:
         return model, model, comm, placement
     # NOTE: buffers (occupancy grid, hash-grid index tables) are constants or deterministic
