@@ -318,3 +318,16 @@ def test_load_balance_scalars_cover_every_box():
     want = (t1 > t0).sum(0).double() * 6 / 16
     assert (sc["box0_samples"], sc["box1_samples"]) == tuple(want.tolist())
     assert sc["imbalance"] == float(want.max() / want.mean()) and sc["box_ms"] > 0
+
+
+def test_partition_from_sparse_points_or_rays():
+    model = build_model(small_cfg(2), AABB)
+    ro, rd, _ = make_rays()
+    model.init_from_rays(ro.float(), rd.float(), 0.05, 6.0)
+    assert int(model.partition_source) == 1 and int(model.partition_points) > 0
+    pts = torch.zeros(100, 3)
+    pts[:, 0] = torch.linspace(0.3, 0.7, 100)             # content on the right: the split too
+    model.init_from_rays(ro.float(), rd.float(), 0.05, 6.0, points=pts)
+    assert int(model.partition_source) == 2 and int(model.partition_points) == 100
+    assert 0.45 <= float(model.bounds[0, 1, 0]) <= 0.55 and float(model.bounds[1, 0, 0]) == \
+        float(model.bounds[0, 1, 0])

@@ -109,11 +109,13 @@ class NeRFModel(nn.Module):
         return {"params": list(self.parameters()), "eps": 1e-8}
 
     def init_from_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float,
-                       far: float) -> None:
+                       far: float, points: torch.Tensor | None = None) -> None:
         """Called once as a run is built (before a resume loads its state), on every rank, with
-        the same fixed sample of the training rays, rays_o, rays_d: [n_rays, 3] (CPU): what a
-        model derives from the scene (the partitioned kind cuts its boxes at the medians of points
-        along them). Must be a deterministic function of its inputs. Default: nothing."""
+        the same fixed sample of the training rays, rays_o, rays_d: [n_rays, 3] (CPU), and the
+        scene's sparse points [n, 3] when it has them (COLMAP): what a model derives from the
+        scene (the partitioned kind cuts its boxes at the medians of the sparse points, else of
+        points along the rays). Must be a deterministic function of its inputs. Default:
+        nothing."""
 
     def distribute(self, rank: int, world_size: int) -> tuple[int, int] | None:
         """Collective hook, called once on every rank before training when world_size > 1.

@@ -68,6 +68,7 @@ class Trainer:
         self.model, self.ddp, self.comm, self.placement = build_model_ddp(cfg, dist,
                                                                           self.bounds.aabb)
         # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read).
+        # A scene's sparse points (COLMAP) would be passed as points= (not in the cache yet).
         sample = self.cache.rays(torch.linspace(0, self.cache.n_rays - 1,
                                                 min(4096, self.cache.n_rays)).long())
         self.model.init_from_rays(sample["rays_o"], sample["rays_d"], self.bounds.near,

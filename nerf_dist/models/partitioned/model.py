@@ -83,8 +83,12 @@ class PartitionedNeRF(NeRFModel):
         self.partition_source.fill_(SOURCES.index(source))
         self.partition_points.fill_(n)
 
-    def init_from_rays(self, rays_o, rays_d, near, far) -> None:
-        """The partition from points along the training rays (RAY_POINTS per ray)."""
+    def init_from_rays(self, rays_o, rays_d, near, far, points=None) -> None:
+        """The partition from the scene's sparse points when given, else from points along the
+        training rays (RAY_POINTS per ray)."""
+        if points is not None and len(points):
+            self.set_partition(torch.as_tensor(points).reshape(-1, 3), "sparse")
+            return
         pts = ray_points(rays_o.double(), rays_d.double(), near, far, self.aabb.double().cpu(),
                          RAY_POINTS, torch.Generator().manual_seed(0))
         self.set_partition(pts, "rays")
