@@ -23,6 +23,11 @@ losses(out, target_rgb [n_rays, 3], scale) -> {name: 0-d tensor}: the terms the 
 memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of this config needs,
     known before it is built (the memory checks of nerf_dist.memory use it).
 
+Placement hooks (defaults: a model replicated under DDP, as every kind was before):
+init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
+distribute (a model that places itself across ranks returns its data shard), sync_gradients,
+replica_key, full_state / load_full_state (checkpoints of the one-process layout).
+
 State: parameters and buffers only; ``state_dict()`` is what a checkpoint holds, so a checkpoint
 loads into ``Kind(cfg, aabb)`` built from the checkpoint's own config and scene box.
 NOTE (DDP): buffers are never broadcast by DDP (the trainer tells DDP to ignore them); they must be

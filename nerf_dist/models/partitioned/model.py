@@ -15,7 +15,10 @@ holds it. NOTE: no occupancy grid yet: a box's samples do not skip its empty spa
 State: the hash tables and MLPs of the boxes this rank holds (``boxes.<k>.*``), the shared
 ``colour.*``, and buffers ``bounds`` [P, 2, 3] (the partition), ``partition_source`` (index into
 kdtree.SOURCES) and ``partition_points`` (how many points it was derived from), so a checkpoint
-carries the partition.
+carries the partition. A checkpoint is always of the one-process layout: :meth:`full_state`
+gathers every box (and its Adam state) onto rank 0, which writes the one state.pt under the
+usual atomic commit (a first version: rank 0 briefly holds the whole model on the host), and
+:meth:`load_full_state` loads it onto any layout.
 """
 from __future__ import annotations
 
