@@ -74,6 +74,20 @@ def test_two_box_run_on_two_ranks_follows_one_process_and_loads_anywhere(demo_sc
     # the partition was derived from the training rays and travels with the checkpoint
     assert int(b["partition_source"]) == 1 and int(b["partition_points"]) > 0
     assert torch.equal(a["bounds"], b["bounds"])
+    # load balance in TensorBoard: every box's samples, and each rank's time in its own box
+    # (tensorboard's reader is imported here only: NOTE: lazy, as in test_train_e2e.py)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(two / "tb"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    for tag in ("model/box0_samples", "model/box1_samples", "model/imbalance",
+                "model/rank0/box_ms", "model/rank1/box_ms", "train/loss"):
+        assert tag in tags, (tag, sorted(tags))
+    # the logged loss is the global batch's (the box group's copies counted once)
+    ea1 = EventAccumulator(str(one / "tb"))
+    ea1.Reload()
+    assert [e.value for e in ea.Scalars("train/loss")] == \
+        pytest.approx([e.value for e in ea1.Scalars("train/loss")], rel=1e-6)
     # the 2-rank checkpoint loads into one process holding both boxes and renders what the
     # one-process model renders
     la, lb = load_model(str(one)), load_model(str(two))

@@ -18,7 +18,8 @@ import torch
 from .. import memory, storage
 from ..checkpoint import CheckpointError, Checkpointer
 from ..config import Config
-from ..dist import CollectiveError, DistInfo, check_replicas, collective, raise_together
+from ..dist import (CollectiveError, DistInfo, all_gather_object, check_replicas, collective,
+                    raise_together)
 from ..lifecycle import StallWatchdog, StopSignals, write_status
 from ..loader import RayLoader
 from ..logger import make_logger
@@ -249,6 +250,15 @@ class Trainer:
                   "time/allreduce_s": last["t_allreduce"],
                   "train/samples_per_ray": last["samples_per_ray"]}
         values.update({f"model/{k}": v for k, v in self.model.log_scalars().items()})
+        if self.placement is not None:
+            # NOTE: the ranks of a placed model do different work (load balance): each rank's
+            # scalars are logged, as model/rank<r>/<name> (one small all-gather per log step).
+            what = f"the other ranks' model scalars of step {self.step}"
+            with self.watchdog.waiting(what):
+                every = all_gather_object(self.model.log_scalars(), self.dist.rank,
+                                          self.dist.world_size)
+            values.update({f"model/rank{r}/{k}": v for r, sc in enumerate(every)
+                           for k, v in sc.items()})
         self.log.scalars(self.step, values)
         self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
 
