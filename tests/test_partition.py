@@ -255,6 +255,7 @@ def test_two_boxes_on_two_ranks_equal_one_process(tmp_path):
     assert max(d.values()) < 1e-12, d
 
 
+@pytest.mark.slow   # 4 processes
 def test_two_replicas_of_two_boxes_equal_one_process(tmp_path):
     got = run_layout(tmp_path, 4, STEPS)
     assert [r["owned"] for r in got] == [(0,), (1,), (0,), (1,)]
