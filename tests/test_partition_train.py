@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import traceback
 
 import pytest
@@ -134,6 +135,15 @@ def test_two_replicas_of_two_boxes_follow_one_process_and_resume_on_one_replica(
                    checkpoint_params(str(four / "checkpoints")))
     print("partition: 2x2 run resumed on 1x2 vs one process, after 6 steps:", d6)
     assert d6 <= TOL
+    # the other way: the one-process checkpoint resumes on 2x2 and follows the one-process run
+    shutil.copytree(one, tmp_path / "one_on_four")
+    _spawn(4, demo_scene, tmp_path / "one_on_four", tmp_path, cache, "train.steps=8",
+           "train.resume=auto")
+    train(_cfg(demo_scene, one, cache, "train.steps=8", "train.resume=auto"), DistInfo())
+    d8 = _max_diff(checkpoint_params(str(one / "checkpoints")),
+                   checkpoint_params(str(tmp_path / "one_on_four" / "checkpoints")))
+    print("partition: one-process run resumed on 2x2 vs one process, after 8 steps:", d8)
+    assert d8 <= TOL
 
 
 @pytest.mark.slow
