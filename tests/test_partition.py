@@ -10,6 +10,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
+from nerf_dist import memory
 from nerf_dist.dist import ReplicaMismatchError, check_replicas
 from nerf_dist.models import ModelConfig, build_model
 from nerf_dist.models.partitioned.kdtree import kd_partition, ray_points
@@ -332,3 +333,13 @@ def test_partition_from_sparse_points_or_rays():
     assert int(model.partition_source) == 2 and int(model.partition_points) == 100
     assert 0.45 <= float(model.bounds[0, 1, 0]) <= 0.55 and float(model.bounds[1, 0, 0]) == \
         float(model.bounds[0, 1, 0])
+
+
+def test_memory_check_counts_a_ranks_share_of_the_boxes():
+    cfg = small_cfg(4, hash_log2_size=14)
+    whole = memory.train_param_bytes(cfg)
+    assert memory.train_param_bytes(cfg, 4) == -(-whole // 4)
+    assert memory.train_param_bytes(cfg, 2) == -(-whole // 2)
+    assert memory.train_param_bytes(cfg, 8) == -(-whole // 4)        # 2 replicas of 4 boxes
+    fast = ModelConfig(kind="fast")
+    assert memory.train_param_bytes(fast, 8) == memory.train_param_bytes(fast)   # replicated

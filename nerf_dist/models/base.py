@@ -63,6 +63,9 @@ class MemoryEstimate:
     """Weights and buffers (the model's own memory, whatever it does)."""
     optimizer_bytes: int
     """What training adds per weight: gradients and the optimiser's state."""
+    param_split: int = 1
+    """Ranks the weights are split over (a partitioned model's boxes): on N ranks each holds
+    about 1/min(param_split, N) of param_bytes and optimizer_bytes."""
 
     def bytes_per_ray(self, train: bool) -> int:
         return self.train_bytes_per_ray if train else self.render_bytes_per_ray

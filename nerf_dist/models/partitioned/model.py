@@ -206,9 +206,10 @@ class PartitionedNeRF(NeRFModel):
 
     @classmethod
     def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:
-        """Of one process holding every box (a rank of a P-rank box group holds 1/P of the
-        boxes' parameters). Per sample as the fast kind's field; box_samples per box crossed,
-        at most P boxes per ray."""
+        """Of one process holding every box; param_split=P: a rank of a box group of G ranks
+        holds 1/G of the weights (the memory checks divide). Per sample as the fast kind's
+        field; box_samples per box crossed, at most P boxes per ray (a rank of a box group
+        evaluates its boxes for its replica's rays: the same bytes per rank)."""
         L, Fd, h, g, P = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features, \
             cfg.partitions
         samples = cfg.box_samples * P
@@ -217,7 +218,7 @@ class PartitionedNeRF(NeRFModel):
         n = P * (L * (1 << cfg.hash_log2_size) * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g)) \
             + (g + 17) * h + (h + 1) * h + (h + 1) * 3
         return MemoryEstimate(samples * per_sample[True], samples * per_sample[False], samples,
-                              samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32)
+                              samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32, param_split=P)
 
     # ------------------------------------------------------------------ rendering
     def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u) -> torch.Tensor:
