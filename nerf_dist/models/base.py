@@ -116,6 +116,9 @@ class NeRFModel(nn.Module):
         """
         return {"params": list(self.parameters()), "eps": 1e-8}
 
+    uses_sparse_points: bool = False
+    """Whether :meth:`init_from_rays` wants the scene's sparse points (read only when True)."""
+
     def init_from_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float,
                        far: float, points: torch.Tensor | None = None) -> None:
         """Called once as a run is built (before a resume loads its state), on every rank, with

@@ -9,7 +9,7 @@ import os
 from ..config import DataConfig
 from .base import Scene, SceneError, SceneFiles
 from .blender import index_blender, load_blender, open_blender
-from .colmap import find_model, index_colmap, load_colmap, open_colmap
+from .colmap import colmap_points, find_model, index_colmap, load_colmap, open_colmap
 from .lazy import LazyScene
 from .llff import index_llff, load_llff, open_llff
 from .ngp import index_ngp, load_ngp, open_ngp
@@ -91,6 +91,12 @@ def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
     return open_ngp(data_cfg, split)
 
 
+def sparse_points(data_cfg: DataConfig):
+    """The scene's sparse 3D points [n, 3] (numpy, scene frame) when its format has them
+    (COLMAP's points3D), else None. Used to partition space (model.partitions)."""
+    return colmap_points(data_cfg) if scene_format(data_cfg) == "colmap" else None
+
+
 def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     """Read split ('train', 'val' or 'test') of the scene at data_cfg.root.
 
@@ -103,5 +109,5 @@ def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     return open_scene(data_cfg, split).load()
 
 
-__all__ = ["Scene", "SceneError", "SceneFiles", "LazyScene", "load_scene", "open_scene", "scene_sources", "scene_format",
+__all__ = ["Scene", "SceneError", "SceneFiles", "LazyScene", "load_scene", "open_scene", "scene_sources", "scene_format", "sparse_points",
            "detect_format"]

@@ -26,6 +26,7 @@ from ..logger import make_logger
 from ..metrics import mse_to_psnr
 from ..ray_cache import ensure_cache
 from ..run_dir import config_at_rest, run_paths, write_config
+from ..scenes import sparse_points
 from . import guards
 from .build import SceneBounds, build_model_ddp, build_optimiser
 from .resume import check_checkpoint_dir, resume_state
@@ -68,12 +69,13 @@ class Trainer:
         self.bounds = SceneBounds.from_meta(self.cache.meta, self.device)
         self.model, self.ddp, self.comm, self.placement = build_model_ddp(cfg, dist,
                                                                           self.bounds.aabb)
-        # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read).
-        # A scene's sparse points (COLMAP) would be passed as points= (not in the cache yet).
+        # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read),
+        # and the scene's sparse points where it has them (COLMAP), read by every rank alike.
         sample = self.cache.rays(torch.linspace(0, self.cache.n_rays - 1,
                                                 min(4096, self.cache.n_rays)).long())
         self.model.init_from_rays(sample["rays_o"], sample["rays_d"], self.bounds.near,
-                                  self.bounds.far)
+                                  self.bounds.far, points=sparse_points(cfg.data)
+                                  if self.model.uses_sparse_points else None)
         # NOTE: a model placed across ranks (model.partitions boxes) reads one shard per replica:
         # every rank of a box group sees the same rays; the global batch is the same either way.
         self.shard = self.placement or (dist.rank, dist.world_size)

@@ -61,6 +61,8 @@ RAY_POINTS = 8
 class PartitionedNeRF(NeRFModel):
     """P hash-grid boxes + a shared colour head. aabb: [2, 3] scene box (min, max)."""
 
+    uses_sparse_points = True
+
     def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None):
         super().__init__(cfg)
         if aabb is None:
