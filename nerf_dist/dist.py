@@ -199,16 +199,42 @@ def combined_digest(digests: list[tuple[str, str]]) -> str:
                            digest_size=8).hexdigest()
 
 
-def check_replicas(module: torch.nn.Module, rank: int, world_size: int, when: str) -> str:
+def check_replicas(module: torch.nn.Module, rank: int, world_size: int, when: str,
+                   key: int = 0) -> str:
     """Collective: every rank's parameters and buffers are bit-identical, or every rank raises.
 
     The ranks all-gather their :func:`tensor_digests`; a difference raises
     :class:`ReplicaMismatchError` on every rank, naming the ranks that differ from rank 0 and the
     first differing tensor. Returns the combined digest (the same on every rank).
+    key: ranks with equal keys must agree (a partitioned model: the ranks holding the same
+    boxes); each rank is compared with the first rank of its key, and the combined digest covers
+    every key's first rank (with one key, as before: this rank's own).
     """
     mine = tensor_digests(module)
     if world_size == 1 or not _group():
         return combined_digest(mine)
+    every = all_gather_object((key, mine), rank, world_size)
+    first = {}
+    for r, (k, d) in enumerate(every):
+        first.setdefault(k, r)
+    bad = []
+    for r, (k, d) in enumerate(every):
+        ref = every[first[k]][1]
+        if d != ref:
+            names = dict(d)
+            name = next((n for n, h in ref if names.get(n) != h),
+                        next((n for n, _ in d if n not in dict(ref)), "?"))
+            bad.append((r, first[k], name))
+    if bad:
+        ranks = ", ".join(str(r) for r, _, _ in bad)
+        refs = " / ".join(sorted({str(f) for _, f, _ in bad}))
+        raise ReplicaMismatchError(
+            f"{when}: the model replicas differ: rank(s) {ranks} differ from rank {refs}; first "
+            f"differing tensor: {bad[0][2]!r} (rank {bad[0][0]}). The ranks no longer train the "
+            f"same model; resume from the newest checkpoint (train.resume=auto)")
+    if len(first) == 1:
+        return combined_digest(mine)
+    return combined_digest([(f"{k}/{n}", h) for k in sorted(first) for n, h in every[first[k]][1]])
     every = all_gather_object(mine, rank, world_size)
     ref = every[0]
     bad = []

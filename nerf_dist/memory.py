@@ -260,10 +260,11 @@ def param_bytes(model_cfg) -> int:
     return model_memory(model_cfg).param_bytes
 
 
-def train_param_bytes(model_cfg) -> int:
-    """Weights plus what training adds: gradients and optimiser state (the kind's estimate)."""
+def train_param_bytes(model_cfg, world_size: int = 1) -> int:
+    """Weights plus what training adds: gradients and optimiser state (the kind's estimate), of
+    one rank of world_size (less than the whole model when the kind splits its weights)."""
     est = model_memory(model_cfg)
-    return est.param_bytes + est.optimizer_bytes
+    return -(-(est.param_bytes + est.optimizer_bytes) // min(est.param_split, world_size))
 
 
 # ------------------------------------------------------------------------------ checks
@@ -408,7 +409,8 @@ def train_estimate(cfg, n_cache_pixels: int, world_size: int = 1,
     acts = {f"activations of {rays} rays x {samples_per_ray(cfg.model, True)} samples "
             f"(train.rays_per_batch={cfg.train.rays_per_batch} over {world_size} rank(s))":
             rays * per_ray,
-            "model weights, gradients and Adam moments": train_param_bytes(cfg.model)}
+            "model weights, gradients and Adam moments": train_param_bytes(cfg.model,
+                                                                           world_size)}
     if _device_type(device) == "cuda":
         return {"host": host, "device": acts}
     host.update(acts)

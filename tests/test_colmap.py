@@ -14,7 +14,8 @@ from conftest import train_tiny
 from nerf_dist.config import DataConfig
 from nerf_dist.lifecycle import read_status
 from nerf_dist.render_ops.rays import make_rays
-from nerf_dist.scenes import SceneError, detect_format, load_scene, open_scene, scene_sources
+from nerf_dist.scenes import (SceneError, detect_format, load_scene, open_scene, scene_sources,
+                              sparse_points)
 from nerf_dist.scenes.colmap_model import MODEL_IDS, qvec_to_rotmat
 
 W, H = 8, 6
@@ -397,3 +398,16 @@ def test_capture_config_reads_a_colmap_scene(tmp_path):
                     [f"data.root={tmp_path}"])
     s = load_scene(c.data, "train")
     assert s.meta["format"] == "colmap" and float(s.background.sum()) == 0.0
+
+
+def test_sparse_points_come_in_the_scene_frame(tmp_path):
+    """scenes.sparse_points maps COLMAP's points3D with the normalisation the reader applies to
+    the cameras (what model.partitions cuts its boxes at); other formats have none."""
+    truth = make_scene(tmp_path, n=8)
+    pts = sparse_points(cfg(tmp_path))
+    T = np.asarray(load_scene(cfg(tmp_path), "train").meta["transform"])
+    want = truth["points"] @ T[:3, :3].T + T[:3, 3]
+    assert pts.shape == (40, 3) and np.abs(pts - want).max() < 1e-9
+    assert sparse_points(cfg(tmp_path)) is not None
+    (tmp_path / "sparse/0/points3D.bin").unlink()
+    assert sparse_points(cfg(tmp_path)) is None

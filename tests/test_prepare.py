@@ -279,12 +279,14 @@ def test_reader_projects_like_pycolmap_on_a_hand_made_model(tmp_path):
 @pytest.mark.timeout(1800)
 def test_training_on_the_prepared_scene(prepared, tmp_path):
     """configs/capture.yaml (format auto -> colmap) with the CPU-sized fast model of
-    lego_fast_cpu.yaml, 200 steps at half resolution, then eval on the held-out views.
+    lego_fast_cpu.yaml (fewer samples and rays), 150 steps at quarter resolution, then eval on
+    the held-out views.
 
     NOTE: one rank (the 2-rank run on a COLMAP scene is tests/test_colmap.py's); the value-noise
     texture is far harder to fit than a photo, so the bar is modest: it says the recovered
     cameras agree with each other well enough that a short run fits held-out views at all.
-    Measured here: 14.8 dB after 200 steps (390 s on a shared 2-core machine).
+    Measured here: 14.8 dB after 200 steps at half resolution (390 s on a shared 2-core
+    machine); these cheaper settings: 15.25 dB after 150 steps (155 s, same machine, loaded).
     """
     out, _ = prepared
     run = tmp_path / "run"
@@ -292,16 +294,16 @@ def test_training_on_the_prepared_scene(prepared, tmp_path):
             f"run.dir={run}", "log.progress=false", "eval.every=0", "train.threads=1",
             "model.hash_log2_size=17", "model.hash_max_res=512", "model.grid_res=64",
             "model.grid_update_every=4", "model.grid_ema_decay=0.8", "model.march_steps=128",
-            "model.max_samples=96", "model.precision=fp32", "model.chunk=8192",
-            "train.rays_per_batch=1024", "train.lr_final=1.0e-3", "train.steps=200",
-            "train.lr_decay_steps=200", "checkpoint.every=1000", "data.llff_hold=6",
-            "data.downscale=2"]
+            "model.max_samples=64", "model.precision=fp32", "model.chunk=8192",
+            "train.rays_per_batch=512", "train.lr_final=1.0e-3", "train.steps=150",
+            "train.lr_decay_steps=150", "checkpoint.every=1000", "data.llff_hold=6",
+            "data.downscale=4"]
     res = run_cli(["train", *args], timeout=1500)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     res = run_cli(["eval", "--run", str(run)], timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads((run / "eval_test" / "report.json").read_text())
-    print(f"held-out PSNR after 200 steps on the prepared scene: {rep['psnr']:.2f} dB")
+    print(f"held-out PSNR after 150 steps on the prepared scene: {rep['psnr']:.2f} dB")
     assert rep["psnr"] > 12.0
 
 

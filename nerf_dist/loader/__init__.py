@@ -112,8 +112,11 @@ class RayLoader:
         limit = "no limit" if self.cache_memory is None else \
             f"data.cache_memory={self.cache_memory / 1e6:.1f} MB"
         if plan.n_windows == 1:
-            return (f"ray loader: the whole cache in memory ({self.bytes_held() / 1e6:.1f} MB on "
-                    f"this rank, {limit})")
+            mine = sum(self.cache.shard_sizes[s] for s in range(plan.n_shards)
+                       if s % N == self.rank) * self.cache.bytes_per_pixel
+            # NOTE: what the first batch will read (nothing is read before it): bytes_held() is 0 here.
+            return (f"ray loader: the whole cache in memory ({mine / 1e6:.1f} MB on this rank, "
+                    f"{limit})")
         return (f"ray loader: streaming windows of {plan.window} of {plan.n_shards} shards "
                 f"({plan.window // N} on each of {N} rank(s)), {plan.phase_steps} steps each, the "
                 f"next window read ahead ({limit})")

@@ -9,6 +9,8 @@
     chunked.py    render_chunked: any model over many rays in bounded memory
     vanilla/      the NeRF paper's coarse + fine MLPs (model.kind=vanilla)
     hashgrid/     hash grid + occupancy grid, instant-ngp style (model.kind=fast)
+    partitioned/  P hash-grid boxes of space, shared colour head, boxes on different ranks
+                  trained jointly and exactly (model.kind=partitioned, model.partitions=P)
 
 A new kind: a folder ``<kind>/`` with ``config.py`` (a frozen dataclass of its own keys) and
 ``model.py`` (a NeRFModel subclass), and one line in :data:`registry.KINDS`.

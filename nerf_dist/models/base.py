@@ -23,6 +23,11 @@ losses(out, target_rgb [n_rays, 3], scale) -> {name: 0-d tensor}: the terms the 
 memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of this config needs,
     known before it is built (the memory checks of nerf_dist.memory use it).
 
+Placement hooks (defaults: a model replicated under DDP, as every kind was before):
+init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
+distribute (a model that places itself across ranks returns its data shard), sync_gradients,
+replica_key, full_state / load_full_state (checkpoints of the one-process layout).
+
 State: parameters and buffers only; ``state_dict()`` is what a checkpoint holds, so a checkpoint
 loads into ``Kind(cfg, aabb)`` built from the checkpoint's own config and scene box.
 NOTE (DDP): buffers are never broadcast by DDP (the trainer tells DDP to ignore them); they must be
@@ -58,6 +63,9 @@ class MemoryEstimate:
     """Weights and buffers (the model's own memory, whatever it does)."""
     optimizer_bytes: int
     """What training adds per weight: gradients and the optimiser's state."""
+    param_split: int = 1
+    """Ranks the weights are split over (a partitioned model's boxes): on N ranks each holds
+    about 1/min(param_split, N) of param_bytes and optimizer_bytes."""
 
     def bytes_per_ray(self, train: bool) -> int:
         return self.train_bytes_per_ray if train else self.render_bytes_per_ray
@@ -107,6 +115,49 @@ class NeRFModel(nn.Module):
         own weight_decay or eps but not its lr.
         """
         return {"params": list(self.parameters()), "eps": 1e-8}
+
+    uses_sparse_points: bool = False
+    """Whether :meth:`init_from_rays` wants the scene's sparse points (read only when True)."""
+
+    def init_from_rays(self, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float,
+                       far: float, points: torch.Tensor | None = None) -> None:
+        """Called once as a run is built (before a resume loads its state), on every rank, with
+        the same fixed sample of the training rays, rays_o, rays_d: [n_rays, 3] (CPU), and the
+        scene's sparse points [n, 3] when it has them (COLMAP): what a model derives from the
+        scene (the partitioned kind cuts its boxes at the medians of the sparse points, else of
+        points along the rays). Must be a deterministic function of its inputs. Default:
+        nothing."""
+
+    def distribute(self, rank: int, world_size: int) -> tuple[int, int] | None:
+        """Collective hook, called once on every rank before training when world_size > 1.
+
+        None (the default): the model is replicated on every rank and the trainer wraps it in
+        DDP. A model that places itself across ranks (the partitioned kind: box k on rank k)
+        returns (replica, n_replicas): this rank reads shard `replica` of `n_replicas` of each
+        global batch; the trainer then calls :meth:`sync_gradients` after every backward instead
+        of DDP, compares the replica digest among ranks of equal :meth:`replica_key`, and saves
+        :meth:`full_state` (collective) rather than state_dict().
+        """
+        return None
+
+    def sync_gradients(self) -> None:
+        """Collective (placed models only): make every gradient what the global batch gives."""
+
+    def replica_key(self) -> int:
+        """Ranks with the same key hold the same state (a placed model: the same boxes)."""
+        return 0
+
+    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+        """Collective: (model state, optimiser state) of the whole model as one process holding
+        all of it would have them, on rank 0 (None elsewhere). Default: this rank's own."""
+        return self.state_dict(), optimizer.state_dict()
+
+    def load_full_state(self, model_state: dict, optimizer_state: dict,
+                        optimizer: torch.optim.Optimizer) -> None:
+        """Load a checkpoint's model and optimiser state (as :meth:`full_state` wrote them) into
+        this model, whatever its layout, and the optimiser over its parameters."""
+        self.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
 
     def log_scalars(self) -> dict[str, float]:
         """Scalars logged with the training metrics (as ``model/<name>``) at each logging step."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .hashgrid.config import HashGridConfig
+from .partitioned.config import PartitionedConfig
 from .vanilla.config import VanillaConfig
 
 if TYPE_CHECKING:  # NOTE: annotations only: importing these at run time would import torch
@@ -47,6 +48,9 @@ KINDS: dict[str, Kind] = {
                     "coarse + fine MLPs, the NeRF paper"),
     "fast": Kind(HashGridConfig, "nerf_dist.models.hashgrid.model:FastNeRF",
                  "hash grid + occupancy grid, instant-ngp style"),
+    "partitioned": Kind(PartitionedConfig, "nerf_dist.models.partitioned.model:PartitionedNeRF",
+                        "P hash-grid boxes of space (model.partitions), shared colour head, "
+                        "boxes on different ranks trained jointly"),
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import SCENE_FORMATS, DataConfig
 from .base import Scene, SceneError, SceneFiles
 from .blender import index_blender, open_blender
-from .colmap import find_model, index_colmap, open_colmap
+from .colmap import colmap_points, find_model, index_colmap, open_colmap
 from .lazy import LazyScene
 from .llff import index_llff, open_llff
 from .ngp import index_ngp, open_ngp
@@ -27,7 +27,8 @@ class Reader:
     name: the data.format value; looks_for: what :func:`detect_format` checks (for messages);
     detect(root) -> bool: whether a folder holds this format; index(data_cfg, split): the
     metadata only, an object whose ``.sources`` is a :class:`SceneFiles` (no image decoded);
-    open(data_cfg, split) -> :class:`LazyScene` (images decoded on demand).
+    open(data_cfg, split) -> :class:`LazyScene` (images decoded on demand); points(data_cfg):
+    the scene's sparse 3D points [n, 3] (numpy, scene frame) for formats that have them.
     """
 
     name: str
@@ -35,6 +36,7 @@ class Reader:
     detect: Callable[[str], bool]
     index: Callable[[DataConfig, str], Any]
     open: Callable[[DataConfig, str], LazyScene]
+    points: Callable[[DataConfig], Any] | None = None
 
 
 def _has(marker: str) -> Callable[[str], bool]:
@@ -50,7 +52,7 @@ READERS: dict[str, Reader] = {r.name: r for r in (
     Reader("llff", "poses_bounds.npy", _has("poses_bounds.npy"), index_llff, open_llff),
     Reader("ngp", "transforms.json", _has("transforms.json"), index_ngp, open_ngp),
     Reader("colmap", "sparse/0/cameras.bin (or .txt)", lambda root: find_model(root) is not None,
-           index_colmap, open_colmap),
+           index_colmap, open_colmap, points=colmap_points),
 )}
 # NOTE: config validates data.format against SCENE_FORMATS without importing the readers.
 if tuple(READERS) != SCENE_FORMATS:  # pragma: no cover - a reader added in one place only
@@ -108,6 +110,13 @@ def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
     return reader(data_cfg, split).open(data_cfg, split)
 
 
+def sparse_points(data_cfg: DataConfig):
+    """The scene's sparse 3D points [n, 3] (numpy, scene frame) when its format has them
+    (COLMAP's points3D), else None. Used to partition space (model.partitions)."""
+    points = READERS[scene_format(data_cfg)].points
+    return points(data_cfg) if points is not None else None
+
+
 def load_scene(data_cfg: DataConfig, split: str) -> Scene:
     """Read split ('train', 'val' or 'test') of the scene at data_cfg.root.
 
@@ -121,4 +130,5 @@ def load_scene(data_cfg: DataConfig, split: str) -> Scene:
 
 
 __all__ = ["READERS", "Reader", "Scene", "SceneError", "SceneFiles", "LazyScene", "SPLITS",
-           "load_scene", "open_scene", "reader", "scene_sources", "scene_format", "detect_format"]
+           "load_scene", "open_scene", "reader", "scene_sources", "scene_format", "sparse_points",
+           "detect_format"]

@@ -297,6 +297,17 @@ def open_colmap(data_cfg: DataConfig, split: str) -> LazyScene:
     )
 
 
+def colmap_points(data_cfg: DataConfig) -> np.ndarray | None:
+    """The sparse points [n, 3] float64 in the scene's frame (the normalisation open_colmap
+    applies), or None when the model has no points3D file."""
+    ix = index_colmap(data_cfg, "train")
+    if not ix.pts_path:
+        return None
+    meta = open_colmap(data_cfg, "train").meta
+    rot, offset = np.asarray(meta["rotation"]), np.asarray(meta["offset"])
+    return float(meta["scale"]) * (read_points3D(ix.pts_path).xyz - offset) @ rot.T
+
+
 def load_colmap(data_cfg: DataConfig, split: str) -> Scene:
     """Read one split of a COLMAP scene (see the module docstring).
 

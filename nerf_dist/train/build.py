@@ -69,12 +69,20 @@ class CommTimer:
 
 
 def build_model_ddp(cfg: Config, dist: DistInfo, aabb: torch.Tensor
-                    ) -> tuple[torch.nn.Module, torch.nn.Module, CommTimer]:
-    """(model, the module to call for training: DDP-wrapped when distributed, comm timer)."""
-    model = build_model(cfg.model, aabb).to(dist.device)
+                    ) -> tuple[torch.nn.Module, torch.nn.Module, CommTimer, tuple[int, int] | None]:
+    """(model, the module to call for training: DDP-wrapped when distributed, comm timer,
+    placement): placement is None for a replicated model, or (replica, n_replicas) for a model
+    that placed itself across the ranks (:meth:`NeRFModel.distribute`; not wrapped in DDP)."""
+    model = build_model(cfg.model, aabb)
     comm = CommTimer()
     if not dist.distributed:
-        return model, model, comm
+        model = model.to(dist.device)
+        return model, model, comm, None
+    # NOTE: before the move to the device, so a rank's device holds only its own part.
+    placement = model.distribute(dist.rank, dist.world_size)
+    model = model.to(dist.device)
+    if placement is not None:
+        return model, model, comm, placement
     # NOTE: buffers (occupancy grid, hash-grid index tables) are constants or deterministic
     # functions of (parameters, seed, step), identical on every rank: DDP need not broadcast
     # them (saves the grid's traffic every step; gloo also cannot send bool/int16 buffers).
@@ -85,7 +93,7 @@ def build_model_ddp(cfg: Config, dist: DistInfo, aabb: torch.Tensor
     ddp = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
               **sync)
     ddp.register_comm_hook(None, comm.hook)
-    return model, ddp, comm
+    return model, ddp, comm, None
 
 
 def build_optimiser(model: torch.nn.Module, cfg: Config, device: torch.device

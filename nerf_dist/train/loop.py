@@ -18,13 +18,15 @@ import torch
 from .. import memory, storage
 from ..checkpoint import CheckpointError, Checkpointer
 from ..config import Config
-from ..dist import CollectiveError, DistInfo, check_replicas, collective, raise_together
+from ..dist import (CollectiveError, DistInfo, all_gather_object, check_replicas, collective,
+                    raise_together)
 from ..lifecycle import StallWatchdog, StopSignals, write_status
 from ..loader import RayLoader
 from ..logger import make_logger
 from ..metrics import mse_to_psnr
 from ..ray_cache import ensure_cache
 from ..run_dir import config_at_rest, run_paths, write_config
+from ..scenes import sparse_points
 from . import guards
 from .build import SceneBounds, build_model_ddp, build_optimiser
 from .resume import check_checkpoint_dir, resume_state
@@ -65,11 +67,22 @@ class Trainer:
                                                              dist.world_size, self.device),
                             dist.rank, dist.world_size)
         self.bounds = SceneBounds.from_meta(self.cache.meta, self.device)
-        self.loader = RayLoader(self.cache, dist.rank, dist.world_size, cfg.train.rays_per_batch,
+        self.model, self.ddp, self.comm, self.placement = build_model_ddp(cfg, dist,
+                                                                          self.bounds.aabb)
+        # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read),
+        # and the scene's sparse points where it has them (COLMAP), read by every rank alike.
+        sample = self.cache.rays(torch.linspace(0, self.cache.n_rays - 1,
+                                                min(4096, self.cache.n_rays)).long())
+        self.model.init_from_rays(sample["rays_o"], sample["rays_d"], self.bounds.near,
+                                  self.bounds.far, points=sparse_points(cfg.data)
+                                  if self.model.uses_sparse_points else None)
+        # NOTE: a model placed across ranks (model.partitions boxes) reads one shard per replica:
+        # every rank of a box group sees the same rays; the global batch is the same either way.
+        self.shard = self.placement or (dist.rank, dist.world_size)
+        self.loader = RayLoader(self.cache, *self.shard, cfg.train.rays_per_batch,
                                 cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
                                 device=self.device, cache_memory=cfg.data.cache_memory_bytes,
                                 log=self.log.info, watch=self.watchdog.waiting)
-        self.model, self.ddp, self.comm = build_model_ddp(cfg, dist, self.bounds.aabb)
         self.optim, self.scaler = build_optimiser(self.model, cfg, self.device)
         self.validator = Validator(cfg, dist, self.log, self.watchdog, stop)
         self.step = 0
@@ -103,8 +116,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optim.load_state_dict(state["optimizer"])
+        self.model.load_full_state(state["model"], state["optimizer"], self.optim)
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
         self.loader.load_state_dict(state["loader"])
@@ -117,7 +129,8 @@ class Trainer:
         """dist.check_replicas under the watchdog; times it (self.digest_ms)."""
         t0 = time.perf_counter()
         with self.watchdog.waiting(f"the replica check ({when})"):
-            digest = check_replicas(self.model, self.dist.rank, self.dist.world_size, when)
+            digest = check_replicas(self.model, self.dist.rank, self.dist.world_size, when,
+                                    key=self.model.replica_key())
         self.digest_ms = (time.perf_counter() - t0) * 1e3
         return digest
 
@@ -128,9 +141,15 @@ class Trainer:
         raised on every rank together.
         """
         digest = self._check_replicas(f"checkpoint step {self.step}")
-        err = None
+        err, full = None, None
+        if self.placement is not None:
+            with self.watchdog.waiting(f"the model's parts for checkpoint step {self.step}"), \
+                    collective("gathering the model's parts"):
+                full = self.model.full_state(self.optim)
         if self.dist.is_main:
             state = self.state_dict()
+            if full is not None:
+                state["model"], state["optimizer"] = full
             state["replicas"] = {"world_size": self.dist.world_size, "digest": digest}
             try:
                 with self.watchdog.waiting(f"checkpoint step {self.step} to be written"):
@@ -166,11 +185,16 @@ class Trainer:
         t1 = time.perf_counter()
         self.comm.seconds = 0.0
         out, terms, sse = step_losses(self.ddp, self.model, batch, self.cfg, step, self.bounds,
-                                      self.dist.world_size)
+                                      self.shard[1])
         loss = sum(terms.values())
         self.optim.zero_grad(set_to_none=True)
         with self.watchdog.waiting(f"the gradient all-reduce of step {step}"):
             backward(loss, self.scaler, self.comm if self.dist.distributed else None, step)
+            if self.placement is not None:
+                t_sync = time.perf_counter()
+                with collective(f"the gradient all-reduce of step {step}"):
+                    self.model.sync_gradients()
+                self.comm.seconds += time.perf_counter() - t_sync
         stop, bad, budget = guards.agree(self.dist, self.watchdog, self.stop,
                                          guards.nonfinite(loss, self.model, self.scaler),
                                          budget_spent, step)
@@ -217,6 +241,8 @@ class Trainer:
             what = f"the other ranks' loss of step {self.step}"
             with self.watchdog.waiting(what), collective(what):
                 torch.distributed.all_reduce(s)
+        # NOTE: the ranks of a box group all hold their replica's whole loss.
+        s /= self.dist.world_size // self.shard[1]
         mse = float(s) / (last["n_global"] * 3)
         rays_s = window["rays"] / max(time.time() - window["t"], 1e-9)
         values = {"train/loss": mse, "train/psnr": mse_to_psnr(mse),
@@ -226,6 +252,15 @@ class Trainer:
                   "time/allreduce_s": last["t_allreduce"],
                   "train/samples_per_ray": last["samples_per_ray"]}
         values.update({f"model/{k}": v for k, v in self.model.log_scalars().items()})
+        if self.placement is not None:
+            # NOTE: the ranks of a placed model do different work (load balance): each rank's
+            # scalars are logged, as model/rank<r>/<name> (one small all-gather per log step).
+            what = f"the other ranks' model scalars of step {self.step}"
+            with self.watchdog.waiting(what):
+                every = all_gather_object(self.model.log_scalars(), self.dist.rank,
+                                          self.dist.world_size)
+            values.update({f"model/rank{r}/{k}": v for r, sc in enumerate(every)
+                           for k, v in sc.items()})
         self.log.scalars(self.step, values)
         self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
 
@@ -286,6 +321,12 @@ class Trainer:
 
     def evaluate_val(self) -> float | None:
         """Collective: validation at this step (:class:`Validator`); mean PSNR on rank 0."""
+        if self.placement is not None:
+            # NOTE: the renderer spreads tiles over all ranks, but a box group must render the
+            # same rays: not supported yet (render/eval of the checkpoint hold every box).
+            self.log.info(f"step {self.step}: validation skipped (a model placed across ranks; "
+                          f"evaluate its checkpoint with `nerf-dist eval`)")
+            return None
         return self.validator.run(self.model, self.step)
 
     def close(self) -> None:

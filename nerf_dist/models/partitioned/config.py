@@ -1,0 +1,35 @@
+"""The partitioned kind's own model.* keys (model.kind=partitioned): P boxes of space, each with
+its own hash grid and density network, one shared colour network. The hash-grid keys
+(hash_levels, hidden, ...) size every box's field.
+
+NOTE: the config extends the hash grid's, so `nerf-dist keys` lists every hash-grid key under both
+kinds; the occupancy-grid and marching keys (grid_*, march_steps, max_samples, early_stop_eps)
+are not used by this kind yet (a box samples its segment at box_samples stratified points).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config_check import check
+from ..hashgrid.config import HashGridConfig
+
+
+@dataclass(frozen=True)
+class PartitionedConfig(HashGridConfig):
+    partitions: int = 1
+    """Boxes P the scene is cut into (a kd-tree); a job of N ranks runs N/P replicas of the P-box
+    model (N a multiple of P), or one rank holds every box (N=1). 1 = one box, one field."""
+    box_samples: int = 64
+    """Stratified samples per ray in each box it crosses (independent of the other boxes, so
+    every layout samples the same points)."""
+    distortion_weight: float = 0.0
+    """Weight of the distortion loss (mip-NeRF 360), composited across boxes exactly; 0 = off."""
+
+    def __post_init__(self) -> None:
+        HashGridConfig.__post_init__(self)
+        check(self.partitions >= 1, "model.partitions", f"must be >= 1, got {self.partitions}")
+        check(self.box_samples >= 1, "model.box_samples", f"must be >= 1, got {self.box_samples}")
+        check(self.distortion_weight >= 0, "model.distortion_weight", "must be >= 0")
+
+
+__all__ = ["PartitionedConfig"]

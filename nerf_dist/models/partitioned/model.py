@@ -1,0 +1,269 @@
+"""PartitionedNeRF: the scene box cut into P boxes (kd-tree), each box a field of its own, the
+colour head shared; every ray rendered per box segment and composited in ray order.
+
+Implements the model protocol (:mod:`nerf_dist.models.base`). One process holds every box by
+default; :meth:`PartitionedNeRF.distribute` (the trainer's hook) keeps only this rank's boxes and
+from then on forward exchanges the segment results within the box group (:mod:`.layout`), and
+:meth:`sync_gradients` (called after backward instead of DDP) sums the shared head's gradients
+over the box group and averages every gradient over the replicas.
+
+Sampling: ``box_samples`` stratified points in each box's segment of each ray; the training
+jitter of all P boxes is drawn at once ([n_rays, P * box_samples] from the step's generator, a
+RowNoise keyed by the rays' global index), so a box samples the same points on whichever rank
+holds it. NOTE: no occupancy grid yet: a box's samples do not skip its empty space.
+
+State: the hash tables and MLPs of the boxes this rank holds (``boxes.<k>.*``), the shared
+``colour.*``, and buffers ``bounds`` [P, 2, 3] (the partition), ``partition_source`` (index into
+kdtree.SOURCES) and ``partition_points`` (how many points it was derived from), so a checkpoint
+carries the partition. A checkpoint is always of the one-process layout: :meth:`full_state`
+gathers every box (and its Adam state) onto rank 0, which writes the one state.pt under the
+usual atomic commit (a first version: rank 0 briefly holds the whole model on the host), and
+:meth:`load_full_state` loads it onto any layout.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from ...render_ops import sampling
+from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel
+from ..config import ModelConfig
+from .field import BoxField, ColourHead
+from .kdtree import SOURCES, kd_partition, ray_points
+from .layout import BoxLayout, make_layout
+from .segments import (SEG_WIDTH, composite_segments, ray_box_segments, reduce_segment,
+                       segment_samples)
+
+
+def load_balance(crossed: torch.Tensor, box_samples: int, seconds: float) -> dict[str, float]:
+    """The model/* load-balance scalars of a training step. crossed: [n_rays, P] bool (ray n
+    crosses box k; every rank knows it for every box, no exchange needed).
+
+    box<k>_samples: field samples box k evaluated per ray of the batch; imbalance: the busiest
+    box's samples over the mean (a box group runs at the pace of its busiest box: above ~1.5,
+    move the split planes, i.e. re-derive the partition from points weighted like the rays);
+    box_ms: this rank's time in its own boxes' fields (rank 0's is the one logged).
+    """
+    per_box = crossed.sum(0).double() * box_samples / max(crossed.shape[0], 1)
+    out = {f"box{k}_samples": float(v) for k, v in enumerate(per_box)}
+    out["imbalance"] = float(per_box.max() / per_box.mean().clamp_min(1e-12))
+    out["box_ms"] = 1000.0 * seconds
+    return out
+
+
+# Points drawn along each training ray the partition is derived from (init_from_rays).
+RAY_POINTS = 8
+
+
+class PartitionedNeRF(NeRFModel):
+    """P hash-grid boxes + a shared colour head. aabb: [2, 3] scene box (min, max)."""
+
+    uses_sparse_points = True
+
+    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None):
+        super().__init__(cfg)
+        if aabb is None:
+            raise ValueError("model.kind=partitioned needs the scene's aabb")
+        aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
+        P = cfg.partitions
+        self.register_buffer("aabb", aabb.clone())
+        self.register_buffer("bounds", kd_partition(None, aabb, P).float())
+        self.register_buffer("partition_source", torch.tensor(SOURCES.index("even")))
+        self.register_buffer("partition_points", torch.tensor(0))
+        self.boxes = nn.ModuleDict({str(k): BoxField(cfg) for k in range(P)})
+        self.colour = ColourHead(cfg)
+        self.layout = make_layout(P)
+        self._load: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ partition and layout
+    @torch.no_grad()
+    def set_partition(self, points: torch.Tensor | None, source: str) -> None:
+        """Re-cut the scene box at the kd-tree median splits of points [n, 3] (before training:
+        the boxes' fields are not moved). source: one of kdtree.SOURCES."""
+        n = 0 if points is None else int(points.reshape(-1, 3).shape[0])
+        self.bounds.copy_(kd_partition(points, self.aabb, self.cfg.partitions))
+        self.partition_source.fill_(SOURCES.index(source))
+        self.partition_points.fill_(n)
+
+    def init_from_rays(self, rays_o, rays_d, near, far, points=None) -> None:
+        """The partition from the scene's sparse points when given, else from points along the
+        training rays (RAY_POINTS per ray)."""
+        if points is not None and len(points):
+            self.set_partition(torch.as_tensor(points).reshape(-1, 3), "sparse")
+            return
+        pts = ray_points(rays_o.double(), rays_d.double(), near, far, self.aabb.double().cpu(),
+                         RAY_POINTS, torch.Generator().manual_seed(0))
+        self.set_partition(pts, "rays")
+
+    def distribute(self, rank: int, world_size: int) -> tuple[int, int]:
+        """Collective, once, before training: take this rank's place in the layout (drop the
+        boxes other ranks hold). Returns (replica, n_replicas): the shard of the global batch this
+        rank reads (every rank of a box group reads the same rays)."""
+        self.layout = make_layout(self.cfg.partitions, rank, world_size)
+        for k in range(self.cfg.partitions):
+            if k not in self.layout.owned:
+                del self.boxes[str(k)]
+        return self.layout.replica, self.layout.n_replicas
+
+    def sync_gradients(self) -> None:
+        """Collective, after backward: the shared head's gradients summed over the box group,
+        every gradient averaged over the replicas (what DDP does for a replicated model)."""
+        lay = self.layout
+        if lay.world_group is None:
+            return
+        for params, group in ((list(self.boxes.parameters()), lay.replica_group),
+                              (list(self.colour.parameters()), lay.world_group)):
+            if group is None:
+                continue
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            tdist.all_reduce(flat, group=group)
+            flat /= lay.n_replicas
+            i = 0
+            for p in params:
+                n = p.numel()
+                p.grad = flat[i:i + n].view_as(p).clone()
+                i += n
+
+    def replica_digest_group(self):
+        """The ranks whose state must be bit-identical to this rank's (its replica group)."""
+        return self.layout.replica_group
+
+    def replica_key(self) -> int:
+        return self.layout.member
+
+    def _full_names(self) -> list[str]:
+        """Parameter names of the one-process layout, in its order (the optimiser's indices)."""
+        box = [n for n, _ in BoxField(self.cfg).named_parameters()] if not len(self.boxes) else \
+            [n for n, _ in next(iter(self.boxes.values())).named_parameters()]
+        return [f"boxes.{k}.{n}" for k in range(self.cfg.partitions) for n in box] + \
+            [f"colour.{n}" for n, _ in self.colour.named_parameters()]
+
+    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
+        """Collective: the one-process model and optimiser state on rank 0, gathered from the
+        ranks of replica 0 (each sends its boxes; one gather_object, so rank 0 briefly holds the
+        whole model: a first version of a sharded checkpoint)."""
+        names = [n for n, _ in self.named_parameters()]
+        opt = optimizer.state_dict()
+        if self.layout.world_group is None:
+            return self.state_dict(), opt
+        mine = None
+        if self.layout.replica == 0:
+            cpu = lambda v: v.cpu() if torch.is_tensor(v) else v                  # noqa: E731
+            mine = ({k: v.cpu() for k, v in self.state_dict().items()},
+                    {names[i]: {k: cpu(v) for k, v in st.items()}
+                     for i, st in opt["state"].items()})
+        rank0 = tdist.get_rank() == 0
+        parts = [None] * tdist.get_world_size() if rank0 else None
+        tdist.gather_object(mine, parts, dst=0)
+        if not rank0:
+            return None
+        model, by_name = {}, {}
+        for part in parts:
+            if part is not None:
+                model.update(part[0])
+                by_name.update(part[1])
+        full = self._full_names()
+        group = {k: v for k, v in opt["param_groups"][0].items() if k != "params"}
+        return model, {"state": {i: by_name[n] for i, n in enumerate(full) if n in by_name},
+                       "param_groups": [{**group, "params": list(range(len(full)))}]}
+
+    def load_full_state(self, model_state: dict, optimizer_state: dict,
+                        optimizer: torch.optim.Optimizer) -> None:
+        """A one-process checkpoint onto this layout: this rank's boxes and the shared head, and
+        their optimiser state (one parameter group, indexed in the one-process order)."""
+        self.load_state_dict(model_state)
+        index = {n: i for i, n in enumerate(self._full_names())}
+        names = [n for n, _ in self.named_parameters()]
+        group = {k: v for k, v in optimizer_state["param_groups"][0].items() if k != "params"}
+        state = {j: optimizer_state["state"][index[n]] for j, n in enumerate(names)
+                 if index[n] in optimizer_state["state"]}
+        optimizer.load_state_dict({"state": state,
+                                   "param_groups": [{**group, "params": list(range(len(names)))}]})
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        """A checkpoint of any layout onto this one: keys of boxes this rank does not hold are
+        skipped (a one-process checkpoint holds every box)."""
+        held = set(self.boxes.keys())
+        state = {k: v for k, v in state.items()
+                 if not k.startswith("boxes.") or k.split(".")[1] in held}
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ protocol
+    def optimizer_settings(self) -> dict:
+        return {"params": list(self.parameters()), "eps": 1e-15}
+
+    def log_scalars(self) -> dict[str, float]:
+        return dict(self._load)
+
+    def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
+        terms = super().losses(out, target_rgb, scale)
+        if self.cfg.distortion_weight > 0:
+            # NOTE: scale * 3 turns a per-ray sum into the global batch's per-ray mean share.
+            terms["distortion"] = self.cfg.distortion_weight * out["distortion"].sum() * scale * 3
+        return terms
+
+    @classmethod
+    def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:
+        """Of one process holding every box; param_split=P: a rank of a box group of G ranks
+        holds 1/G of the weights (the memory checks divide). Per sample as the fast kind's
+        field; box_samples per box crossed, at most P boxes per ray (a rank of a box group
+        evaluates its boxes for its replica's rays: the same bytes per rank)."""
+        L, Fd, h, g, P = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features, \
+            cfg.partitions
+        samples = cfg.box_samples * P
+        per_sample = {True: 256 * L + F32 * (2 * L * Fd + 4 * h + 3 * g + 60) + 64,
+                      False: 320 * L + F32 * (L * Fd + 3 * h + 2 * g + 40) + 64}
+        n = P * (L * (1 << cfg.hash_log2_size) * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g)) \
+            + (g + 17) * h + (h + 1) * h + (h + 1) * 3
+        return MemoryEstimate(samples * per_sample[True], samples * per_sample[False], samples,
+                              samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32, param_split=P)
+
+    # ------------------------------------------------------------------ rendering
+    def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u) -> torch.Tensor:
+        """Box k's segment of each ray -> its reduction [n_rays, SEG_WIDTH].
+        t0, t1: [n_rays] the segment; u: [n_rays, box_samples] jitter or None."""
+        S, n = self.cfg.box_samples, rays_o.shape[0]
+        # NOTE: only rays crossing the box reach its field; a missed box's reduction is exactly
+        # zero (no colour, optical depth, opacity, depth or distortion).
+        hit = (t1 > t0).nonzero().squeeze(-1)
+        rays_o, rays_d, viewdirs = rays_o[hit], rays_d[hit], viewdirs[hit]
+        ts, te, tpos = segment_samples(t0[hit], t1[hit], S, None if u is None else u[hit])
+        pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]         # [m, S, 3]
+        lo, hi = self.bounds[k, 0].to(pts), self.bounds[k, 1].to(pts)
+        unit = ((pts - lo) / (hi - lo)).reshape(-1, 3)
+        sigma, geo = self.boxes[str(k)](unit)
+        d = viewdirs[:, None, :].expand(-1, S, -1).reshape(-1, 3)
+        rgb = self.colour(geo, d)
+        m = hit.numel()
+        seg = reduce_segment(sigma.view(m, S), rgb.view(m, S, 3), ts, te, tpos,
+                             rays_d.norm(dim=-1))
+        return seg.new_zeros(n, SEG_WIDTH).index_put((hit,), seg)
+
+    def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
+                generator=None, background: torch.Tensor | None = None):
+        n, P, S = rays_o.shape[0], self.cfg.partitions, self.cfg.box_samples
+        t0, t1 = ray_box_segments(rays_o, rays_d, self.bounds, near, far)        # [n, P]
+        u = None
+        if train:
+            u = sampling.uniform(n, P * S, generator, rays_o.device).to(rays_o.dtype).view(n, P, S)
+        local = []
+        t_start = time.perf_counter()
+        for k in self.layout.owned:
+            local.append(self.render_box(k, rays_o, rays_d, viewdirs, t0[:, k], t1[:, k],
+                                         None if u is None else u[:, k]))
+        seconds = time.perf_counter() - t_start
+        seg = self.layout.gather(torch.stack(local, 1))                          # [n, P, W]
+        out = composite_segments(seg, t0, background)
+        crossed = (t1 > t0)[:, list(self.layout.owned)].sum()
+        if train:
+            self._load = load_balance(t1 > t0, S, seconds)
+        return {"rgb": out["rgb"], "depth": out["depth"], "acc": out["acc"],
+                "distortion": out["distortion"],
+                "samples_per_ray": torch.tensor(float(crossed) * S / max(n, 1))}
+
+
+__all__ = ["BoxLayout", "PartitionedNeRF"]
