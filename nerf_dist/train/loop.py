@@ -71,8 +71,8 @@ class Trainer:
                                                                           self.bounds.aabb)
         # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read),
         # and the scene's sparse points where it has them (COLMAP), read by every rank alike.
-        sample = self.cache.rays(torch.linspace(0, self.cache.n_rays - 1,
-                                                min(4096, self.cache.n_rays)).long())
+        sample = self.cache.rays(torch.linspace(0, self.cache.n_pixels - 1,
+                                                min(4096, self.cache.n_pixels)).long())
         self.model.init_from_rays(sample["rays_o"], sample["rays_d"], self.bounds.near,
                                   self.bounds.far, points=sparse_points(cfg.data)
                                   if self.model.uses_sparse_points else None)
