@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 
 from conftest import checkpoint_params, run_cli, tiny_train_args
 from nerf_dist.config import ModelConfig
-from nerf_dist.model_vanilla import VanillaNeRF
+from nerf_dist.models.vanilla.model import VanillaNeRF
 
 pytestmark = pytest.mark.slow   # Inductor compiles C++ kernels: tens of seconds on a busy CPU
 

@@ -53,7 +53,7 @@ def scene_colour(o: torch.Tensor, d: torch.Tensor, background: torch.Tensor) -> 
 
 
 class AnalyticModel(nn.Module):
-    """A model (interface of nerf_dist.model) that is the analytic scene."""
+    """A model (interface of nerf_dist.models.base.NeRFModel) that is the analytic scene."""
 
     def __init__(self):
         super().__init__()
@@ -69,7 +69,7 @@ class AnalyticModel(nn.Module):
 
 
 def _undistort_newton(xd: float, yd: float, k1, k2, p1, p2) -> tuple[float, float]:
-    """Invert the OpenCV model by Newton's method in float64 (independent of nerf_dist.rays)."""
+    """Invert the OpenCV model by Newton's method in float64 (independent of nerf_dist.render_ops.rays)."""
     x, y = xd, yd
     for _ in range(50):
         r2 = x * x + y * y

@@ -25,7 +25,7 @@ size; N ranks then hold about G/N shards each. A world size that does not divide
 with the data.cache_memory that would allow it.
 
 Rays are made per batch from the pixels' global indices by :meth:`RayCache.rays`
-(:func:`nerf_dist.rays.make_rays`) on `device`; colours are decoded on the CPU (bit-exact with
+(:func:`nerf_dist.render_ops.rays.make_rays`) on `device`; colours are decoded on the CPU (bit-exact with
 the scene reader, see :mod:`nerf_dist.ray_cache.colour`).
 
 Versus format 2 (rays stored as float32), when everything fits: the same pixels in the same

@@ -1,7 +1,7 @@
 """Training pixels -> fixed-size shard files + a manifest, on any storage URL (format 3).
 
 The cache stores pixels, not rays: each pixel's colour, and each image's camera once. Rays are
-made for each batch by :func:`nerf_dist.rays.make_rays` (the ray function rendering uses too) on
+made for each batch by :func:`nerf_dist.render_ops.rays.make_rays` (the ray function rendering uses too) on
 the training device (:meth:`RayCache.rays`).
 
 Layout of one cache (``{base_url}/{key[:16]}/``)::

@@ -233,7 +233,7 @@ class RayCache:
 
     def rays(self, index: torch.Tensor) -> dict:
         """Rays of global pixel indices index [n] int64 (i = image*H*W + row*W + col), on
-        index's device: rays_o, rays_d, viewdirs [n, 3] by :func:`nerf_dist.rays.make_rays`."""
+        index's device: rays_o, rays_d, viewdirs [n, 3] by :func:`nerf_dist.render_ops.rays.make_rays`."""
         dev = index.device
         if dev not in self._on:
             self._on[dev] = (self.K.to(dev), self.c2w.to(dev),

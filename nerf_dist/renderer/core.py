@@ -57,7 +57,7 @@ class RenderSetup:
 
     @property
     def ndc_args(self) -> tuple[int, int, float] | None:
-        """(H, W, focal) for :func:`nerf_dist.rays.make_rays`, or None without NDC."""
+        """(H, W, focal) for :func:`nerf_dist.render_ops.rays.make_rays`, or None without NDC."""
         if not self.ndc:
             return None
         H, W = self.ndc_size
@@ -67,7 +67,7 @@ class RenderSetup:
 def tile_rays(setup: RenderSetup, cams: CameraPath, t: Tile) -> dict:
     """rays_o, rays_d, viewdirs: [t.h * t.w, 3] through the pixel centres of tile t, row-major.
 
-    The same rays as training's (:func:`nerf_dist.rays.make_rays`): the frame's lens distortion
+    The same rays as training's (:func:`nerf_dist.render_ops.rays.make_rays`): the frame's lens distortion
     is undone and forward-facing scenes go to NDC.
     """
     j, i = torch.meshgrid(torch.arange(t.y0, t.y0 + t.h, dtype=torch.float32) + 0.5,

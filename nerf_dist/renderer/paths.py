@@ -3,7 +3,7 @@
 A :class:`CameraPath` is n cameras of one image size: K [n, 3, 3], c2w [n, 3, 4] (OpenGL /
 Blender: x right, y up, looking down -z), in the scene's world coordinates (the ones the training
 cameras use after the scene reader's normalisation), and optionally per-frame OpenCV lens
-distortion [n, 4] (k1 k2 p1 p2), which rays undo exactly as training's do (nerf_dist.rays).
+distortion [n, 4] (k1 k2 p1 p2), which rays undo exactly as training's do (nerf_dist.render_ops.rays).
 
 Camera-path JSON, our format (a Blender/instant-ngp ``transforms.json`` is also accepted)::
 

@@ -2,7 +2,7 @@
 
 Camera convention (all readers convert to it): camera-to-world matrices in the OpenGL / Blender
 convention, x right, y up, the camera looking down -z. Pixel (i, j) (column i, row j) has its centre
-at (i + 0.5, j + 0.5) in pixel units; see :mod:`nerf_dist.rays`.
+at (i + 0.5, j + 0.5) in pixel units; see :mod:`nerf_dist.render_ops.rays`.
 """
 from __future__ import annotations
 
