@@ -350,14 +350,18 @@ class Trainer:
             g["lr"] = lr_at(self.cfg, step)
         t1 = time.perf_counter()
         self.comm.seconds = 0.0
+        # NOTE (issue 18): the kind says what forward gets besides the rays (its background, the
+        # image index) and the colours it is scored against (e.g. over a random background).
+        extra, target = self.model.train_inputs(batch, self.background, RowNoise(
+            step_seed(self.cfg.seed, step, "background"), n_global, index))
         out = self.ddp(batch["rays_o"], batch["rays_d"], batch["viewdirs"], self.near, self.far,
-                       train=True, generator=noise, background=self.background)
+                       train=True, generator=noise, **extra)
         # NOTE: sum of squared errors / (global rays * 3) * world_size: after DDP averages the
         # gradients this is exactly the gradient of the global batch's mean squared error.
         scale = self.dist.world_size / (n_global * 3)
-        loss = sum(self.model.losses(out, batch["rgb"], scale).values())
+        loss = sum(self.model.losses(out, target, scale).values())
         with torch.no_grad():
-            sse = ((out["rgb"] - batch["rgb"]) ** 2).sum()      # the logged loss and PSNR
+            sse = ((out["rgb"] - target) ** 2).sum()      # the logged loss and PSNR
         self.optim.zero_grad(set_to_none=True)
         if self.dist.distributed:
             self.comm.error = None

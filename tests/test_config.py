@@ -158,13 +158,16 @@ def test_model_keys_are_flat_and_each_kind_owns_its_own():
 
     from nerf_dist.models.config import CommonModelConfig, ModelConfig, key_kinds
     from nerf_dist.models.hashgrid.config import HashGridConfig
+    from nerf_dist.models.unbounded.config import UnboundedConfig
     from nerf_dist.models.vanilla.config import VanillaConfig
     kinds = key_kinds()
     assert kinds["kind"] == kinds["chunk"] == kinds["precision"] == ()
-    assert kinds["width"] == ("vanilla",) and kinds["hash_levels"] == ("fast",)
+    assert kinds["width"] == ("vanilla",) and kinds["hash_levels"] == ("fast", "unbounded")
+    assert kinds["grid_res"] == ("fast",) and kinds["far_bound"] == ("unbounded",)
     names = [f.name for f in fields(ModelConfig)]
-    assert sorted(names) == sorted(f.name for c in (CommonModelConfig, VanillaConfig,
-                                                    HashGridConfig) for f in fields(c))
+    assert sorted(names) == sorted({f.name for c in (CommonModelConfig, VanillaConfig,
+                                                     HashGridConfig, UnboundedConfig)
+                                    for f in fields(c)})
     # a config of one kind is one of the other's too: every key of every kind is read and checked
     cfg = load_config(None, ["model.kind=fast", "model.width=128", "model.hash_levels=4"])
     assert isinstance(cfg.model, HashGridConfig) and isinstance(cfg.model, VanillaConfig)
@@ -244,5 +247,5 @@ def test_a_new_kind_brings_its_keys_with_one_registry_entry():
     with pytest.raises(ConfigError, match=r"model\.hash_log2_size"):
         cls(hash_log2_size=2)                     # the other kinds' keys are still checked
     owners = key_kinds(kinds)
-    assert owners["toy_size"] == ("toy",) and owners["hash_levels"] == ("fast", "capture")
+    assert owners["toy_size"] == ("toy",) and owners["hash_levels"] == ("fast", "unbounded", "capture")
     assert owners["contract"] == ("capture",) and owners["width"] == ("vanilla",)

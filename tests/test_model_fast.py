@@ -140,12 +140,12 @@ def test_bf16_forward_backward():
 
 
 def test_registry_matches_the_config_and_every_kind_is_a_protocol_model():
-    assert tuple(KINDS) == ("vanilla", "fast")
+    assert tuple(KINDS) == ("vanilla", "fast", "unbounded")
     assert all(issubclass(model_class(k), NeRFModel) for k in KINDS)
     assert all(isinstance(ModelConfig(), k.config) for k in KINDS.values())
     cfg = ModelConfig()
     object.__setattr__(cfg, "kind", "nope")     # past the config's own check
-    msg = "'nope' is not a registered model: vanilla | fast"
+    msg = "'nope' is not a registered model: vanilla | fast | unbounded"
     with pytest.raises(ValueError, match=re.escape(msg)):
         build_model(cfg)
     with pytest.raises(ValueError, match="aabb"):

@@ -9,6 +9,7 @@
     chunked.py    render_chunked: any model over many rays in bounded memory
     vanilla/      the NeRF paper's coarse + fine MLPs (model.kind=vanilla)
     hashgrid/     hash grid + occupancy grid, instant-ngp style (model.kind=fast)
+    unbounded/    contracted hash grid + proposal networks, nerfacto style (model.kind=unbounded)
 
 A new kind: a folder ``<kind>/`` with ``config.py`` (a frozen dataclass of its own keys) and
 ``model.py`` (a NeRFModel subclass), and one line in :data:`registry.KINDS`.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .hashgrid.config import HashGridConfig
+from .unbounded.config import UnboundedConfig
 from .vanilla.config import VanillaConfig
 
 if TYPE_CHECKING:  # NOTE: annotations only: importing these at run time would import torch
@@ -47,6 +48,8 @@ KINDS: dict[str, Kind] = {
                     "coarse + fine MLPs, the NeRF paper"),
     "fast": Kind(HashGridConfig, "nerf_dist.models.hashgrid.model:FastNeRF",
                  "hash grid + occupancy grid, instant-ngp style"),
+    "unbounded": Kind(UnboundedConfig, "nerf_dist.models.unbounded.model:UnboundedNeRF",
+                      "contracted hash grid + proposal sampling, nerfacto style"),
 }
 
 
