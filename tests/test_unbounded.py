@@ -246,12 +246,14 @@ def test_two_ranks_equal_one_and_resume_is_exact(unbounded_scene, tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_reaches_psnr_and_embeddings_survive_the_checkpoint(unbounded_scene, tmp_path):
-    """300 steps of 512 rays on the 32 px unbounded scene: held-out PSNR >= 18 dB (measured:
-    see the assertion message); the loaded model renders with the mean embedding."""
+    """300 steps of 512 rays on the 32 px unbounded scene (learning rate ~1e-2 throughout):
+    held-out PSNR >= 18.5 dB over the 4 val views (measured 19.9 dB without appearance; decaying
+    the rate to 1e-3 within the 300 steps gives ~15.5 dB); the loaded model renders with the mean
+    embedding."""
     run = tmp_path / "run"
     cfg = load_config(None, _train_args(unbounded_scene, run, "train.steps=300",
                                         "train.rays_per_batch=512", "checkpoint.every=300",
-                                        "eval.every=0", "train.lr_decay_steps=300",
+                                        "eval.every=0", "train.lr_decay_steps=5000",
                                         "train.lr=0.01", "train.lr_final=0.001")[1:])
     tr = Trainer(cfg, DistInfo())
     try:
@@ -266,4 +268,17 @@ def test_end_to_end_reaches_psnr_and_embeddings_survive_the_checkpoint(unbounded
     val = load_scene(cfg.data, "val")
     setup = RenderSetup.from_scene(model, val, 4096, torch.device("cpu"))
     p = np.mean([psnr(out["rgb"], val.images[i]) for i, out in render_views(setup, val, [0, 1, 2, 3])])
-    assert p >= 18.0, f"held-out PSNR {p:.2f} dB"
+    assert p >= 18.5, f"held-out PSNR {p:.2f} dB"
+
+
+def test_inverse_depth_colours_span_near_and_far():
+    from nerf_dist.renderer.images import colourise_depth, colourise_inverse_depth
+    depth = torch.tensor([[0.5, 1.0, 10.0, 500.0], [0.0, 2.0, 50.0, 900.0]])
+    acc = torch.ones_like(depth)
+    img = colourise_inverse_depth(depth, acc)
+    assert img.shape == (2, 4, 3) and torch.equal(img[1, 0], torch.zeros(3))   # no surface: black
+    bright = img.sum(-1)
+    assert bool(bright[0, 0] > bright[0, 1] > bright[0, 2])                     # near is brighter
+    # a linear ramp to the far bound paints everything closer than ~50 nearly alike
+    lin = colourise_depth(depth, 0.05, 1000.0, acc).sum(-1)
+    assert float((lin[0, 0] - lin[0, 2]).abs()) < float((bright[0, 0] - bright[0, 2]).abs())
