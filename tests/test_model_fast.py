@@ -194,12 +194,3 @@ def test_losses_are_the_squared_errors_of_the_supervised_outputs():
     for key, value in terms.items():
         torch.testing.assert_close(value, ((out[key] - target) ** 2).sum() * 0.5)
     assert tuple(make().losses({"rgb": target}, target, 1.0)) == ("rgb",)
-
-
-def test_grid_updates_every_step_during_its_warm_up():
-    """model.grid_every_step_until=3: the grid is refreshed at steps 0, 1, 2, then every
-    grid_update_every steps; with 0 (the default) only every grid_update_every steps."""
-    for until, want in ((3, [0, 1, 2, 4, 8]), (0, [0, 4, 8])):
-        model = make(grid_update_every=4, grid_every_step_until=until)
-        g = torch.Generator().manual_seed(0)
-        assert [s for s in range(10) if model.before_step(s, g)] == want

@@ -39,9 +39,6 @@ class HashGridConfig(HashEncodingConfig):
     """Occupancy grid resolution per axis."""
     grid_update_every: int = 16
     """Steps between occupancy-grid updates."""
-    grid_every_step_until: int = 0
-    """Steps from the start during which the occupancy grid is updated at every step (all cells),
-    so it finds empty space sooner; grid_update_every applies afterwards (0 = from the start)."""
     grid_ema_decay: float = 0.95
     """Occupancy-grid density EMA decay per update (lower = empty space is found sooner)."""
     grid_threshold: float = 0.01
@@ -57,8 +54,6 @@ class HashGridConfig(HashEncodingConfig):
         HashEncodingConfig.__post_init__(self)
         for k in ("grid_res", "march_steps", "max_samples", "grid_update_every"):
             check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
-        check(self.grid_every_step_until >= 0, "model.grid_every_step_until",
-              f"must be >= 0, got {self.grid_every_step_until}")
         check(0.0 <= self.grid_ema_decay < 1.0, "model.grid_ema_decay", "must be in [0, 1)")
 
 

@@ -92,8 +92,7 @@ class FastNeRF(NeRFModel):
 
     def before_step(self, step: int, generator: torch.Generator | None = None) -> bool:
         """Update the occupancy grid if `step` is an update step (else a no-op); True if updated."""
-        every = 1 if step < self.cfg.grid_every_step_until else self.cfg.grid_update_every
-        if step % every != 0:
+        if step % self.cfg.grid_update_every != 0:
             return False
         dev = self.aabb.device
 
@@ -102,7 +101,7 @@ class FastNeRF(NeRFModel):
                 return self._fns["density"](pts).float()
 
         with torch.no_grad():
-            return self.grid.update(step, density_fn, generator, every=every)
+            return self.grid.update(step, density_fn, generator)
 
     # ------------------------------------------------------------------ marching
     @torch.no_grad()

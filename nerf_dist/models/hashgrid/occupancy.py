@@ -63,17 +63,15 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor],
-               generator: torch.Generator | None = None, chunk: int = 1 << 16,
-               every: int | None = None) -> bool:
-        """Refresh the grid when step % every == 0 (every: default update_every; the model passes 1
-        during its every-step warm-up); otherwise do nothing and return False.
+               generator: torch.Generator | None = None, chunk: int = 1 << 16) -> bool:
+        """Refresh the grid when step % update_every == 0; otherwise do nothing and return False.
 
         density_fn: points [m, 3] -> sigma [m]. Before warmup_steps every cell is evaluated; after
         it, a random sample_frac of the cells plus every currently occupied cell. Each chosen cell is
         evaluated at one uniformly jittered point (from `generator`, a CPU or same-device generator),
         then density = max(density * ema_decay, sigma) on those cells.
         """
-        if step % (self.update_every if every is None else every) != 0:
+        if step % self.update_every != 0:
             return False
         dev = self.density.device
         gdev = generator.device if generator is not None else torch.device("cpu")
