@@ -84,7 +84,9 @@ def table(files: list[str]) -> None:
     print("| path | " + " | ".join(f"{m} min" for m in minutes) + " | s/step |")
     print("|---|" + "---|" * (len(minutes) + 1))
     for r in rows:
+        extra = r["overrides"][r["overrides"].index("eval.every=0") + 1:]
         name = r["side"] + (f" (aabb_scale {r['aabb_scale']})" if r["aabb_scale"] else "")
+        name += "".join(f" {e}" for e in extra)
         cells = [f"{r['marks'][m][2]:.2f} dB (step {r['marks'][m][1]})" for m in minutes]
         print(f"| {name} | " + " | ".join(cells) + f" | {r['s_per_step']:.2f} |")
 
