@@ -107,11 +107,12 @@ class UnboundedNeRF(NeRFModel):
 
     @classmethod
     def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:
-        """Samples per ray: every proposal level's and the field's, all held at once (training
-        keeps them for backward; inference holds one chunk's). Bytes per sample as the fast kind's
+        """Samples per ray: every proposal level's and the field's (training keeps them all for
+        backward; inference holds the largest level's at a time). Bytes per sample as the fast kind's
         estimate for the field (L levels, F features, h hidden, g geo features) and for each
         proposal network (its Lp levels, 2 features, hp hidden), plus 64 bytes of sampling
-        tensors (edges, weights, s/t conversions) per sample.
+        tensors (edges, weights, s/t conversions) per sample. Checked against measured peaks in
+        tests/test_unbounded.py.
         Parameters: the field's and proposals' hash tables and MLPs, the appearance table."""
         L, Fd, h, g = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features
         Lp, hp = cfg.proposal_levels, cfg.proposal_hidden
@@ -121,7 +122,10 @@ class UnboundedNeRF(NeRFModel):
                  False: 320 * L + F32 * (L * Fd + 3 * h + 2 * g + 40 + a) + 128}
         prop = {True: 256 * Lp + F32 * (4 * Lp + 2 * hp + 16) + 128,
                 False: 320 * Lp + F32 * (2 * Lp + hp + 16) + 128}
-        per_ray = {t: sum(props) * prop[t] + k * field[t] for t in (True, False)}
+        # NOTE: inference holds one level's samples at a time (the largest), plus every level's
+        # edges and weights (16 bytes a sample); training keeps every level for backward.
+        per_ray = {True: sum(props) * prop[True] + k * field[True],
+                   False: max(max(props) * prop[False], k * field[False]) + 16 * (sum(props) + k)}
         T, Tp = 1 << cfg.hash_log2_size, 1 << cfg.proposal_log2_size
         n = L * T * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g) + (g + 17 + a) * h + (h + 1) * h \
             + (h + 1) * 3
