@@ -159,15 +159,20 @@ def test_model_keys_are_flat_and_each_kind_owns_its_own():
     from nerf_dist.models.config import CommonModelConfig, ModelConfig, key_kinds
     from nerf_dist.models.hashgrid.config import HashGridConfig
     from nerf_dist.models.partitioned.config import PartitionedConfig
+    from nerf_dist.models.unbounded.config import UnboundedConfig
     from nerf_dist.models.vanilla.config import VanillaConfig
     kinds = key_kinds()
     assert kinds["kind"] == kinds["chunk"] == kinds["precision"] == ()
     # NOTE: the partitioned kind's config extends the hash grid's, so its keys are both kinds'
-    assert kinds["width"] == ("vanilla",) and kinds["hash_levels"][0] == "fast"
+    assert kinds["width"] == ("vanilla",)
+    assert kinds["hash_levels"] == ("fast", "partitioned", "unbounded")
+    assert kinds["grid_res"] == ("fast", "partitioned") and kinds["far_bound"] == ("unbounded",)
     assert kinds["partitions"] == ("partitioned",)
     names = [f.name for f in fields(ModelConfig)]
     assert sorted(names) == sorted({f.name for c in (CommonModelConfig, VanillaConfig,
-                                                     PartitionedConfig) for f in fields(c)})
+                                                     HashGridConfig, UnboundedConfig,
+                                                     PartitionedConfig)
+                                    for f in fields(c)})
     # a config of one kind is one of the other's too: every key of every kind is read and checked
     cfg = load_config(None, ["model.kind=fast", "model.width=128", "model.hash_levels=4"])
     assert isinstance(cfg.model, HashGridConfig) and isinstance(cfg.model, VanillaConfig)

@@ -219,8 +219,21 @@ def test_shards_must_divide_by_world_size(cache):
 
 def test_device_and_dtypes(cache):
     b = RayLoader(cache, 0, 2, 16, seed=0, device="cpu").next()
-    assert set(b) == set(BATCH_FIELDS) | {"n_global", "index"}
+    assert set(b) == set(BATCH_FIELDS) | {"n_global", "index", "image", "alpha"}
     assert all(b[k].dtype == torch.float32 and b[k].shape == (8, 3) for k in BATCH_FIELDS)
+    assert b["image"].dtype == torch.int64 and b["image"].shape == (8,)
+    assert b["alpha"].dtype == torch.float32 and b["alpha"].shape == (8,)
+
+
+def test_batches_carry_image_index_and_alpha(cache):
+    """image = global pixel index // (H W), the cache's image order; alpha from rgba8 caches."""
+    loader = RayLoader(cache, 0, 1, 16, seed=0)
+    b = loader.batch_at(3)
+    assert torch.equal(b["image"], loader.pixels_at(3) // (cache.H * cache.W))
+    assert int(b["image"].max()) < cache.n_images
+    assert bool(((b["alpha"] >= 0) & (b["alpha"] <= 1)).all())
+    if cache.mode != "rgba8":
+        assert bool((b["alpha"] == 1).all())
 
 
 def test_precrop_without_crop_rays_raises_on_every_rank(tmp_path):

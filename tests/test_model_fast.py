@@ -140,7 +140,7 @@ def test_bf16_forward_backward():
 
 
 def test_registry_matches_the_config_and_every_kind_is_a_protocol_model():
-    assert tuple(KINDS)[:2] == ("vanilla", "fast") and "partitioned" in KINDS
+    assert tuple(KINDS)[:3] == ("vanilla", "fast", "partitioned") and "unbounded" in KINDS
     assert all(issubclass(model_class(k), NeRFModel) for k in KINDS)
     assert all(isinstance(ModelConfig(), k.config) for k in KINDS.values())
     cfg = ModelConfig()

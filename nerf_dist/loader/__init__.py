@@ -59,7 +59,9 @@ BATCH_FIELDS = ("rays_o", "rays_d", "viewdirs", "rgb")
 class RayLoader:
     """Batches of training rays for one rank.
 
-    Each :meth:`next` returns rays_o, rays_d, viewdirs, rgb: [b_local, 3] float32 on `device`, and
+    Each :meth:`next` returns rays_o, rays_d, viewdirs, rgb: [b_local, 3] float32 on `device`
+    (rgb composited over the scene background), image: [b_local] int64 (the training image of each
+    ray), alpha: [b_local] float32 (the pixel's opacity, 1 without an alpha channel), and
     n_global (= rays_per_batch, the size of the global batch the local one is part of) and
     index: [b_local] int64, the positions of these rays inside the global batch.
     cache_memory: bytes of shard data one rank may hold (data.cache_memory); None = no bound.
@@ -241,6 +243,11 @@ class RayLoader:
         gidx = torch.cat(gidx) if gidx else torch.zeros(0, dtype=torch.int64)
         out: dict = self.cache.rays(gidx.to(self.device, non_blocking=True))
         out["rgb"] = self.cache.rgb(q).to(self.device, non_blocking=True)
+        # NOTE (issue 18): the image of each ray (per-image appearance) and the pixel's alpha
+        # (1 unless the cache holds rgba8), so a model may composite over another background.
+        out["image"] = torch.div(gidx, self.cache.H * self.cache.W,
+                                 rounding_mode="floor").to(self.device, non_blocking=True)
+        out["alpha"] = self.cache.alpha(q).to(self.device, non_blocking=True)
         out["n_global"] = self.rays_per_batch
         out["index"] = torch.cat(where) if where else torch.zeros(0, dtype=torch.int64)
         return out

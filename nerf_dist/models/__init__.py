@@ -11,6 +11,7 @@
     hashgrid/     hash grid + occupancy grid, instant-ngp style (model.kind=fast)
     partitioned/  P hash-grid boxes of space, shared colour head, boxes on different ranks
                   trained jointly and exactly (model.kind=partitioned, model.partitions=P)
+    unbounded/    contracted hash grid + proposal networks, nerfacto style (model.kind=unbounded)
 
 A new kind: a folder ``<kind>/`` with ``config.py`` (a frozen dataclass of its own keys) and
 ``model.py`` (a NeRFModel subclass), and one line in :data:`registry.KINDS`.

@@ -20,6 +20,8 @@ forward(rays_o [n_rays, 3], rays_d [n_rays, 3], viewdirs [n_rays, 3] unit, near,
     background: [3] colour composited behind, or None.
 
 losses(out, target_rgb [n_rays, 3], scale) -> {name: 0-d tensor}: the terms the loss is the sum of.
+train_inputs(batch, background, noise) -> (forward keywords, target_rgb): what a training step
+    passes to forward beyond the rays (default: the scene background) and scores against.
 memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of this config needs,
     known before it is built (the memory checks of nerf_dist.memory use it).
 
@@ -97,6 +99,17 @@ class NeRFModel(nn.Module):
     def rgb_keys(self) -> tuple[str, ...]:
         """Output keys supervised against the pixels' colour, each with weight 1 ('rgb' first)."""
         return ("rgb",)
+
+    def train_inputs(self, batch: dict, background: torch.Tensor, noise) -> tuple[dict, torch.Tensor]:
+        """What a training step passes to forward besides the rays, and the colours it is scored
+        against: ({keyword: value}, target_rgb [n_rays, 3]).
+
+        batch: the loader's batch (rgb [n_rays, 3] composited over `background`; alpha [n_rays]
+        and image [n_rays] int64 where the loader gives them); background: [3] the scene's colour;
+        noise: a RowNoise of this step (per global-batch row, so any world size draws alike).
+        Default: the scene's background, the batch's colours.
+        """
+        return {"background": background}, batch["rgb"]
 
     def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
         """The loss terms of a training step: {name: 0-d tensor}; the loss is their sum.

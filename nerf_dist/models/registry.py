@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .hashgrid.config import HashGridConfig
 from .partitioned.config import PartitionedConfig
+from .unbounded.config import UnboundedConfig
 from .vanilla.config import VanillaConfig
 
 if TYPE_CHECKING:  # NOTE: annotations only: importing these at run time would import torch
@@ -51,6 +52,8 @@ KINDS: dict[str, Kind] = {
     "partitioned": Kind(PartitionedConfig, "nerf_dist.models.partitioned.model:PartitionedNeRF",
                         "P hash-grid boxes of space (model.partitions), shared colour head, "
                         "boxes on different ranks trained jointly"),
+    "unbounded": Kind(UnboundedConfig, "nerf_dist.models.unbounded.model:UnboundedNeRF",
+                      "contracted hash grid + proposal sampling, nerfacto style"),
 }
 
 

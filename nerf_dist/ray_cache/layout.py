@@ -231,6 +231,13 @@ class RayCache:
         """Stored colours q [n, channels] -> rgb [n, 3] float32 (CPU), as the scene reader gave them."""
         return decode(q, self.mode, self.background)
 
+    def alpha(self, q: torch.Tensor) -> torch.Tensor:
+        """Stored colours q [n, channels] -> alpha [n] float32 (CPU): q's alpha channel / 255 for
+        rgba8, else ones."""
+        if self.mode == "rgba8":
+            return q[:, 3].to(torch.float32) / 255.0
+        return torch.ones(q.shape[0], dtype=torch.float32)
+
     def rays(self, index: torch.Tensor) -> dict:
         """Rays of global pixel indices index [n] int64 (i = image*H*W + row*W + col), on
         index's device: rays_o, rays_d, viewdirs [n, 3] by :func:`nerf_dist.render_ops.rays.make_rays`."""

@@ -49,6 +49,19 @@ def colourise_depth(depth: torch.Tensor, near: float, far: float,
     return torch.where((depth > 0)[..., None], img, torch.zeros_like(img))
 
 
+def colourise_inverse_depth(depth: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """depth [H, W] -> [H, W, 3] coloured by inverse depth (disparity) between its 2nd and 98th
+    percentiles (near = bright, far = dark, 0 = black): for unbounded scenes, where depths span
+    from the cameras to a far bound hundreds of times further and a linear ramp is one colour."""
+    if acc is not None:
+        depth = hit_depth(depth, acc)
+    disp = torch.where(depth > 0, 1.0 / depth.clamp(min=1e-9), torch.zeros_like(depth))
+    lo, hi = depth_range(disp, 0.0, 1.0)
+    # NOTE: colourise_depth maps its `near` to bright; in disparity the near end is the high one.
+    img = colourise_depth(hi + lo - disp.clamp(lo, hi), lo, hi)
+    return torch.where((depth > 0)[..., None], img, torch.zeros_like(img))
+
+
 def side_by_side(gt: torch.Tensor, rgb: torch.Tensor, depth: torch.Tensor, near: float,
                  far: float) -> torch.Tensor:
     """[H, 3W, 3]: ground truth | render | colourised depth."""

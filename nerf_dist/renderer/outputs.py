@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from .. import storage
-from .images import colourise_depth, to_uint8
+from .images import colourise_depth, colourise_inverse_depth, to_uint8
 
 __all__ = ["DEPTH16_MAX", "FrameWriter", "clean_temp", "depth16_scale",
            "to_uint8", "write_png", "write_videos"]
 
 DEPTH16_MAX = 65535
+# far / near beyond which a render's depth is coloured by inverse depth (ngp captures: 0.05 to
+# 2 sqrt(3) aabb_scale; Blender scenes 2 to 6).
+UNBOUNDED_RATIO = 100.0
 
 
 def depth16_scale(far: float) -> float:
@@ -82,7 +85,13 @@ class FrameWriter:
         rgb, depth, acc = out["rgb"].clamp(0, 1), out["depth"], out["acc"]
         raw = torch.round(depth.clamp(min=0) / self.depth_scale).clamp(max=DEPTH16_MAX)
         write_png(files["depth16"], raw.numpy().astype(np.uint16))
-        write_png(files["depth"], to_uint8(colourise_depth(depth, self.near, self.far, acc)))
+        # NOTE (issue 18): a far plane hundreds of times the near one (an unbounded scene's)
+        # makes a linear ramp one colour; such renders are coloured by inverse depth.
+        if self.near > 0 and self.far > UNBOUNDED_RATIO * self.near:
+            colour = colourise_inverse_depth(depth, acc)
+        else:
+            colour = colourise_depth(depth, self.near, self.far, acc)
+        write_png(files["depth"], to_uint8(colour))
         write_png(files["acc"], to_uint8(acc))
         if "float" in files:
             with storage.atomic_write(files["float"]) as tmp, open(tmp, "wb") as f:

@@ -17,7 +17,8 @@ def step_losses(ddp: torch.nn.Module, model: torch.nn.Module, batch: dict, cfg: 
     """Forward this rank's part of step `step`'s global batch -> (out, loss terms, sse).
 
     batch: rays_o, rays_d, viewdirs [n_rays, 3], rgb [n_rays, 3], n_global (rays over all
-    ranks), index [n_rays] (positions in the global batch; optional). The sample jitter of each
+    ranks), index [n_rays] (positions in the global batch; optional), image, alpha [n_rays]
+    (where the loader gives them; see :meth:`NeRFModel.train_inputs`). The sample jitter of each
     ray is drawn from (seed, step, its global index), so N ranks draw what one rank would.
     terms: the model kind's loss terms (:meth:`NeRFModel.losses`); their sum is the loss, scaled
     so that after DDP averages the gradients they are those of the global batch's mean.
@@ -28,14 +29,18 @@ def step_losses(ddp: torch.nn.Module, model: torch.nn.Module, batch: dict, cfg: 
     if index is None:
         index = torch.arange(batch["rgb"].shape[0])
     noise = RowNoise(step_seed(cfg.seed, step, "jitter"), n_global, index)
+    # NOTE: the kind says what forward gets besides the rays (its background, the image index)
+    # and the colours it is scored against (e.g. re-composited over a random background).
+    extra, target = model.train_inputs(batch, bounds.background, RowNoise(
+        step_seed(cfg.seed, step, "background"), n_global, index))
     out = ddp(batch["rays_o"], batch["rays_d"], batch["viewdirs"], bounds.near, bounds.far,
-              train=True, generator=noise, background=bounds.background)
+              train=True, generator=noise, **extra)
     # NOTE: sum of squared errors / (global rays * 3) * world_size: after DDP averages the
     # gradients this is exactly the gradient of the global batch's mean squared error.
     scale = world_size / (n_global * 3)
-    terms = model.losses(out, batch["rgb"], scale)
+    terms = model.losses(out, target, scale)
     with torch.no_grad():
-        sse = ((out["rgb"] - batch["rgb"]) ** 2).sum()
+        sse = ((out["rgb"] - target) ** 2).sum()
     return out, terms, sse
 
 

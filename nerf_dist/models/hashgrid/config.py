@@ -8,7 +8,9 @@ from ...config_check import check
 
 
 @dataclass(frozen=True)
-class HashGridConfig:
+class HashEncodingConfig:
+    """The hash-grid encoding's and small MLPs' keys, shared by every kind built on them (fast,
+    unbounded): one declaration, one meaning."""
     hash_levels: int = 16
     """Hash-grid levels L."""
     hash_features: int = 2
@@ -23,6 +25,16 @@ class HashGridConfig:
     """Width of the small density and colour MLPs."""
     geo_features: int = 15
     """Geometry feature size passed from the density MLP to the colour MLP."""
+
+    def __post_init__(self) -> None:
+        for k in ("hidden", "hash_levels", "hash_features"):
+            check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
+        check(10 <= self.hash_log2_size <= 24, "model.hash_log2_size", "must be in [10, 24]")
+
+
+@dataclass(frozen=True)
+class HashGridConfig(HashEncodingConfig):
+    """The fast kind's keys: the hash encoding's, and the occupancy grid's and marching's."""
     grid_res: int = 128
     """Occupancy grid resolution per axis."""
     grid_update_every: int = 16
@@ -39,11 +51,10 @@ class HashGridConfig:
     """Stop marching a ray when its transmittance falls below this."""
 
     def __post_init__(self) -> None:
-        for k in ("hidden", "hash_levels", "hash_features", "grid_res", "march_steps",
-                  "max_samples", "grid_update_every"):
+        HashEncodingConfig.__post_init__(self)
+        for k in ("grid_res", "march_steps", "max_samples", "grid_update_every"):
             check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
-        check(10 <= self.hash_log2_size <= 24, "model.hash_log2_size", "must be in [10, 24]")
         check(0.0 <= self.grid_ema_decay < 1.0, "model.grid_ema_decay", "must be in [0, 1)")
 
 
-__all__ = ["HashGridConfig"]
+__all__ = ["HashEncodingConfig", "HashGridConfig"]

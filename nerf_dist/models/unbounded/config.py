@@ -1,0 +1,88 @@
+"""The unbounded kind's own model.* keys (model.kind=unbounded): contraction, proposal sampling,
+regularisers, appearance, background.
+
+The hash-grid keys it shares with the fast kind (hash_levels ... geo_features) come from
+:class:`HashEncodingConfig`, declared once for both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...config_check import check
+from ..hashgrid.config import HashEncodingConfig
+
+CONTRACTIONS = ("inf", "2")
+
+
+@dataclass(frozen=True)
+class UnboundedConfig(HashEncodingConfig):
+    far_bound: float = 1000.0
+    """Far bound of every ray, in scene units (the scene's own far plane is not used:
+    the contracted field covers all of space)."""
+    contraction: str = "inf"
+    """Norm of the scene contraction: inf (a cube, for hash grids) | 2 (mip-NeRF 360's
+    ball)."""
+    proposal_samples: str = "256,96"
+    """Samples per ray of each proposal level, comma-separated (one proposal network
+    per level; the first level samples uniformly in s-space)."""
+    field_samples: int = 48
+    """Samples per ray of the radiance field (resampled from the last proposal)."""
+    proposal_levels: int = 5
+    """Hash-grid levels of each proposal network."""
+    proposal_log2_size: int = 17
+    """log2 of the hash table size per level of each proposal network."""
+    proposal_max_res: str = "128,256"
+    """Finest grid resolution of each proposal network, comma-separated (one per
+    proposal level)."""
+    proposal_hidden: int = 16
+    """Width of each proposal network's density MLP."""
+    proposal_anneal_steps: int = 1000
+    """Steps over which the proposal weights' exponent anneals from 0 to 1 (nerfacto's
+    schedule, slope 10): early on, resampling is near uniform."""
+    interlevel_weight: float = 1.0
+    """Weight of the interlevel (proposal) loss."""
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (0 = off; configs/capture*.yaml use 0.002).
+    NOTE: one default for every kind that has the key (the partitioned kind's too)."""
+    appearance_dim: int = 0
+    """Per-image appearance embedding size (0 = off, e.g. synthetic scenes); held-out
+    views use the mean of the training images' embeddings."""
+    appearance_images: int = 1024
+    """Rows of the appearance table: at least the number of training images."""
+    random_background: bool = True
+    """Train against a random colour per ray behind the scene (RGBA targets are
+    composited over the same colour), so transparency cannot hide behind a fixed colour;
+    evaluation and rendering use the scene's configured background."""
+
+    def __post_init__(self) -> None:
+        HashEncodingConfig.__post_init__(self)
+        check(self.contraction in CONTRACTIONS, "model.contraction",
+              f"must be {'|'.join(CONTRACTIONS)}, got {self.contraction!r}")
+        check(self.far_bound > 1.0, "model.far_bound", f"must be > 1, got {self.far_bound}")
+        for k in ("field_samples", "proposal_levels", "proposal_hidden", "proposal_anneal_steps",
+                  "appearance_images"):
+            check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
+        check(10 <= self.proposal_log2_size <= 24, "model.proposal_log2_size", "must be in [10, 24]")
+        for k in ("interlevel_weight", "distortion_weight"):
+            check(getattr(self, k) >= 0, f"model.{k}", f"must be >= 0, got {getattr(self, k)}")
+        check(self.appearance_dim >= 0, "model.appearance_dim",
+              f"must be >= 0, got {self.appearance_dim}")
+        try:
+            n, r = int_list(self.proposal_samples), int_list(self.proposal_max_res)
+        except ValueError:
+            n, r = [], []
+        check(len(n) >= 1 and min(n) >= 2, "model.proposal_samples",
+              f"must be comma-separated integers >= 2, got {self.proposal_samples!r}")
+        check(len(r) == len(n) and min(r) >= 2, "model.proposal_max_res",
+              f"must be one integer >= 2 per proposal level ({len(n)}), got "
+              f"{self.proposal_max_res!r}")
+
+
+def int_list(text) -> list[int]:
+    """'256,96' (or an int, as YAML may give one) -> [256, 96]; ValueError otherwise."""
+    if isinstance(text, int):
+        return [text]
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+__all__ = ["CONTRACTIONS", "UnboundedConfig", "int_list"]
