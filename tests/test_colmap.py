@@ -276,6 +276,21 @@ def test_splits_every_hold_th_of_name_sorted(tmp_path):
     assert [Path(f).name for f in train.files] == [n for i, n in enumerate(names) if i % 3]
 
 
+def test_a_split_file_overrides_the_hold(tmp_path):
+    make_scene(tmp_path, n=7)
+    names = sorted(f"img_{(k * 5) % 7:03d}.png" for k in range(7))
+    (tmp_path / "test_list.txt").write_text(f"# held out\n{names[1]}\n{names[4]}\n")
+    test = open_scene(cfg(tmp_path, llff_hold=3), "test")
+    train = open_scene(cfg(tmp_path, llff_hold=3), "train")
+    assert [Path(f).name for f in test.files] == [names[1], names[4]]
+    assert sorted(Path(f).name for f in train.files) == sorted(set(names) - {names[1], names[4]})
+    # the split file is part of what the cache key covers
+    assert str(tmp_path / "test_list.txt") in scene_sources(cfg(tmp_path), "train").meta
+    (tmp_path / "test_list.txt").write_text("nope.png\n")
+    with pytest.raises(SceneError, match=r"test_list.txt: 1 name\(s\) are not registered.*nope"):
+        open_scene(cfg(tmp_path), "test")
+
+
 def test_several_cameras_per_scene(tmp_path):
     truth = make_scene(tmp_path, model="PINHOLE", n=6, cams_per_image=True)
     s = load_scene(cfg(tmp_path), "train")

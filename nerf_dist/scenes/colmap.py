@@ -37,7 +37,9 @@ sparse points miss). Fallback (no points3D file, or no image observing at least 
 points): near = 0.05, far = 2 sqrt(3) s, as the ngp reader; meta['bounds_from'] says which.
 
 Splits: the registered images sorted by name; every data.llff_hold-th (i % hold == 0) is 'test'
-and 'val' (the mip-NeRF 360 convention), the rest 'train'.
+and 'val' (the mip-NeRF 360 convention), the rest 'train'. A split file DATA_ROOT/test_list.txt
+(one image name per line; '#' comments) overrides that: the images it names are 'test' and 'val',
+the others 'train'.
 """
 from __future__ import annotations
 
@@ -154,11 +156,32 @@ class ColmapIndex:
     files: list[str]
     folder: str
     factor: int
+    split_file: str | None = None
 
     @property
     def sources(self) -> SceneFiles:
-        meta = (self.cam_path, self.img_path) + ((self.pts_path,) if self.pts_path else ())
+        meta = (self.cam_path, self.img_path) + ((self.pts_path,) if self.pts_path else ()) + \
+            ((self.split_file,) if self.split_file else ())
         return SceneFiles(meta=meta, data=tuple(self.files))
+
+
+SPLIT_FILE = "test_list.txt"
+
+
+def held_out(root: str, names: list[str], hold: int) -> tuple[list[bool], str | None]:
+    """Which of `names` (sorted) are held out: those DATA_ROOT/test_list.txt names when the file
+    exists (SceneError naming it and the unknown names otherwise), else every hold-th.
+    -> (held [n], the split file or None)."""
+    path = os.path.join(root, SPLIT_FILE)
+    if not os.path.isfile(path):
+        return [k % hold == 0 for k in range(len(names))], None
+    with open(path, encoding="utf-8") as f:
+        listed = {ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")}
+    unknown = sorted(listed - set(names))
+    if unknown:
+        raise SceneError(f"{path}: {len(unknown)} name(s) are not registered images of the model: "
+                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    return [n in listed for n in names], path
 
 
 def index_colmap(data_cfg: DataConfig, split: str) -> ColmapIndex:
@@ -183,11 +206,11 @@ def index_colmap(data_cfg: DataConfig, split: str) -> ColmapIndex:
                              f"{img.camera_id}, which {cam_path} does not define")
     order = sorted(images, key=lambda i: images[i].name)
     hold = data_cfg.llff_hold
-    held = [k % hold == 0 for k in range(len(order))]
+    held, split_file = held_out(root, [images[i].name for i in order], hold)
     chosen = [i for i, h in zip(order, held) if h == (split != "train")]
     if not chosen:
         raise SceneError(f"{img_path}: split '{split}' is empty ({len(order)} images, "
-                         f"llff_hold={hold})")
+                         f"{split_file or f'llff_hold={hold}'})")
     folder, factor = image_folder(root, data_cfg.downscale, "COLMAP")
     paths = [inside_root(root, folder, images[i].name, data_cfg.allow_outside_root,
                          f"{img_path}: image {i}", "name") for i in chosen]
@@ -197,7 +220,8 @@ def index_colmap(data_cfg: DataConfig, split: str) -> ColmapIndex:
     return ColmapIndex(model_dir=model_dir, cam_path=cam_path, img_path=img_path,
                        pts_path=model_file(model_dir, "points3D"), cameras=cameras, images=images,
                        order=order, chosen=[chosen[k] for k in keep],
-                       files=[paths[k] for k in keep], folder=folder, factor=factor)
+                       files=[paths[k] for k in keep], folder=folder, factor=factor,
+                       split_file=split_file)
 
 
 def _bounds(points: Points3D | None, ids: list[int], centres: np.ndarray,
