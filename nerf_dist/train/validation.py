@@ -55,10 +55,8 @@ class Validator:
         if self.scene is False:
             return None
         scene, rank, world = self.scene, self.dist.rank, self.dist.world_size
-        background = torch.tensor(scene.background, dtype=torch.float32)
-        setup = RenderSetup(model, float(scene.near), float(scene.far), background,
-                            self.cfg.model.chunk, self.dist.device, bool(scene.ndc),
-                            float(scene.ndc_focal), tuple(scene.ndc_size))
+        setup = RenderSetup.from_scene(model, scene, self.cfg.model.chunk, self.dist.device)
+        background = setup.background
         psnrs, fgs = [], []
         for v in range(min(self.cfg.eval.n_images, scene.n)):
             if v > 0 and stop_anywhere(self.dist, self.watchdog, self.stop,
