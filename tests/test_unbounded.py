@@ -227,9 +227,11 @@ def _train_args(scene, run, *extra):
 @pytest.mark.slow
 def test_two_ranks_equal_one_and_resume_is_exact(unbounded_scene, tmp_path):
     """2 ranks = 1 rank within float rounding; a 2-rank run resumed at step 10 equals an
-    uninterrupted one bit for bit; the appearance table and proposal networks are checkpointed."""
+    uninterrupted one bit for bit; the appearance and pose tables (model.pose_refine) and the
+    proposal networks are checkpointed."""
     def train(run, *extra, nproc=2):
-        res = run_cli(_train_args(unbounded_scene, run, *extra), nproc=nproc)
+        res = run_cli(_train_args(unbounded_scene, run, "model.pose_refine=true", *extra),
+                      nproc=nproc)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         return res
     train(tmp_path / "full", "train.steps=20")
@@ -241,7 +243,7 @@ def test_two_ranks_equal_one_and_resume_is_exact(unbounded_scene, tmp_path):
     c = checkpoint_params(str(tmp_path / "one" / "checkpoints"))
     start = checkpoint_params(str(tmp_path / "full" / "checkpoints"), 10)
     assert "appearance" in a and any(k.startswith("proposals.1.") for k in a)
-    assert float(a["appearance"].abs().sum()) > 0
+    assert float(a["appearance"].abs().sum()) > 0 and float(a["pose.table"].abs().sum()) > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # NOTE: Adam's eps of 1e-15 turns hash-table gradients near zero (float-rounding different on

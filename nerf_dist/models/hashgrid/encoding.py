@@ -125,7 +125,8 @@ class HashGridEncoding(nn.Module):
 class _InterpGather(torch.autograd.Function):
     """out[n, l] = sum_c wc[n, l, c] * table[idx[n, l, c]]: gather 8 corners and interpolate.
 
-    idx (int64), wc: [n, L, 8]; table: [rows, F] -> out [n, L, F]. Gradient flows to the table only.
+    idx (int64), wc: [n, L, 8]; table: [rows, F] -> out [n, L, F]. Gradient flows to the table,
+    and to wc (so to the sample positions) only when wc requires it (camera pose refinement).
     NOTE: on CPU this op dominates a training step. Gathering a 2-feature row as one int64 word is
     ~3x faster than index_select on [rows, 2], and one flat scatter_add_ per feature is ~5x faster
     than autograd's embedding/index_select backward.
@@ -142,7 +143,8 @@ class _InterpGather(torch.autograd.Function):
             feats = table.index_select(0, flat)
         feats = feats.view(*idx.shape, Fdim)                                       # [n, L, 8, F]
         if ctx is not None:
-            ctx.save_for_backward(idx, wc)
+            # NOTE: the table is saved (no copy) only for wc's gradient, which re-gathers the rows.
+            ctx.save_for_backward(idx, wc, table if ctx.needs_input_grad[1] else None)
             ctx.table_shape = (rows, Fdim)
             ctx.table_dtype = table.dtype
         # NOTE: a batch of [1, 8] x [8, F] products is ~4x faster than a broadcast multiply + sum.
@@ -152,8 +154,14 @@ class _InterpGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        idx, wc = ctx.saved_tensors
-        return None, None, _scatter_grad(grad_out, idx, wc, ctx.table_shape, ctx.table_dtype)
+        idx, wc, table = ctx.saved_tensors
+        grad_wc = None
+        if ctx.needs_input_grad[1]:
+            rows = table.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)     # [n, L, 8, F]
+            grad_wc = (rows.float() * grad_out.float()[:, :, None, :]).sum(-1).to(wc.dtype)
+        grad_table = (_scatter_grad(grad_out, idx, wc, ctx.table_shape, ctx.table_dtype)
+                      if ctx.needs_input_grad[2] else None)
+        return None, grad_wc, grad_table
 
 
 def _scatter_grad(grad_out, idx, wc, table_shape, table_dtype):

@@ -48,7 +48,13 @@ class UnboundedConfig(HashEncodingConfig):
     """Per-image appearance embedding size (0 = off, e.g. synthetic scenes); held-out
     views use the mean of the training images' embeddings."""
     appearance_images: int = 1024
-    """Rows of the appearance table: at least the number of training images."""
+    """Rows of the per-image tables (appearance embeddings, pose corrections): at least the
+    number of training images."""
+    pose_refine: bool = False
+    """Learn a small rotation + translation correction per training image (for poses from
+    structure from motion that are slightly off). Held-out views keep their given poses,
+    so a drift of all training poses together shows up as a held-out error: off by
+    default; see docs/models.md."""
     random_background: bool = True
     """Train against a random colour per ray behind the scene (RGBA targets are
     composited over the same colour), so transparency cannot hide behind a fixed colour;

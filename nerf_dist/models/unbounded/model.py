@@ -19,6 +19,9 @@ zero. The forward pass takes ``image: [n_rays]`` (the batch's image index); with
 views, renders) every ray gets the mean embedding of the images trained so far (the rows that are
 not all zero: an untrained row stays exactly zero under Adam).
 
+Pose refinement (model.pose_refine): a correction per training image applied to its rays
+(:mod:`.pose`); none for held-out views and renders.
+
 Background (model.random_background): :meth:`UnboundedNeRF.train_inputs` draws one colour per ray
 (per global-batch row, so 1 rank and N ranks draw alike) and composites the RGBA targets over it
 with their alpha; evaluation and rendering use the background they are given.
@@ -38,6 +41,7 @@ from ..config import ModelConfig
 from ..precision import autocast_context
 from .config import int_list
 from .field import ContractedField, ProposalDensity
+from .pose import PoseCorrection
 
 
 class UnboundedNeRF(NeRFModel):
@@ -60,6 +64,7 @@ class UnboundedNeRF(NeRFModel):
                                                              cfg.appearance_dim))
         else:
             self.appearance = None
+        self.pose = PoseCorrection(cfg.appearance_images) if cfg.pose_refine else None
         self.anneal = 1.0
 
     # ------------------------------------------------------------------ protocol
@@ -113,7 +118,8 @@ class UnboundedNeRF(NeRFModel):
         proposal network (its Lp levels, 2 features, hp hidden), plus 64 bytes of sampling
         tensors (edges, weights, s/t conversions) per sample. Checked against measured peaks in
         tests/test_unbounded.py.
-        Parameters: the field's and proposals' hash tables and MLPs, the appearance table."""
+        Parameters: the field's and proposals' hash tables and MLPs, the appearance and pose
+        tables."""
         L, Fd, h, g = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features
         Lp, hp = cfg.proposal_levels, cfg.proposal_hidden
         props, k = int_list(cfg.proposal_samples), cfg.field_samples
@@ -130,7 +136,7 @@ class UnboundedNeRF(NeRFModel):
         n = L * T * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g) + (g + 17 + a) * h + (h + 1) * h \
             + (h + 1) * 3
         n += len(props) * (Lp * Tp * 2 + (2 * Lp + 1) * hp + hp + 1)
-        n += cfg.appearance_images * a
+        n += cfg.appearance_images * (a + (6 if cfg.pose_refine else 0))
         samples = sum(props) + k
         return MemoryEstimate(per_ray[True], per_ray[False], samples, samples, n * F32,
                               ADAM_FLOATS_PER_PARAM * n * F32)
@@ -161,10 +167,13 @@ class UnboundedNeRF(NeRFModel):
                 generator=None, background: torch.Tensor | None = None,
                 image: torch.Tensor | None = None):
         """See :mod:`nerf_dist.models.base`; `far` is replaced by model.far_bound (scene units).
-        image: [n_rays] int training-image index per ray, or None (the mean embedding). In
+        image: [n_rays] int training-image index per ray, or None (the mean embedding, no pose
+        correction; model.pose_refine corrects a training image's rays first). In
         training the output also holds edges [n, k + 1], weights [n, k] (s-space, the field's)
         and proposal: [(edges, weights)] per proposal level, for :meth:`losses`."""
         n, dev = rays_o.shape[0], rays_o.device
+        if self.pose is not None and image is not None:
+            rays_o, rays_d, viewdirs = self.pose(rays_o, rays_d, viewdirs, image)
         scale = rays_d.norm(dim=-1, keepdim=True)                       # metric length per t
         near_m = (torch.as_tensor(near, dtype=torch.float32, device=dev).reshape(-1, 1)
                   * scale).expand(n, 1)
