@@ -13,6 +13,7 @@ from nerf_dist import memory
 from nerf_dist.dist import ReplicaMismatchError, check_replicas
 from nerf_dist.models import ModelConfig, build_model
 from nerf_dist.models.partitioned.kdtree import kd_partition, ray_points
+from nerf_dist.models.partitioned.unbounded import open_outer_faces
 from nerf_dist.models.partitioned.segments import (composite_segments, distortion,
                                                     ray_box_segments, reduce_segment,
                                                     segment_samples)
@@ -31,11 +32,11 @@ def small_cfg(partitions: int = 2, **kw) -> ModelConfig:
     return ModelConfig(**base)
 
 
-def make_model(partitions: int = 2):
+def make_model(partitions: int = 2, far_bound: float = 0.0):
     """The same float64 model in every process: seeded init, tables made non-trivial, the scene
-    box split at x = SPLIT."""
+    box split at x = SPLIT (far_bound > 0: the outer faces at infinity)."""
     torch.manual_seed(0)
-    model = build_model(small_cfg(partitions), AABB).double()
+    model = build_model(small_cfg(partitions, partition_far_bound=far_bound), AABB).double()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -44,6 +45,8 @@ def make_model(partitions: int = 2):
             model.bounds.copy_(torch.stack([AABB, AABB]).double())
             model.bounds[0, 1, 0] = SPLIT
             model.bounds[1, 0, 0] = SPLIT
+            if far_bound > 0:
+                model.bounds.copy_(open_outer_faces(model.bounds, AABB.double()))
     return model
 
 
@@ -93,10 +96,10 @@ def train_steps(model, rays, idx, n_global, scale, steps: int, sync) -> list[dic
     return rec
 
 
-def _worker(rank, world, init, out, partitions, steps):
+def _worker(rank, world, init, out, partitions, steps, far_bound=0.0):
     tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
-        model = make_model(partitions)
+        model = make_model(partitions, far_bound)
         replica, n_replicas = model.distribute(rank, world)
         rays = make_rays()
         n = rays[0].shape[0]
@@ -107,16 +110,18 @@ def _worker(rank, world, init, out, partitions, steps):
         tdist.destroy_process_group()
 
 
-def reference(steps: int, partitions: int = 2):
-    model = make_model(partitions)
+def reference(steps: int, partitions: int = 2, far_bound: float = 0.0):
+    model = make_model(partitions, far_bound)
     rays = make_rays()
     n = rays[0].shape[0]
     return train_steps(model, rays, torch.arange(n), n, 1.0 / (n * 3), steps, lambda: None)
 
 
-def run_layout(tmp_path, world: int, steps: int, partitions: int = 2) -> list[dict]:
+def run_layout(tmp_path, world: int, steps: int, partitions: int = 2,
+               far_bound: float = 0.0) -> list[dict]:
     out = str(tmp_path / "rec")
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), out, partitions, steps), nprocs=world)
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), out, partitions, steps, far_bound),
+             nprocs=world)
     return [torch.load(f"{out}.{r}") for r in range(world)]
 
 
@@ -271,6 +276,18 @@ def test_four_boxes_on_two_ranks_equal_one_process(tmp_path):
     d = max_diffs(reference(2, partitions=4), got, 2)
     print("partition 4 boxes on 2 ranks vs one process, max abs diff:", d)
     assert max(d.values()) < 1e-12, d
+
+
+def test_unbounded_boxes_on_two_ranks_equal_one_process(tmp_path):
+    """model.partition_far_bound > 0: the outer boxes reach infinity, the rays run to far_bound; still
+    exact across ranks."""
+    got = run_layout(tmp_path, 2, 2, far_bound=50.0)
+    ref = reference(2, far_bound=50.0)
+    d = max_diffs(ref, got, 2)
+    print("unbounded partition 1x2 vs one process, max abs diff:", d)
+    assert max(d.values()) < 1e-12, d
+    # the rays that miss the scene box now reach the outer boxes
+    assert (ref[0]["out"]["acc"][4:6] > 0).all()
 
 
 def test_rays_in_the_split_plane_belong_to_the_upper_box():

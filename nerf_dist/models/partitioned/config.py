@@ -24,12 +24,20 @@ class PartitionedConfig(HashGridConfig):
     every layout samples the same points)."""
     distortion_weight: float = 0.0
     """Weight of the distortion loss (mip-NeRF 360), composited across boxes exactly; 0 = off."""
+    partition_far_bound: float = 0.0
+    """0: bounded (space outside the scene box is empty). > 0: unbounded scenes: the outer boxes
+    reach infinity (each contracts its far side into its grid, partitioned/unbounded.py), rays
+    run this many scene units, a box's samples are spaced linearly near the cameras and in
+    disparity far away (the unbounded kind's model.far_bound, under its own name)."""
 
     def __post_init__(self) -> None:
         HashGridConfig.__post_init__(self)
         check(self.partitions >= 1, "model.partitions", f"must be >= 1, got {self.partitions}")
         check(self.box_samples >= 1, "model.box_samples", f"must be >= 1, got {self.box_samples}")
         check(self.distortion_weight >= 0, "model.distortion_weight", "must be >= 0")
+        far = self.partition_far_bound
+        check(far == 0 or far > 1, "model.partition_far_bound",
+              f"must be 0 (bounded) or > 1 scene unit, got {far}")
 
 
 __all__ = ["PartitionedConfig"]

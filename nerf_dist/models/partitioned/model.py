@@ -36,6 +36,7 @@ from .kdtree import SOURCES, kd_partition, ray_points
 from .layout import BoxLayout, make_layout
 from .segments import (SEG_WIDTH, composite_segments, ray_box_segments, reduce_segment,
                        segment_samples)
+from .unbounded import box_unit, open_outer_faces, spaced_samples
 
 
 def load_balance(crossed: torch.Tensor, box_samples: int, seconds: float) -> dict[str, float]:
@@ -71,6 +72,8 @@ class PartitionedNeRF(NeRFModel):
         P = cfg.partitions
         self.register_buffer("aabb", aabb.clone())
         self.register_buffer("bounds", kd_partition(None, aabb, P).float())
+        if cfg.partition_far_bound > 0:
+            self.bounds.copy_(open_outer_faces(self.bounds, aabb))
         self.register_buffer("partition_source", torch.tensor(SOURCES.index("even")))
         self.register_buffer("partition_points", torch.tensor(0))
         self.boxes = nn.ModuleDict({str(k): BoxField(cfg) for k in range(P)})
@@ -84,7 +87,10 @@ class PartitionedNeRF(NeRFModel):
         """Re-cut the scene box at the kd-tree median splits of points [n, 3] (before training:
         the boxes' fields are not moved). source: one of kdtree.SOURCES."""
         n = 0 if points is None else int(points.reshape(-1, 3).shape[0])
-        self.bounds.copy_(kd_partition(points, self.aabb, self.cfg.partitions))
+        bounds = kd_partition(points, self.aabb, self.cfg.partitions)
+        if self.cfg.partition_far_bound > 0:
+            bounds = open_outer_faces(bounds, self.aabb.double())
+        self.bounds.copy_(bounds)
         self.partition_source.fill_(SOURCES.index(source))
         self.partition_points.fill_(n)
 
@@ -231,10 +237,17 @@ class PartitionedNeRF(NeRFModel):
         # zero (no colour, optical depth, opacity, depth or distortion).
         hit = (t1 > t0).nonzero().squeeze(-1)
         rays_o, rays_d, viewdirs = rays_o[hit], rays_d[hit], viewdirs[hit]
-        ts, te, tpos = segment_samples(t0[hit], t1[hit], S, None if u is None else u[hit])
-        pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]         # [m, S, 3]
-        lo, hi = self.bounds[k, 0].to(pts), self.bounds[k, 1].to(pts)
-        unit = ((pts - lo) / (hi - lo)).reshape(-1, 3)
+        uk = None if u is None else u[hit]
+        lo, hi = self.bounds[k, 0].to(rays_o), self.bounds[k, 1].to(rays_o)
+        if self.cfg.partition_far_bound > 0:
+            ts, te, tpos = spaced_samples(t0[hit], t1[hit], S, uk, rays_d.norm(dim=-1),
+                                          self._unit())
+            pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]     # [m, S, 3]
+            unit = box_unit(pts.reshape(-1, 3), lo, hi, self.aabb)
+        else:
+            ts, te, tpos = segment_samples(t0[hit], t1[hit], S, uk)
+            pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]     # [m, S, 3]
+            unit = ((pts - lo) / (hi - lo)).reshape(-1, 3)
         sigma, geo = self.boxes[str(k)](unit)
         d = viewdirs[:, None, :].expand(-1, S, -1).reshape(-1, 3)
         rgb = self.colour(geo, d)
@@ -243,9 +256,18 @@ class PartitionedNeRF(NeRFModel):
                              rays_d.norm(dim=-1))
         return seg.new_zeros(n, SEG_WIDTH).index_put((hit,), seg)
 
+    def _unit(self) -> float:
+        """The scene box's half-size: where a box's sample spacing turns from linear in distance
+        to linear in disparity (model.partition_far_bound > 0)."""
+        return float((self.aabb[1] - self.aabb[0]).max()) / 2
+
     def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
                 generator=None, background: torch.Tensor | None = None):
+        """See :mod:`nerf_dist.models.base`; with model.partition_far_bound > 0, `far` is
+        replaced by that many scene units along each ray."""
         n, P, S = rays_o.shape[0], self.cfg.partitions, self.cfg.box_samples
+        if self.cfg.partition_far_bound > 0:
+            far = self.cfg.partition_far_bound / rays_d.norm(dim=-1)
         t0, t1 = ray_box_segments(rays_o, rays_d, self.bounds, near, far)        # [n, P]
         u = None
         if train:
