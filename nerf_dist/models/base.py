@@ -156,6 +156,12 @@ class NeRFModel(nn.Module):
     def sync_gradients(self) -> None:
         """Collective (placed models only): make every gradient what the global batch gives."""
 
+    def render_split(self, rank: int, world_size: int) -> tuple[int, int, bool]:
+        """(share, n_shares, sends): which of n_shares shares of a render's tiles rank `rank`
+        renders, and whether it sends them to rank 0 (one rank per share does). Default: every
+        rank its own share (rank, world_size, True)."""
+        return rank, world_size, True
+
     def replica_key(self) -> int:
         """Ranks with the same key hold the same state (a placed model: the same boxes)."""
         return 0

@@ -342,13 +342,9 @@ class Trainer:
                   flush=True)
 
     def evaluate_val(self) -> float | None:
-        """Collective: validation at this step (:class:`Validator`); mean PSNR on rank 0."""
-        if self.placement is not None:
-            # NOTE: the renderer spreads tiles over all ranks, but a box group must render the
-            # same rays: not supported yet (render/eval of the checkpoint hold every box).
-            self.log.info(f"step {self.step}: validation skipped (a model placed across ranks; "
-                          f"evaluate its checkpoint with `nerf-dist eval`)")
-            return None
+        """Collective: validation at this step (:class:`Validator`); mean PSNR on rank 0. A
+        model placed across ranks renders as it trains: each box group its replica's share of
+        the tiles (:meth:`NeRFModel.render_split`)."""
         return self.validator.run(self.model, self.step)
 
     def close(self) -> None:

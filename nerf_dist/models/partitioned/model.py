@@ -136,6 +136,15 @@ class PartitionedNeRF(NeRFModel):
     def replica_key(self) -> int:
         return self.layout.member
 
+    def render_split(self, rank: int, world_size: int) -> tuple[int, int, bool]:
+        """Placed across ranks (training): a render's tiles are shared among the replicas, every
+        rank of a box group renders its replica's (its forward exchanges segment results with
+        the group), and the group's member 0 sends them. Holding every box: the default."""
+        lay = self.layout
+        if lay.world_group is None:
+            return rank, world_size, True
+        return lay.replica, lay.n_replicas, lay.member == 0
+
     def _full_names(self) -> list[str]:
         """Parameter names of the one-process layout, in its order (the optimiser's indices)."""
         box = [n for n, _ in BoxField(self.cfg).named_parameters()] if not len(self.boxes) else \
