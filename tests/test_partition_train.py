@@ -181,3 +181,20 @@ def test_eval_of_a_partitioned_run_on_two_ranks_equals_one_rank(demo_scene, tmp_
     a = [e["psnr"] for e in reports[0]["per_image"]]
     b = [e["psnr"] for e in reports[1]["per_image"]]
     assert len(a) == len(b) > 0 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
+
+
+def test_progress_line_shows_samples_per_box_and_imbalance(demo_scene, tmp_path, capsys):
+    """The load balance that goes to TensorBoard (model/box<k>_samples, model/imbalance) is in
+    the progress line too."""
+    train(_cfg(demo_scene, tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}",
+               "log.progress=true", "train.steps=2"), DistInfo())
+    out = capsys.readouterr()
+    line = [seg for seg in (out.out + out.err).replace("\r", "\n").splitlines() if "imb=" in seg]
+    assert line, out.out[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(tmp_path / "run" / "tb"))
+    ea.Reload()
+    imb = ea.Scalars("model/imbalance")[-1].value
+    boxes = [ea.Scalars(f"model/box{k}_samples")[-1].value for k in (0, 1)]
+    assert f"imb={imb:.2f}" in line[-1], line[-1]
+    assert f"box={boxes[0]:.0f}/{boxes[1]:.0f}" in line[-1], line[-1]

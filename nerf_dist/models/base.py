@@ -188,6 +188,10 @@ class NeRFModel(nn.Module):
         self.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
 
+    def progress_fields(self) -> dict[str, str]:
+        """Short fields shown in the training progress line (rank 0). Default: none."""
+        return {}
+
     def log_scalars(self) -> dict[str, float]:
         """Scalars logged with the training metrics (as ``model/<name>``) at each logging step."""
         return {}

@@ -284,7 +284,8 @@ class Trainer:
             values.update({f"model/rank{r}/{k}": v for r, sc in enumerate(every)
                            for k, v in sc.items()})
         self.log.scalars(self.step, values)
-        self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
+        self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s),
+                          **self.model.progress_fields())
 
     def train(self) -> dict:
         """Train to train.steps (or a stop signal, or the time cap); a checkpoint at the end."""

@@ -223,6 +223,15 @@ class PartitionedNeRF(NeRFModel):
     def log_scalars(self) -> dict[str, float]:
         return dict(self._load)
 
+    def progress_fields(self) -> dict[str, str]:
+        """The load balance of the last training step in the progress line: samples per ray of
+        each box ("box=31/12") and the imbalance (model/imbalance: busiest box over the mean)."""
+        if not self._load:
+            return {}
+        per_box = [self._load[f"box{k}_samples"] for k in range(self.cfg.partitions)]
+        return {"box": "/".join(f"{v:.0f}" for v in per_box),
+                "imb": f"{self._load['imbalance']:.2f}"}
+
     def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
         terms = super().losses(out, target_rgb, scale)
         if self.cfg.distortion_weight > 0:
