@@ -1,7 +1,7 @@
 """The partitioned kind through the trainer (issue 19 points 1 and 5): a 2-box model trained on 2
 ranks (box k on rank k, the same rays on both) follows the same model trained in one process;
-its checkpoint holds every box (gathered on rank 0) and loads into one process, which renders it
-and resumes it."""
+its checkpoint (sharded: each box written by its rank) loads into one process, which renders it
+and resumes it; validation during training renders the split model on its ranks."""
 from __future__ import annotations
 
 import json
@@ -57,17 +57,18 @@ def _max_diff(a: dict, b: dict) -> float:
 
 def test_two_box_run_on_two_ranks_follows_one_process_and_loads_anywhere(demo_scene, tmp_path):
     cache = f"data.cache_dir={tmp_path / 'cache'}"
+    val = ["eval.every=2", "eval.n_images=2", "eval.split=val"]
     two = tmp_path / "two"
-    mp.spawn(_rank_main, args=(str(demo_scene), str(two), str(tmp_path), free_port(), [cache]),
-             nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(str(demo_scene), str(two), str(tmp_path), free_port(),
+                               [cache, *val]), nprocs=2, join=True)
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "no error", \
             (tmp_path / f"rank{rank}.txt").read_text()
     one = tmp_path / "one"
-    train(_cfg(demo_scene, one, cache), DistInfo())
+    train(_cfg(demo_scene, one, cache, *val), DistInfo())
     a = checkpoint_params(str(one / "checkpoints"))
     b = checkpoint_params(str(two / "checkpoints"))
-    assert any(k.startswith("boxes.1.") for k in b)                 # rank 0 saved every box
+    assert any(k.startswith("boxes.1.") for k in b)           # every box, rank 1's part included
     d = _max_diff(a, b)
     print("partition trainer 1x2 vs one process, params after 4 steps, max abs diff:", d)
     assert d <= TOL
@@ -89,6 +90,12 @@ def test_two_box_run_on_two_ranks_follows_one_process_and_loads_anywhere(demo_sc
     ea1.Reload()
     assert [e.value for e in ea.Scalars("train/loss")] == \
         pytest.approx([e.value for e in ea1.Scalars("train/loss")], rel=1e-6)
+    # validation during training: the box group renders its tiles together (steps 2 and 4), and
+    # scores what one process holding both boxes scores
+    v2, v1 = ([(e.step, e.value) for e in acc.Scalars("eval/psnr")] for acc in (ea, ea1))
+    print("partition: validation PSNR during training, 1x2 vs one process:", v2, v1)
+    assert [s for s, _ in v2] == [2, 4] and [s for s, _ in v1] == [2, 4]
+    assert max(abs(x[1] - y[1]) for x, y in zip(v2, v1)) < 1e-3
     # the 2-rank checkpoint loads into one process holding both boxes and renders what the
     # one-process model renders
     la, lb = load_model(str(one)), load_model(str(two))
@@ -119,12 +126,23 @@ def _spawn(world, scene, run, tmp_path, *extra):
 @pytest.mark.slow
 def test_two_replicas_of_two_boxes_follow_one_process_and_resume_on_one_replica(demo_scene,
                                                                                  tmp_path):
-    """2x2 (4 processes) equals one process at the same global batch; its checkpoint resumes
-    on 1x2 (2 processes) and ends where the one-process run does."""
+    """2x2 (4 processes) equals one process at the same global batch (its validation too: each
+    replica renders half the tiles, its box group together); its checkpoint resumes on 1x2
+    (2 processes) and ends where the one-process run does."""
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     four, one = tmp_path / "four", tmp_path / "one"
-    _spawn(4, demo_scene, four, tmp_path, cache)
-    train(_cfg(demo_scene, one, cache), DistInfo())
+    val = ["eval.every=4", "eval.n_images=2", "eval.split=val"]
+    _spawn(4, demo_scene, four, tmp_path, cache, *val)
+    train(_cfg(demo_scene, one, cache, *val), DistInfo())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    psnrs = []
+    for run in (four, one):
+        ea = EventAccumulator(str(run / "tb"))
+        ea.Reload()
+        psnrs.append([(e.step, e.value) for e in ea.Scalars("eval/psnr")])
+    print("partition: validation PSNR during training, 2x2 vs one process:", psnrs)
+    assert [s for s, _ in psnrs[0]] == [s for s, _ in psnrs[1]] == [4]
+    assert psnrs[0][0][1] == pytest.approx(psnrs[1][0][1], abs=1e-3)
     d = _max_diff(checkpoint_params(str(one / "checkpoints")),
                   checkpoint_params(str(four / "checkpoints")))
     print("partition trainer 2x2 vs one process, params after 4 steps, max abs diff:", d)
@@ -163,3 +181,20 @@ def test_eval_of_a_partitioned_run_on_two_ranks_equals_one_rank(demo_scene, tmp_
     a = [e["psnr"] for e in reports[0]["per_image"]]
     b = [e["psnr"] for e in reports[1]["per_image"]]
     assert len(a) == len(b) > 0 and max(abs(x - y) for x, y in zip(a, b)) < 1e-3, (a, b)
+
+
+def test_progress_line_shows_samples_per_box_and_imbalance(demo_scene, tmp_path, capsys):
+    """The load balance that goes to TensorBoard (model/box<k>_samples, model/imbalance) is in
+    the progress line too."""
+    train(_cfg(demo_scene, tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}",
+               "log.progress=true", "train.steps=2"), DistInfo())
+    out = capsys.readouterr()
+    line = [seg for seg in (out.out + out.err).replace("\r", "\n").splitlines() if "imb=" in seg]
+    assert line, out.out[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(tmp_path / "run" / "tb"))
+    ea.Reload()
+    imb = ea.Scalars("model/imbalance")[-1].value
+    boxes = [ea.Scalars(f"model/box{k}_samples")[-1].value for k in (0, 1)]
+    assert f"imb={imb:.2f}" in line[-1], line[-1]
+    assert f"box={boxes[0]:.0f}/{boxes[1]:.0f}" in line[-1], line[-1]

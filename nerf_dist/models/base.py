@@ -28,7 +28,7 @@ memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of
 Placement hooks (defaults: a model replicated under DDP, as every kind was before):
 init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
 distribute (a model that places itself across ranks returns its data shard), sync_gradients,
-replica_key, full_state / load_full_state (checkpoints of the one-process layout).
+replica_key, checkpoint_state / load_full_state (checkpoints of the one-process layout).
 
 State: parameters and buffers only; ``state_dict()`` is what a checkpoint holds, so a checkpoint
 loads into ``Kind(cfg, aabb)`` built from the checkpoint's own config and scene box.
@@ -149,28 +149,48 @@ class NeRFModel(nn.Module):
         returns (replica, n_replicas): this rank reads shard `replica` of `n_replicas` of each
         global batch; the trainer then calls :meth:`sync_gradients` after every backward instead
         of DDP, compares the replica digest among ranks of equal :meth:`replica_key`, and saves
-        :meth:`full_state` (collective) rather than state_dict().
+        what :meth:`checkpoint_state` returns.
         """
         return None
 
     def sync_gradients(self) -> None:
         """Collective (placed models only): make every gradient what the global batch gives."""
 
+    def render_split(self, rank: int, world_size: int) -> tuple[int, int, bool]:
+        """(share, n_shares, sends): which of n_shares shares of a render's tiles rank `rank`
+        renders, and whether it sends them to rank 0 (one rank per share does). Default: every
+        rank its own share (rank, world_size, True)."""
+        return rank, world_size, True
+
     def replica_key(self) -> int:
         """Ranks with the same key hold the same state (a placed model: the same boxes)."""
         return 0
 
-    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
-        """Collective: (model state, optimiser state) of the whole model as one process holding
-        all of it would have them, on rank 0 (None elsewhere). Default: this rank's own."""
-        return self.state_dict(), optimizer.state_dict()
+    def checkpoint_state(self, optimizer: torch.optim.Optimizer
+                         ) -> tuple[dict, dict, dict[str, dict] | None]:
+        """(model state, optimiser state, parts) this rank contributes to a checkpoint, as one
+        process holding the whole model would have them; no collective. parts None (the
+        default): rank 0 writes the model and optimiser state in one file. A sharded model (the
+        partitioned kind) returns the shared state and {part file name: state} of the parts this
+        rank writes (possibly none); every part merged into the shared state is the whole."""
+        return self.state_dict(), optimizer.state_dict(), None
+
+    @classmethod
+    def checkpoint_parts_held(cls, cfg, rank: int, world_size: int) -> set[str] | None:
+        """The part files of a sharded checkpoint rank `rank` of `world_size` reads on resume
+        (None, the default: all of them)."""
+        return None
 
     def load_full_state(self, model_state: dict, optimizer_state: dict,
                         optimizer: torch.optim.Optimizer) -> None:
-        """Load a checkpoint's model and optimiser state (as :meth:`full_state` wrote them) into
+        """Load a checkpoint's model and optimiser state (as :meth:`checkpoint_state` gave them) into
         this model, whatever its layout, and the optimiser over its parameters."""
         self.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
+
+    def progress_fields(self) -> dict[str, str]:
+        """Short fields shown in the training progress line (rank 0). Default: none."""
+        return {}
 
     def log_scalars(self) -> dict[str, float]:
         """Scalars logged with the training metrics (as ``model/<name>``) at each logging step."""

@@ -144,6 +144,11 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     :class:`~nerf_dist.lifecycle.StallWatchdog`'s ``waiting``), so a frozen peer is named.
     stats: if given, accumulates 'rays' and 'render_s' of this rank and 'rank_s' per rank (rank 0).
 
+    A model placed across ranks (the partitioned kind during training) says which share of the
+    tiles a rank renders (``render_split``: its replica's; every rank of a box group renders the
+    same tiles, the same chunks, so its forward's exchanges line up) and which rank of a share
+    sends them to rank 0 (one per share).
+
     Memory: tiles are pasted into the frames being assembled as they arrive, never all held at
     once. A single process pastes each tile straight away; with several ranks each rank's tiles
     are cut into the same number of rounds (about equal pixels, so the time-balanced plan stays
@@ -154,15 +159,17 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     if balance not in ("time", "pixels"):
         raise ValueError(f"balance must be 'time' or 'pixels', got {balance!r}")
     setup.model.eval()
+    split = getattr(setup.model, "render_split", None)
+    part, n_parts, sends = split(rank, world_size) if split else (rank, world_size, True)
     H, W = cams.H, cams.W
     per_frame = len(frame_tiles(0, H, W, tile))
     cost_map: dict[tuple[int, int], float] = {}
-    for batch in frame_batches(frames, per_frame, world_size):
+    for batch in frame_batches(frames, per_frame, n_parts):
         cost = None
         if balance == "time" and cost_map:
             mean = sum(cost_map.values()) / len(cost_map)
             cost = lambda t: t.pixels * cost_map.get((t.y0, t.x0), mean)  # noqa: E731
-        plan = plan_tiles(batch, H, W, tile, world_size, cost)
+        plan = plan_tiles(batch, H, W, tile, n_parts, cost)
         assembled = {f: {"rgb": torch.zeros(H, W, 3), "depth": torch.zeros(H, W),
                          "acc": torch.zeros(H, W)} for f in batch} if rank == 0 else {}
         new_cost: dict[tuple[int, int], list[float]] = {}
@@ -179,7 +186,7 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
             rounds = [plan[0]]
         else:
             total = sum(t.pixels for p in plan for t in p) * memory.FRAME_BYTES_PER_PIXEL
-            rounds = _split_rounds(plan[rank], max(1, math.ceil(total / memory.ROUND_BYTES)))
+            rounds = _split_rounds(plan[part], max(1, math.ceil(total / memory.ROUND_BYTES)))
         t_rank = 0.0
         for group in rounds:
             sent = []
@@ -190,7 +197,7 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
                 t_rank += dt
                 if rank == 0:
                     paste(t, out, dt, 0)
-                else:
+                elif sends:
                     sent.append((tuple(t), out, dt))
             if world_size > 1:
                 with watch(f"the other ranks' tiles of frame(s) {batch}"):
@@ -202,7 +209,7 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
                             paste(Tile(*tt), out, dt, r)
                 del parts
         if stats is not None:
-            stats["rays"] = stats.get("rays", 0) + sum(t.pixels for t in plan[rank])
+            stats["rays"] = stats.get("rays", 0) + sum(t.pixels for t in plan[part])
             stats["render_s"] = stats.get("render_s", 0.0) + t_rank
         if rank == 0:
             cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}

@@ -101,11 +101,13 @@ class Trainer:
             write_config(cfg)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
+    def state_dict(self, model_state: dict | None = None, optim_state: dict | None = None
+                   ) -> dict:
+        """The checkpoint's state (model_state, optim_state: a sharded model's shared part)."""
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optim.state_dict(),
+            "model": self.model.state_dict() if model_state is None else model_state,
+            "optimizer": self.optim.state_dict() if optim_state is None else optim_state,
             "grad_scaler": self.scaler.state_dict(),
             "loader": self.loader.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "seed": self.cfg.seed},
@@ -135,25 +137,22 @@ class Trainer:
         return digest
 
     def save(self) -> None:
-        """Collective: check the replicas, then write checkpoint ``self.step`` (rank 0).
+        """Collective: check the replicas, then write checkpoint ``self.step``.
 
-        A replica mismatch raises on every rank and writes nothing; a failed write on rank 0 is
-        raised on every rank together.
+        Rank 0 writes the state; a sharded model's parts are written by their owners first
+        (:meth:`_write_parts`). A replica mismatch raises on every rank and writes nothing; a
+        failed write on any rank is raised on every rank together, and commits nothing.
         """
         digest = self._check_replicas(f"checkpoint step {self.step}")
-        err, full = None, None
-        if self.placement is not None:
-            with self.watchdog.waiting(f"the model's parts for checkpoint step {self.step}"), \
-                    collective("gathering the model's parts"):
-                full = self.model.full_state(self.optim)
+        model_state, optim_state, parts = self.model.checkpoint_state(self.optim)
+        entries = None if parts is None else self._write_parts(parts)
+        err = None
         if self.dist.is_main:
-            state = self.state_dict()
-            if full is not None:
-                state["model"], state["optimizer"] = full
+            state = self.state_dict(model_state, optim_state)
             state["replicas"] = {"world_size": self.dist.world_size, "digest": digest}
             try:
                 with self.watchdog.waiting(f"checkpoint step {self.step} to be written"):
-                    self.ckpt.save(self.step, state)
+                    self.ckpt.save(self.step, state, entries)
             except Exception as e:  # noqa: BLE001 - raised on every rank below
                 if not self.dist.distributed:
                     raise
@@ -165,7 +164,30 @@ class Trainer:
         self.log.info(f"checkpoint step {self.step} -> "
                       f"{storage.redact(self.ckpt.step_url(self.step))} (replicas agree: "
                       f"{self.dist.world_size} rank(s), digest {digest}, checked in "
-                      f"{self.digest_ms:.1f} ms)")
+                      f"{self.digest_ms:.1f} ms{'' if entries is None else f', {len(entries)} part files'})")
+
+    def _write_parts(self, parts: dict[str, dict]) -> list[dict]:
+        """Collective: rank 0 un-commits the step, every rank writes and verifies its part files
+        (a sharded checkpoint), rank 0 receives every part's entry. Any rank's failure is raised
+        on every rank (nothing is committed)."""
+        rank, world, step = self.dist.rank, self.dist.world_size, self.step
+        err = None
+        try:
+            self.ckpt.begin(step)
+        except Exception as e:  # noqa: BLE001 - raised on every rank below
+            err = f"rank 0 could not begin checkpoint step {step}: {e}"
+        with self.watchdog.waiting(f"rank 0 to begin checkpoint step {step}"):
+            raise_together(err, rank, world, CheckpointError)
+        mine = []
+        try:
+            with self.watchdog.waiting(f"checkpoint step {step}'s part files to be written"):
+                mine = [self.ckpt.write_part(step, name, part) for name, part in parts.items()]
+        except Exception as e:  # noqa: BLE001 - raised on every rank below
+            err = f"rank {rank} could not write its part of checkpoint step {step}: {e}"
+        with self.watchdog.waiting(f"the other ranks to write their parts of checkpoint {step}"):
+            raise_together(err, rank, world, CheckpointError)
+            every = all_gather_object(mine, rank, world)
+        return [e for part in every if part for e in part]
 
     # ------------------------------------------------------------------ training
     def train_step(self, budget_spent: bool = False) -> dict:
@@ -262,7 +284,8 @@ class Trainer:
             values.update({f"model/rank{r}/{k}": v for r, sc in enumerate(every)
                            for k, v in sc.items()})
         self.log.scalars(self.step, values)
-        self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s))
+        self.log.progress(self.step, loss=mse, psnr=mse_to_psnr(mse), rays_s=int(rays_s),
+                          **self.model.progress_fields())
 
     def train(self) -> dict:
         """Train to train.steps (or a stop signal, or the time cap); a checkpoint at the end."""
@@ -320,13 +343,9 @@ class Trainer:
                   flush=True)
 
     def evaluate_val(self) -> float | None:
-        """Collective: validation at this step (:class:`Validator`); mean PSNR on rank 0."""
-        if self.placement is not None:
-            # NOTE: the renderer spreads tiles over all ranks, but a box group must render the
-            # same rays: not supported yet (render/eval of the checkpoint hold every box).
-            self.log.info(f"step {self.step}: validation skipped (a model placed across ranks; "
-                          f"evaluate its checkpoint with `nerf-dist eval`)")
-            return None
+        """Collective: validation at this step (:class:`Validator`); mean PSNR on rank 0. A
+        model placed across ranks renders as it trains: each box group its replica's share of
+        the tiles (:meth:`NeRFModel.render_split`)."""
         return self.validator.run(self.model, self.step)
 
     def close(self) -> None:

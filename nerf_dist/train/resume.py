@@ -5,6 +5,11 @@ checks its config against this run's and that steps are left, and broadcasts its
 other rank then loads exactly that step. A failure on any rank (a refused config, a storage error
 after its retries) is raised on every rank together; a fallback past a damaged checkpoint is said
 in every rank's log. It runs before the ray cache is built, so a refusal costs seconds.
+
+A sharded checkpoint (the partitioned kind) is read in part: each rank reads the shared state and
+the part files of the boxes it will hold (``checkpoint_parts_held`` of the model class), so no
+rank reads the whole model; a damaged part is found by the rank that reads it and raised on
+every rank together (no fallback past it: rank 0 does not read the other ranks' parts).
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from ..checkpoint import CheckpointError, Checkpointer, load_url
 from ..config import Config, ConfigError, diff_keys, from_dict
 from ..dist import DistInfo, broadcast_object, raise_together
 from ..lifecycle import StallWatchdog
+from ..models import model_class
 from ..run_dir import config_at_rest
 
 _TYPES = {"ConfigError": ConfigError, "CheckpointError": CheckpointError}
@@ -38,9 +44,11 @@ def resume_state(cfg: Config, ckpt: Checkpointer, dist: DistInfo, watchdog: Stal
     """Collective: the checkpoint state to resume from, the same step on every rank (None:
     start at step 0). Raises on every rank together when any rank cannot resume."""
     verdict, state, mine = None, None, None
+    parts = model_class(cfg.model.kind).checkpoint_parts_held(cfg.model, dist.rank,
+                                                              dist.world_size)
     if dist.is_main:
         try:
-            verdict, state = choose_checkpoint(cfg, ckpt, log)
+            verdict, state = choose_checkpoint(cfg, ckpt, log, parts)
         except Exception as e:  # noqa: BLE001 - raised on every rank below
             if not dist.distributed:
                 raise
@@ -62,8 +70,8 @@ def resume_state(cfg: Config, ckpt: Checkpointer, dist: DistInfo, watchdog: Stal
     if not dist.is_main:
         try:
             with watchdog.waiting(f"checkpoint step {step} to be read"):
-                state = (ckpt.load_step(step) if verdict["url"] is None
-                         else load_url(verdict["url"])[1])
+                state = (ckpt.load_step(step, parts) if verdict["url"] is None
+                         else load_url(verdict["url"], parts)[1])
             if int(state["step"]) != step:
                 err = (f"checkpoint {storage.redact(verdict['url'] or ckpt.url)} read on rank "
                        f"{dist.rank} holds step {state['step']}, rank 0 read step {step}: "
@@ -75,8 +83,10 @@ def resume_state(cfg: Config, ckpt: Checkpointer, dist: DistInfo, watchdog: Stal
     return state
 
 
-def choose_checkpoint(cfg: Config, ckpt: Checkpointer, log) -> tuple[dict, dict | None]:
-    """Rank 0: (verdict for the other ranks, the loaded state or None). Raises on a refusal."""
+def choose_checkpoint(cfg: Config, ckpt: Checkpointer, log, parts: set[str] | None = None
+                      ) -> tuple[dict, dict | None]:
+    """Rank 0: (verdict for the other ranks, the loaded state or None). Raises on a refusal.
+    parts: the part files of a sharded checkpoint rank 0 reads (None: all)."""
     mode = cfg.train.resume
     where = storage.redact(ckpt.url)
     if mode == "none":
@@ -89,13 +99,13 @@ def choose_checkpoint(cfg: Config, ckpt: Checkpointer, log) -> tuple[dict, dict 
         return {"step": None}, None
     skipped: list[str] = []
     if mode == "auto":
-        found = ckpt.newest_good()
+        found = ckpt.newest_good(parts)
         if found is None:
             log(f"resume=auto: no checkpoint in {where}, starting from step 0")
             return {"step": None}, None
         step, state, skipped = found
     else:
-        step, state = ckpt.load_url(mode)
+        step, state = ckpt.load_url(mode, parts)
     diffs = diff_keys(from_dict(state["config"]), from_dict(config_at_rest(cfg)))
     if diffs:
         raise ConfigError("cannot resume: the checkpoint was trained with a different model or "

@@ -51,9 +51,9 @@ class BoxLayout:
         return _GatherBoxes.apply(local, self)
 
 
-def make_layout(partitions: int, rank: int = 0, world_size: int = 1) -> BoxLayout:
-    """The layout of a P-box model on rank `rank` of `world_size`. Collective when world_size > 1
-    (every rank creates every group, in the same order)."""
+def place(partitions: int, rank: int = 0, world_size: int = 1) -> BoxLayout:
+    """Rank `rank`'s place in the layout of a P-box model on `world_size` ranks, without its
+    process groups (no collective: what a rank holds, known before the model is built)."""
     P, N = partitions, world_size
     if N % P == 0:
         G, R = P, N // P
@@ -62,7 +62,14 @@ def make_layout(partitions: int, rank: int = 0, world_size: int = 1) -> BoxLayou
     else:
         raise ValueError(f"model.partitions={P} on {N} ranks: the ranks must be a multiple of the "
                          f"boxes (replicas of P boxes) or divide them (ranks holding several)")
-    lay = BoxLayout(P, G, R, rank % G, rank // G)
+    return BoxLayout(P, G, R, rank % G, rank // G)
+
+
+def make_layout(partitions: int, rank: int = 0, world_size: int = 1) -> BoxLayout:
+    """The layout of a P-box model on rank `rank` of `world_size`. Collective when world_size > 1
+    (every rank creates every group, in the same order)."""
+    lay = place(partitions, rank, world_size)
+    N, G, R = world_size, lay.group_size, lay.n_replicas
     if N == 1:
         return lay
     for q in range(R):
@@ -101,4 +108,4 @@ class _GatherBoxes(torch.autograd.Function):
         return grad[:, list(ctx.lay.owned)], None
 
 
-__all__ = ["BoxLayout", "make_layout"]
+__all__ = ["BoxLayout", "make_layout", "place"]

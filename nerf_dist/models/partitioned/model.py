@@ -15,10 +15,11 @@ holds it. NOTE: no occupancy grid yet: a box's samples do not skip its empty spa
 State: the hash tables and MLPs of the boxes this rank holds (``boxes.<k>.*``), the shared
 ``colour.*``, and buffers ``bounds`` [P, 2, 3] (the partition), ``partition_source`` (index into
 kdtree.SOURCES) and ``partition_points`` (how many points it was derived from), so a checkpoint
-carries the partition. A checkpoint is always of the one-process layout: :meth:`full_state`
-gathers every box (and its Adam state) onto rank 0, which writes the one state.pt under the
-usual atomic commit (a first version: rank 0 briefly holds the whole model on the host), and
-:meth:`load_full_state` loads it onto any layout.
+carries the partition. A checkpoint is sharded (:meth:`checkpoint_state`): each box's
+parameters and Adam state are written by its owner in replica 0 as a part file
+(``box-0003.pt``), rank 0 writes the rest; all of it in the one-process layout, so the parts
+merged are what a gathered checkpoint holds, and :meth:`load_full_state` loads either onto any
+layout (a resuming rank reads only its own boxes' parts, :meth:`checkpoint_parts_held`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel
 from ..config import ModelConfig
 from .field import BoxField, ColourHead
 from .kdtree import SOURCES, kd_partition, ray_points
-from .layout import BoxLayout, make_layout
+from .layout import BoxLayout, make_layout, place
 from .segments import (SEG_WIDTH, composite_segments, ray_box_segments, reduce_segment,
                        segment_samples)
 from .unbounded import box_unit, open_outer_faces, spaced_samples
@@ -141,6 +142,15 @@ class PartitionedNeRF(NeRFModel):
     def replica_key(self) -> int:
         return self.layout.member
 
+    def render_split(self, rank: int, world_size: int) -> tuple[int, int, bool]:
+        """Placed across ranks (training): a render's tiles are shared among the replicas, every
+        rank of a box group renders its replica's (its forward exchanges segment results with
+        the group), and the group's member 0 sends them. Holding every box: the default."""
+        lay = self.layout
+        if lay.world_group is None:
+            return rank, world_size, True
+        return lay.replica, lay.n_replicas, lay.member == 0
+
     def _full_names(self) -> list[str]:
         """Parameter names of the one-process layout, in its order (the optimiser's indices)."""
         box = [n for n, _ in BoxField(self.cfg).named_parameters()] if not len(self.boxes) else \
@@ -148,34 +158,48 @@ class PartitionedNeRF(NeRFModel):
         return [f"boxes.{k}.{n}" for k in range(self.cfg.partitions) for n in box] + \
             [f"colour.{n}" for n, _ in self.colour.named_parameters()]
 
-    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict, dict] | None:
-        """Collective: the one-process model and optimiser state on rank 0, gathered from the
-        ranks of replica 0 (each sends its boxes; one gather_object, so rank 0 briefly holds the
-        whole model: a first version of a sharded checkpoint)."""
+    @staticmethod
+    def part_name(k: int) -> str:
+        """Box k's part file in a sharded checkpoint."""
+        return f"box-{k:04d}.pt"
+
+    @classmethod
+    def checkpoint_parts_held(cls, cfg: ModelConfig, rank: int, world_size: int) -> set[str]:
+        """The part files rank `rank` of `world_size` reads on resume: its own boxes' only."""
+        return {cls.part_name(k) for k in place(cfg.partitions, rank, world_size).owned}
+
+    def checkpoint_state(self, optimizer: torch.optim.Optimizer
+                         ) -> tuple[dict, dict, dict[str, dict]]:
+        """(shared model state, shared optimiser state, {part file: state}), all in the
+        one-process layout (optimiser indices of :meth:`_full_names`); no collective.
+
+        Shared: everything but the boxes (colour head, aabb, partition) and the colour head's
+        Adam state with the parameter group. Parts: one per box this rank holds when it is in
+        replica 0 (its boxes' owner for the checkpoint; none elsewhere), each {"model":
+        boxes.<k>.*, "optimizer": {"state": {index: Adam state}}}. Merged back
+        (:func:`nerf_dist.checkpoint.files.merge_part`) they are the gathered checkpoint.
+        """
+        cpu = lambda v: v.cpu() if torch.is_tensor(v) else v                      # noqa: E731
         names = [n for n, _ in self.named_parameters()]
+        index = {n: i for i, n in enumerate(self._full_names())}
         opt = optimizer.state_dict()
-        if self.layout.world_group is None:
-            return self.state_dict(), opt
-        mine = None
-        if self.layout.replica == 0:
-            cpu = lambda v: v.cpu() if torch.is_tensor(v) else v                  # noqa: E731
-            mine = ({k: v.cpu() for k, v in self.state_dict().items()},
-                    {names[i]: {k: cpu(v) for k, v in st.items()}
-                     for i, st in opt["state"].items()})
-        rank0 = tdist.get_rank() == 0
-        parts = [None] * tdist.get_world_size() if rank0 else None
-        tdist.gather_object(mine, parts, dst=0)
-        if not rank0:
-            return None
-        model, by_name = {}, {}
-        for part in parts:
-            if part is not None:
-                model.update(part[0])
-                by_name.update(part[1])
-        full = self._full_names()
+        by_index = {index[names[i]]: {k: cpu(v) for k, v in st.items()}
+                    for i, st in opt["state"].items()}
+        model = {k: v.cpu() for k, v in self.state_dict().items()}
         group = {k: v for k, v in opt["param_groups"][0].items() if k != "params"}
-        return model, {"state": {i: by_name[n] for i, n in enumerate(full) if n in by_name},
-                       "param_groups": [{**group, "params": list(range(len(full)))}]}
+        box_of = lambda name: int(name.split(".")[1]) if name.startswith("boxes.") else None  # noqa: E731
+        full = self._full_names()
+        shared = ({k: v for k, v in model.items() if box_of(k) is None},
+                  {"state": {i: st for i, st in by_index.items() if box_of(full[i]) is None},
+                   "param_groups": [{**group, "params": list(range(len(full)))}]})
+        parts = {}
+        if self.layout.replica == 0:
+            for k in self.layout.owned:
+                parts[self.part_name(k)] = {
+                    "model": {n: v for n, v in model.items() if box_of(n) == k},
+                    "optimizer": {"state": {i: st for i, st in by_index.items()
+                                            if box_of(full[i]) == k}}}
+        return shared[0], shared[1], parts
 
     def load_full_state(self, model_state: dict, optimizer_state: dict,
                         optimizer: torch.optim.Optimizer) -> None:
@@ -204,6 +228,15 @@ class PartitionedNeRF(NeRFModel):
 
     def log_scalars(self) -> dict[str, float]:
         return dict(self._load)
+
+    def progress_fields(self) -> dict[str, str]:
+        """The load balance of the last training step in the progress line: samples per ray of
+        each box ("box=31/12") and the imbalance (model/imbalance: busiest box over the mean)."""
+        if not self._load:
+            return {}
+        per_box = [self._load[f"box{k}_samples"] for k in range(self.cfg.partitions)]
+        return {"box": "/".join(f"{v:.0f}" for v in per_box),
+                "imb": f"{self._load['imbalance']:.2f}"}
 
     def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
         terms = super().losses(out, target_rgb, scale)

@@ -6,36 +6,31 @@ Layout under ``url``::
     step-00001000/COMMITTED    {"version": 1, "step": 1000, "file": "state.pt", "size": .., "sha256": ..}
 
 ``state.pt`` is written first and ``COMMITTED`` last: object stores have no rename, so a folder
-without a valid marker is an interrupted save and is invisible. Loads verify the size and sha256
+without a valid marker is an interrupted save and is invisible.
+
+A sharded checkpoint (the partitioned kind: one file per box, written by the rank that holds it)
+adds part files beside ``state.pt`` and lists them in the marker, ``"parts": [{"file":
+"box-0000.pt", "size": .., "sha256": ..}, ...]``. The order: rank 0 un-commits the step
+(:meth:`Checkpointer.begin`), every writer writes and verifies its parts
+(:meth:`Checkpointer.write_part`, any rank), then rank 0 writes ``state.pt`` and the marker
+(:meth:`Checkpointer.save` with ``parts``): a part that was not written and verified is never
+committed. A load reads ``state.pt`` and the parts asked for (all by default), each verified
+against the marker, and merges them into one state (:func:`files.merge_part`). Loads verify the size and sha256
 against the marker and always use ``torch.load(weights_only=True)``: a checkpoint holding pickled
 python objects (which could run code) is refused with :class:`CheckpointError`, never executed.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
-import pickle
-import re
 import warnings
 
 import torch
 
-from . import storage
-
-FORMAT_VERSION = 1
-STATE_FILE = "state.pt"
-MARKER_FILE = "COMMITTED"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, found, verified or safely loaded; the message names it."""
-
-
-class _Damaged(Exception):
-    """Internal: a committed checkpoint failed verification (load() falls back past it)."""
+from .. import storage
+from .files import (_STEP_DIR, FORMAT_VERSION, MARKER_FILE, STATE_FILE, CheckpointError, _Damaged,
+                    _parent, _parent_name, _parse_marker, _read, _read_verified, _serialise,
+                    _torch_load, _basename, merge_part, part_entry, PART_NAME)
 
 
 def step_dir_name(step: int) -> str:
@@ -82,10 +77,41 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ save
 
-    def save(self, step: int, state: dict) -> str:
+    def begin(self, step: int) -> None:
+        """Main rank, before the part files of a sharded save of ``step``: un-commit ``step`` (a
+        re-save of an existing step), so no marker ever vouches for a mix of old and new files."""
+        if self.is_main:
+            try:
+                storage.remove(storage.join(self.step_url(int(step)), MARKER_FILE))
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointError(f"could not begin checkpoint "
+                                      f"{storage.redact(self.step_url(int(step)))}: "
+                                      f"{type(e).__name__}: {e}") from e
+
+    def write_part(self, step: int, name: str, state: dict) -> dict:
+        """Any rank: write part file ``name`` of checkpoint ``step`` (after :meth:`begin`), read
+        it back and verify it; return its marker entry (file, size, sha256) for :meth:`save`.
+        CheckpointError when the state is non-finite or unsafe, or the write does not verify."""
+        folder = self.step_url(int(step))
+        url = storage.join(folder, name)
+        if not PART_NAME.match(name) or name in (STATE_FILE, MARKER_FILE, ".", ".."):
+            raise CheckpointError(f"checkpoint part name {name!r} is not a plain file name")
+        _refuse_nonfinite(state, url)
+        data = _serialise(state, storage.redact(url))
+        entry = part_entry(data, name)
+        try:
+            storage.write_bytes(url, data)
+            _read_verified(url, entry, load=False)
+        except Exception as e:  # noqa: BLE001 - _Damaged included: the write did not verify
+            raise CheckpointError(f"could not write checkpoint part {storage.redact(url)}: "
+                                  f"{type(e).__name__}: {e}") from e
+        return entry
+
+    def save(self, step: int, state: dict, parts: list[dict] | None = None) -> str:
         """Write ``state`` as checkpoint ``step`` (main rank only); return the checkpoint URL.
 
-        After the marker is written, older checkpoints beyond ``keep`` and uncommitted folders
+        parts: the entries :meth:`write_part` returned (on any rank) for a sharded checkpoint;
+        each must exist, and is listed in the marker. After the marker is written, older checkpoints beyond ``keep`` and uncommitted folders
         older than the newest committed one are deleted.
         """
         step = int(step)
@@ -94,20 +120,25 @@ class Checkpointer:
         folder = self.step_url(step)
         if not self.is_main:
             return folder
-        bad = nonfinite_entries(state)
-        if bad:
-            raise CheckpointError(
-                f"refusing to commit checkpoint {storage.redact(folder)}: non-finite values in "
-                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (the newest good checkpoint "
-                f"is kept)")
+        _refuse_nonfinite(state, folder)
         data = _serialise(state, storage.redact(folder))
         marker = {"version": FORMAT_VERSION, "step": step, "file": STATE_FILE, "size": len(data),
                   "sha256": hashlib.sha256(data).hexdigest(), "torch": torch.__version__}
+        if parts is not None:
+            names = [p["file"] for p in parts]
+            if len(set(names)) != len(names) or STATE_FILE in names:
+                raise CheckpointError(f"checkpoint {storage.redact(folder)}: part files named "
+                                      f"twice or as the state file: {sorted(names)}")
+            marker["parts"] = [{k: p[k] for k in ("file", "size", "sha256")}
+                               for p in sorted(parts, key=lambda p: p["file"])]
         marker_url = storage.join(folder, MARKER_FILE)
         try:
             # NOTE: a re-save of an existing step (resume from an older one) un-commits it first,
             # so a crash between the two writes below never pairs an old marker with new data.
             storage.remove(marker_url)
+            for p in parts or ():
+                if not storage.exists(storage.join(folder, p["file"])):
+                    raise FileNotFoundError(f"part {p['file']} is missing")
             storage.write_bytes(storage.join(folder, STATE_FILE), data)
             storage.write_text(marker_url, json.dumps(marker, indent=1) + "\n")
         except Exception as e:  # noqa: BLE001
@@ -164,7 +195,8 @@ class Checkpointer:
 
     # ------------------------------------------------------------------ load
 
-    def load(self, step: int | None = None) -> tuple[int, dict] | None:
+    def load(self, step: int | None = None, parts: set[str] | None = None
+             ) -> tuple[int, dict] | None:
         """Load the newest committed checkpoint (or exactly ``step``) -> ``(step, state)``.
 
         Returns None when there is no committed checkpoint. A damaged newest one (size or hash
@@ -174,10 +206,11 @@ class Checkpointer:
         ``storage.retries``) is CheckpointError, never a reason to fall back. A checkpoint that
         holds non-tensor python objects raises CheckpointError (tampered, not damaged: no
         fallback). An explicit ``step`` that is missing or damaged raises CheckpointError.
+        parts: the part files of a sharded checkpoint to read (None: all; see :meth:`read`).
         """
         if step is not None:
-            return int(step), self.load_step(int(step))
-        found = self.newest_good()
+            return int(step), self.load_step(int(step), parts)
+        found = self.newest_good(parts)
         if found is None:
             return None
         s, state, skipped = found
@@ -185,7 +218,7 @@ class Checkpointer:
             warnings.warn(f"{note}; falling back to the previous checkpoint", stacklevel=2)
         return s, state
 
-    def newest_good(self) -> tuple[int, dict, list[str]] | None:
+    def newest_good(self, parts: set[str] | None = None) -> tuple[int, dict, list[str]] | None:
         """The newest committed checkpoint that verifies -> ``(step, state, skipped)``.
 
         ``skipped`` holds one message per newer checkpoint found damaged (each names it and
@@ -199,40 +232,41 @@ class Checkpointer:
         skipped: list[str] = []
         for s in reversed(committed):
             try:
-                return s, self._load_committed(s), skipped
+                return s, self._load_committed(s, parts), skipped
             except _Damaged as e:
                 skipped.append(str(e))
         raise CheckpointError(f"all {len(committed)} committed checkpoints under {self._name} are "
                               f"damaged ({'; '.join(skipped)}); refusing to start over silently")
 
-    def load_step(self, step: int) -> dict:
+    def load_step(self, step: int, parts: set[str] | None = None) -> dict:
         """The state of exactly committed checkpoint ``step`` (verified); CheckpointError if it
-        is missing, damaged or unreadable."""
+        is missing, damaged or unreadable. parts: as in :meth:`load`."""
         committed = self.list()
         if step not in committed:
             raise CheckpointError(f"no committed checkpoint for step {step} under {self._name} "
                                   f"(committed: {committed})")
         try:
-            return self._load_committed(step)
+            return self._load_committed(step, parts)
         except _Damaged as e:
             raise CheckpointError(str(e)) from e
 
-    def _load_committed(self, step: int) -> dict:
+    def _load_committed(self, step: int, parts: set[str] | None = None) -> dict:
         folder = self.step_url(step)
         marker = self._marker(step)
         if marker is None:  # deleted between list() and now
             raise _Damaged(f"checkpoint {storage.redact(folder)} lost its {MARKER_FILE} marker")
-        return _read_verified(storage.join(folder, marker["file"]), marker)
+        return _read_committed(folder, marker, parts)
 
-    def load_url(self, url: str) -> tuple[int, dict]:
+    def load_url(self, url: str, parts: set[str] | None = None) -> tuple[int, dict]:
         """Load one explicit checkpoint: a step folder or its ``state.pt`` URL."""
-        return load_url(url)
+        return load_url(url, parts)
 
 
 # ---------------------------------------------------------------------- module-level helpers
 
-def load_url(url: str) -> tuple[int, dict]:
+def load_url(url: str, parts: set[str] | None = None) -> tuple[int, dict]:
     """Load one checkpoint folder (or ``.../state.pt``) -> ``(step, state)``; verify if committed.
+    parts: the part files of a sharded checkpoint to read (None: all its parts).
 
     A folder without a COMMITTED marker (or a bare state file) is loaded with a warning, still
     under ``weights_only=True``. Any failure raises CheckpointError naming the (redacted) URL.
@@ -255,7 +289,7 @@ def load_url(url: str) -> tuple[int, dict]:
         if marker is not None and marker["file"] != _basename(file_url):
             marker = None  # the marker vouches for another file of that folder
         if marker is not None:
-            state = _read_verified(file_url, marker)
+            state = _read_committed(folder, marker, parts)
         elif not storage.exists(file_url):
             raise CheckpointError(f"no checkpoint at {storage.redact(url)}")
         else:
@@ -279,6 +313,26 @@ def load_url(url: str) -> tuple[int, dict]:
                           f"no step-XXXXXXXX folder name and no integer 'step' entry")
 
 
+def _read_committed(folder: str, marker: dict, parts: set[str] | None) -> dict:
+    """The verified state of a committed folder, merged with its verified parts in `parts` (all
+    when None). NOTE: a sharded checkpoint read in one place (eval, render, a gathered-layout
+    resume) is the state a gathered checkpoint holds."""
+    state = _read_verified(storage.join(folder, marker["file"]), marker)
+    for p in marker.get("parts", ()):
+        if parts is None or p["file"] in parts:
+            merge_part(state, _read_verified(storage.join(folder, p["file"]), p), p["file"])
+    return state
+
+
+def _refuse_nonfinite(state: dict, url: str) -> None:
+    bad = nonfinite_entries(state)
+    if bad:
+        raise CheckpointError(
+            f"refusing to commit checkpoint {storage.redact(url)}: non-finite values in "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} (the newest good checkpoint "
+            f"is kept)")
+
+
 def nonfinite_entries(obj, prefix: str = "") -> list[str]:
     """Dotted names of the floating-point tensors (or floats) in a nested state holding NaN/inf."""
     if isinstance(obj, torch.Tensor):
@@ -292,100 +346,6 @@ def nonfinite_entries(obj, prefix: str = "") -> list[str]:
     if isinstance(obj, (list, tuple)):
         return [n for i, v in enumerate(obj) for n in nonfinite_entries(v, f"{prefix}{i}.")]
     return []
-
-
-def _serialise(state: dict, name: str) -> bytes:
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {name}: state must be a dict, got {type(state).__name__}")
-    buf = io.BytesIO()
-    try:
-        torch.save(state, buf)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"could not serialise checkpoint {name}: {type(e).__name__}: {e}") from e
-    # NOTE: refuse at save time what weights_only would refuse at load time, naming the culprits,
-    # instead of discovering an unloadable checkpoint on resume.
-    buf.seek(0)
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(buf)
-    if unsafe:
-        raise CheckpointError(f"checkpoint {name}: state holds non-tensor python objects "
-                              f"({', '.join(sorted(unsafe))}) that weights-only loading refuses; "
-                              f"store tensors, containers and python scalars only")
-    return buf.getvalue()
-
-
-def _parse_marker(raw: str, url: str, expect_step: int | None) -> dict | None:
-    try:
-        m = json.loads(raw)
-        ok = (isinstance(m, dict) and m.get("version") == FORMAT_VERSION
-              and isinstance(m.get("step"), int) and isinstance(m.get("size"), int)
-              and isinstance(m.get("file"), str) and "/" not in m["file"] and m["file"] not in ("", ".", "..")
-              and isinstance(m.get("sha256"), str) and len(m["sha256"]) == 64)
-    except ValueError:
-        ok = False
-    if not ok or (expect_step is not None and m["step"] != expect_step):
-        warnings.warn(f"ignoring invalid checkpoint marker {storage.redact(url)}", stacklevel=3)
-        return None
-    return m
-
-
-def _read(url: str) -> bytes:
-    """The bytes at url. A missing file under a committed marker is damage (:class:`_Damaged`);
-    any other failure is storage's (CheckpointError): retried by the storage layer as
-    configured, and never a reason to fall back to an older checkpoint."""
-    try:
-        return storage.read_bytes(url)
-    except FileNotFoundError as e:
-        raise _Damaged(f"checkpoint {storage.redact(url)} is missing its state file: {e}") from e
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"could not read checkpoint {storage.redact(url)} (a storage error, "
-                              f"after storage.retries={storage.settings()['retries']}): "
-                              f"{type(e).__name__}: {e}") from e
-
-
-def _read_verified(url: str, marker: dict) -> dict:
-    data = _read(url)
-    name = storage.redact(url)
-    if len(data) != marker["size"]:
-        raise _Damaged(f"checkpoint {name} is damaged: {len(data)} bytes, marker says {marker['size']}")
-    if hashlib.sha256(data).hexdigest() != marker["sha256"]:
-        raise _Damaged(f"checkpoint {name} is damaged: sha256 does not match its {MARKER_FILE} marker")
-    return _torch_load(data, url)
-
-
-def _torch_load(data: bytes, url: str) -> dict:
-    name = storage.redact(url)
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        culprits = ""
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
-            culprits = f" ({', '.join(sorted(unsafe))})" if unsafe else ""
-        except Exception:  # noqa: BLE001 - e.g. a bare pickle, not a torch zip archive
-            pass
-        raise CheckpointError(f"checkpoint {name} contains non-tensor objects{culprits}; refusing to "
-                              f"execute it (loaded with weights_only=True). Do not load it unless "
-                              f"you trust its origin.") from e
-    except Exception as e:  # noqa: BLE001
-        raise _Damaged(f"checkpoint {name} is damaged: {type(e).__name__}: {str(e)[:200]}") from e
-    if not isinstance(state, dict):
-        raise _Damaged(f"checkpoint {name} does not hold a dict (got {type(state).__name__})")
-    return state
-
-
-def _basename(url: str) -> str:
-    return url.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-
-
-def _parent(url: str) -> str:
-    u = url.rstrip("/")
-    if storage.is_url(u):
-        return u.rsplit("/", 1)[0]
-    return os.path.dirname(os.path.abspath(u))
-
-
-def _parent_name(url: str) -> str:
-    return _basename(_parent(url))
 
 
 __all__ = ["Checkpointer", "CheckpointError", "load_url", "step_dir_name", "FORMAT_VERSION"]
