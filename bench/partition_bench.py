@@ -1,7 +1,7 @@
 """The partitioned kind (issue 19 point 7), CPU, small: memory per rank, capacity, communication.
 
     python bench/partition_bench.py [--parts memory,comm,capacity] [--total-log2 18]
-        [--steps 300] [--capacity-log2 10] [--batch 1024]
+        [--steps 300] [--capacity-log2 10] [--batch 1024] [--scene city|objects]
 
 (a) memory: model + Adam bytes held per rank for P = 1, 2, 4 at a fixed total model size (the
     P boxes share 2^total_log2 table rows per level: each box has 2^(total_log2 - log2 P)); a rank
@@ -9,10 +9,11 @@
 (c) comm: per training step, floats exchanged per ray (the segment all-gather) and gradient bytes
     all-reduced, and the time per step of 2 gloo processes: P=2 boxes on 2 ranks vs P=1 as 2
     data-parallel replicas (the DDP pattern), at the same global batch and total model size.
-(b) capacity: held-out PSNR of the demo scene after the same steps for P = 1, 2, 4 at a fixed
-    per-box table (2^capacity_log2 rows per level, small enough to be the bottleneck), trained in
-    one process (P boxes in one process is the same model as P boxes on P ranks: tests/
-    test_partition.py). NOTE: the demo scene, not a "city": detail is not spread over a wide area.
+(b) capacity: held-out PSNR after the same steps for P = 1, 2, 4 at a fixed per-box table
+    (2^capacity_log2 rows per level, small enough to be the bottleneck), trained in one process
+    (P boxes in one process is the same model as P boxes on P ranks: tests/test_partition.py).
+    --scene city (default): `demo-scene --variant city`, detail spread over the whole box;
+    --scene objects: the four-solid demo scene (the figure before the city variant).
 Prints markdown tables; asserts nothing.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from nerf_dist.models import ModelConfig, build_model
 from nerf_dist.models.partitioned.segments import SEG_WIDTH
 from nerf_dist.render_ops.sampling import RowNoise
 from nerf_dist.scenes.demo import write_demo_scene
+from nerf_dist.scenes.demo_city import write_city_scene
 
 AABB = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
 
@@ -129,14 +131,16 @@ def comm_table(total_log2: int, batch: int, steps: int) -> None:
             print(f"| {name} | {per_ray} | {reduce} | {r['step_s']:.3f} | {r['sync_s']:.4f} |")
 
 
-def capacity_table(log2: int, steps: int, batch: int) -> None:
-    print(f"\n(b) capacity: demo scene (64x64, 40 views), {steps} steps of {batch} rays, per-box "
-          f"table 2^{log2} rows per level (one process)\n")
+def capacity_table(log2: int, steps: int, batch: int, scene_kind: str = "city") -> None:
+    views = 60 if scene_kind == "city" else 40
+    print(f"\n(b) capacity: {scene_kind} demo scene (64x64, {views} views), {steps} steps of "
+          f"{batch} rays, per-box table 2^{log2} rows per level (one process)\n")
     print("| P | total table rows/level | held-out PSNR dB | train s |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         scene = os.path.join(tmp, "scene")
-        write_demo_scene(scene, resolution=64, views=40, seed=0)
+        write = write_city_scene if scene_kind == "city" else write_demo_scene
+        write(scene, resolution=64, views=views, seed=0)
         for P in (1, 2, 4):
             cfg = small(P, log2)
             over = [f"data.root={scene}", f"run.dir={tmp}/run{P}", f"data.cache_dir={tmp}/cache",
@@ -157,6 +161,8 @@ def main() -> None:
     ap.add_argument("--capacity-log2", type=int, default=10)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--scene", choices=("city", "objects"), default="city",
+                    help="scene of table (b) (default city)")
     a = ap.parse_args()
     parts = a.parts.split(",")
     if "memory" in parts:
@@ -164,7 +170,7 @@ def main() -> None:
     if "comm" in parts:
         comm_table(a.total_log2, a.batch, 5)
     if "capacity" in parts:
-        capacity_table(a.capacity_log2, a.steps, a.batch)
+        capacity_table(a.capacity_log2, a.steps, a.batch, a.scene)
 
 
 if __name__ == "__main__":

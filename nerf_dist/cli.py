@@ -135,10 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
     s.add_argument("--views", type=int, default=40, help="training views (default 40)")
     s.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    s.add_argument("--variant", choices=("objects", "unbounded"), default="objects",
+    s.add_argument("--variant", choices=("objects", "unbounded", "city"), default="objects",
                    help="objects: four solids on a transparent background (Blender layout); "
                         "unbounded: the solids on a textured ground inside a far textured sphere, "
-                        "360-degree cameras at several heights (instant-ngp layout) (default objects)")
+                        "360-degree cameras at several heights (instant-ngp layout); city: a grid "
+                        "of 25 textured solids over a large textured ground, cameras looking down "
+                        "from several heights (Blender layout) (default objects)")
 
     pr = sub.add_parser(
         "prepare", help="photos or a video -> a scene with camera poses (COLMAP)",
@@ -336,12 +338,14 @@ def cmd_demo(args) -> int:
 
 def cmd_demo_scene(args) -> int:
     from .scenes.demo import write_demo_scene  # NOTE: lazy (numpy, torch), as above
+    from .scenes.demo_city import write_city_scene  # NOTE: lazy, as above
     from .scenes.demo_unbounded import write_unbounded_scene  # NOTE: lazy, as above
     if args.resolution < 8:
         raise ValueError(f"--resolution must be >= 8, got {args.resolution}")
     if args.views < 1:
         raise ValueError(f"--views must be >= 1, got {args.views}")
-    write = write_unbounded_scene if args.variant == "unbounded" else write_demo_scene
+    write = {"unbounded": write_unbounded_scene, "city": write_city_scene}.get(args.variant,
+                                                                             write_demo_scene)
     info = write(args.out_dir, resolution=args.resolution, views=args.views, seed=args.seed)
     print(f"demo scene written to {args.out_dir}: {info}")
     return 0

@@ -55,8 +55,9 @@ def _box(o: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[
     return t, n
 
 
-def _cylinder(o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    (c, r, z0, z1) = CYL
+def _cylinder(o: np.ndarray, d: np.ndarray, cyl: tuple = CYL) -> tuple[np.ndarray, np.ndarray]:
+    """A capped vertical cylinder cyl = (axis (x, y), radius, z_min, z_max)."""
+    (c, r, z0, z1) = cyl
     ox, dx = o[:, :2] - c, d[:, :2]
     a = np.maximum(np.einsum("ij,ij->i", dx, dx), 1e-18)
     b = np.einsum("ij,ij->i", ox, dx)
@@ -170,8 +171,9 @@ def camera_poses(views: int, seed: int) -> dict[str, list[np.ndarray]]:
 
 
 def render_view(c2w: np.ndarray, resolution: int, focal: float,
-                supersample: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Render one square view. c2w: [4, 4] (or [3, 4]).
+                supersample: int = 3, trace_fn=None) -> tuple[np.ndarray, np.ndarray]:
+    """Render one square view. c2w: [4, 4] (or [3, 4]); trace_fn: a :func:`trace` of another scene
+    (rgb 0 and t inf on a miss), default this one's.
 
     Returns (rgba: [H, W, 4] float in [0, 1], straight alpha; depth: [H, W] distance along the
     unit pixel-centre ray, 0 where it misses). supersample must be odd so that the centre
@@ -189,7 +191,7 @@ def render_view(c2w: np.ndarray, resolution: int, focal: float,
     dirs = dirs.reshape(-1, 3) @ c2w[:3, :3].T
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     origins = np.broadcast_to(c2w[:3, 3], dirs.shape)
-    rgb, t = trace(origins, dirs)
+    rgb, t = (trace_fn or trace)(origins, dirs)
     hit = np.isfinite(t).reshape(H, s, W, s)
     rgb = rgb.reshape(H, s, W, s, 3)
     cnt = hit.sum(axis=(1, 3))
@@ -211,14 +213,23 @@ def write_demo_scene(out_dir: str, resolution: int = 64, views: int = 40, seed: 
     """
     if resolution < 1 or views < 1:
         raise ValueError(f"resolution and views must be >= 1, got {resolution}, {views}")
+    info = write_blender_views(out_dir, camera_poses(views, seed), resolution, supersample)
+    return {**info, "near": 2.0, "far": 6.0}
+
+
+def write_blender_views(out_dir: str, poses: dict[str, list[np.ndarray]], resolution: int,
+                        supersample: int = 3, trace_fn=None) -> dict:
+    """Render poses (per split a list of c2w [4, 4]) with trace_fn (default this scene's) and write
+    them in the Blender layout (see :func:`write_demo_scene`). Returns root, resolution, focal,
+    camera_angle_x and per-split frame counts."""
     out_dir = str(out_dir)
     focal = 0.5 * resolution / math.tan(0.5 * CAMERA_ANGLE_X)
     counts = {}
-    for split, poses in camera_poses(views, seed).items():
+    for split, split_poses in poses.items():
         os.makedirs(os.path.join(out_dir, split), exist_ok=True)
         frames = []
-        for i, c2w in enumerate(poses):
-            rgba, depth = render_view(c2w, resolution, focal, supersample)
+        for i, c2w in enumerate(split_poses):
+            rgba, depth = render_view(c2w, resolution, focal, supersample, trace_fn)
             name = f"{split}/r_{i}"
             png = np.round(np.clip(rgba, 0, 1) * 255.0).astype(np.uint8)
             iio.imwrite(os.path.join(out_dir, name + ".png"), png)
@@ -230,4 +241,4 @@ def write_demo_scene(out_dir: str, resolution: int = 64, views: int = 40, seed: 
             json.dump({"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}, f, indent=2)
         counts[split] = len(frames)
     return {"root": out_dir, "resolution": resolution, "focal": focal,
-            "camera_angle_x": CAMERA_ANGLE_X, "near": 2.0, "far": 6.0, "splits": counts}
+            "camera_angle_x": CAMERA_ANGLE_X, "splits": counts}
