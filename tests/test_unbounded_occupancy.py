@@ -29,7 +29,7 @@ def _rays(n, seed=0):
 @pytest.mark.parametrize("order", ["inf", "2"])
 def test_march_samples_only_occupied_cells_sorted_within_near_far(order):
     res, steps, k, n = 16, 256, 24, 200
-    grid = contracted_grid(res, steps, 16)
+    grid = contracted_grid(res, k, 16)
     g = torch.Generator().manual_seed(1)
     # a random third of the cells, and none in the far half of the cube along +x
     occ = torch.rand(res ** 3, generator=g) < 0.33
@@ -92,6 +92,10 @@ def test_model_losses_grid_updates_and_memory():
     twin.before_step(4, torch.Generator().manual_seed(1))
     assert torch.equal(twin.grid.density, m.grid.density)
     assert float(m.grid.density.min()) > 0 and "occupied_frac" in m.log_scalars()
+    # a fresh field keeps the near field (contracted |y| < 1, where the objects are) occupied
+    centre = (m.grid.cells.float() + 0.5) * (4.0 / 16) - 2.0
+    near = centre.abs().amax(-1) < 1.0
+    assert bool(m.grid.occupied[near].bool().all())
     n = 64
     o, d = _rays(n)
     out = m(o, d, d, 0.05, 2.0, train=True, generator=RowNoise(3, n, torch.arange(n)),

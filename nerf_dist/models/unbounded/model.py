@@ -67,7 +67,7 @@ class UnboundedNeRF(NeRFModel):
         self.proposals = torch.nn.ModuleList(
             ProposalDensity(cfg.contraction, cfg.proposal_levels, cfg.proposal_log2_size, r,
                             cfg.proposal_hidden) for r in res)
-        self.grid = (contracted_grid(cfg.occupancy_res, cfg.occupancy_steps,
+        self.grid = (contracted_grid(cfg.occupancy_res, cfg.field_samples,
                                      cfg.occupancy_update_every) if self.occupancy else None)
         if cfg.appearance_dim > 0:
             # NOTE: zeros, so a row no image trained stays exactly zero (see the module doc).
