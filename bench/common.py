@@ -52,8 +52,9 @@ def timed_training(overrides: list[str], budget_s: float, eval_every_s: float, n
                     for i, out in render_views(setup, val, views)) / len(views)
             trainer.model.train()
             curve.append((round(train_s, 1), trainer.step, round(p, 2)))
+            scalars = "".join(f" {k}={v:.3f}" for k, v in trainer.model.log_scalars().items())
             log(f"  t={train_s:7.1f}s step={trainer.step:6d} val PSNR={p:6.2f} dB "
-                f"samples/ray={out['samples_per_ray']:.0f}")
+                f"samples/ray={out['samples_per_ray']:.0f}{scalars}")
             if target_psnr is not None and time_to_target is None and p >= target_psnr:
                 time_to_target = train_s
     trainer.close()

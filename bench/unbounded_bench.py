@@ -4,6 +4,13 @@
     python bench/unbounded_bench.py unbounded [--minutes 2 5 10] [--out unbounded.json]
     python bench/unbounded_bench.py table fast16.json unbounded.json
 
+The unbounded kind's two samplers (model.sampler), side by side:
+
+    python bench/unbounded_bench.py unbounded --minutes 2 5 --out proposal.json
+    python bench/unbounded_bench.py unbounded --minutes 2 5 --out occupancy.json \
+        --extra model.sampler=occupancy
+    python bench/unbounded_bench.py table proposal.json occupancy.json
+
 Each side is one process (run them side by side, one thread each: train.threads=1). The scene
 (`nerf-dist demo-scene --variant unbounded`, 48 px, 60 training views) is written under
 --scene-dir when absent; the fast path reads a copy of its transforms files with the given
@@ -57,7 +64,9 @@ def run_side(args) -> dict:
         root = scene(args.scene_dir)
         sizes = overrides(lego_fast_cpu(REPO / "configs" / "capture_cpu.yaml"))
     budget = 60.0 * max(args.minutes)
-    run = os.path.join(args.scene_dir, f"run_{args.side}{args.aabb_scale or ''}_{int(time.time())}")
+    # NOTE: the pid too: two sides started in the same second must not share a run folder.
+    run = os.path.join(args.scene_dir,
+                       f"run_{args.side}{args.aabb_scale or ''}_{int(time.time())}_{os.getpid()}")
     ov = [*sizes, f"data.root={root}", "data.format=ngp", "data.downscale=1",
           "data.white_background=false", f"run.dir={run}", "train.threads=1", "train.steps=100000",
           "eval.every=0", *args.extra]

@@ -90,7 +90,13 @@ def distortion_loss(edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     edges [n_rays, k + 1] sorted, weights [n_rays, k]. Returns [n_rays].
     """
     mid = 0.5 * (edges[:, 1:] + edges[:, :-1])
-    width = edges[:, 1:] - edges[:, :-1]
+    return distortion_loss_mw(mid, edges[:, 1:] - edges[:, :-1], weights)
+
+
+def distortion_loss_mw(mid: torch.Tensor, width: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """:func:`distortion_loss` of intervals given by their midpoints mid [n_rays, k] (sorted) and
+    widths width [n_rays, k] (they need not tile the ray: gaps are allowed, as after empty-space
+    skipping); weights [n_rays, k]. Returns [n_rays]."""
     wm = weights * mid
     # NOTE: sum_{i,j} w_i w_j |m_i - m_j| = 2 sum_i w_i (m_i W_{<i} - (wm)_{<i}) for sorted m.
     w_before = torch.cumsum(weights, -1) - weights
@@ -99,4 +105,5 @@ def distortion_loss(edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return cross + (weights ** 2 * width).sum(-1) / 3.0
 
 
-__all__ = ["anneal", "resample_edges", "outer_weights", "interlevel_loss", "distortion_loss"]
+__all__ = ["anneal", "resample_edges", "outer_weights", "interlevel_loss", "distortion_loss",
+           "distortion_loss_mw"]

@@ -12,6 +12,7 @@ from ...config_check import check
 from ..hashgrid.config import HashEncodingConfig
 
 CONTRACTIONS = ("inf", "2")
+SAMPLERS = ("proposal", "occupancy")
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,27 @@ class UnboundedConfig(HashEncodingConfig):
     contraction: str = "inf"
     """Norm of the scene contraction: inf (a cube, for hash grids) | 2 (mip-NeRF 360's
     ball)."""
+    sampler: str = "proposal"
+    """How the field's samples are placed along a ray: proposal (nerfacto's proposal networks,
+    resampled; the proposal_* and interlevel_weight keys) | occupancy (nerfacc-style: a binary
+    occupancy grid over the contracted cube skips empty space, and model.field_samples samples
+    are spread evenly over each ray's occupied stretch; the occupancy_* keys). Measured on the
+    unbounded demo scene in docs/benchmarks.md."""
+    occupancy_res: int = 64
+    """sampler=occupancy: cells per axis of the occupancy grid over the contracted cube
+    [-2, 2]^3 (the far field gets ever coarser cells in scene units, as the hash grid does)."""
+    occupancy_steps: int = 512
+    """sampler=occupancy: march steps per ray, uniform in s-space, whose midpoints are looked up
+    in the grid (the resolution of empty-space skipping; only model.field_samples reach the
+    field)."""
+    occupancy_update_every: int = 16
+    """sampler=occupancy: steps between occupancy-grid updates (from the field's density)."""
     proposal_samples: str = "256,96"
     """Samples per ray of each proposal level, comma-separated (one proposal network
     per level; the first level samples uniformly in s-space)."""
     field_samples: int = 48
-    """Samples per ray of the radiance field (resampled from the last proposal)."""
+    """Samples per ray of the radiance field (resampled from the last proposal; with
+    sampler=occupancy, spread evenly over the ray's occupied stretch)."""
     proposal_levels: int = 5
     """Hash-grid levels of each proposal network."""
     proposal_log2_size: int = 17
@@ -64,9 +81,11 @@ class UnboundedConfig(HashEncodingConfig):
         HashEncodingConfig.__post_init__(self)
         check(self.contraction in CONTRACTIONS, "model.contraction",
               f"must be {'|'.join(CONTRACTIONS)}, got {self.contraction!r}")
+        check(self.sampler in SAMPLERS, "model.sampler",
+              f"must be {'|'.join(SAMPLERS)}, got {self.sampler!r}")
         check(self.far_bound > 1.0, "model.far_bound", f"must be > 1, got {self.far_bound}")
         for k in ("field_samples", "proposal_levels", "proposal_hidden", "proposal_anneal_steps",
-                  "appearance_images"):
+                  "appearance_images", "occupancy_res", "occupancy_steps", "occupancy_update_every"):
             check(getattr(self, k) >= 1, f"model.{k}", f"must be >= 1, got {getattr(self, k)}")
         check(10 <= self.proposal_log2_size <= 24, "model.proposal_log2_size", "must be in [10, 24]")
         for k in ("interlevel_weight", "distortion_weight"):
@@ -91,4 +110,4 @@ def int_list(text) -> list[int]:
     return [int(x) for x in str(text).split(",") if x.strip()]
 
 
-__all__ = ["CONTRACTIONS", "UnboundedConfig", "int_list"]
+__all__ = ["CONTRACTIONS", "SAMPLERS", "UnboundedConfig", "int_list"]

@@ -61,7 +61,11 @@ class ContractedField(nn.Module):
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """x: [n, 3] -> sigma [n] (fp32)."""
-        h = self.density_mlp(self.encoding(to_unit_cube(x, self.order)))
+        return self.density_unit(to_unit_cube(x, self.order))
+
+    def density_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """u: [n, 3] contracted points normalised into [0, 1]^3 -> sigma [n] (fp32)."""
+        h = self.density_mlp(self.encoding(u))
         return trunc_exp(h[:, 0].float())
 
     def forward(self, x: torch.Tensor, d: torch.Tensor, app: torch.Tensor | None = None):

@@ -9,10 +9,14 @@ Sampling, per ray (distances t along the unit view direction, from near to model
      resampled from weights ** anneal (:func:`render_ops.proposal.anneal`, 0 -> 1 over
      model.proposal_anneal_steps; 1 at inference);
   3. the radiance field at the last intervals' midpoints -> volume rendering.
+With model.sampler=occupancy there are no proposal networks: an occupancy grid over the contracted
+cube skips empty space and model.field_samples samples are spread over each ray's occupied stretch
+(:mod:`.occupancy`); the grid is updated in before_step from the field's density.
 
 Losses (:meth:`UnboundedNeRF.losses`): the squared colour error; the interlevel loss of every
-proposal level against the field's (detached) weights; mip-NeRF 360's distortion loss on the
-field's weights; the last two in s-space, as means over the global batch's rays.
+proposal level against the field's (detached) weights (sampler=proposal only); mip-NeRF 360's
+distortion loss on the field's weights; the last two in s-space, as means over the global batch's
+rays.
 
 Appearance (model.appearance_dim > 0): a table of one embedding per training image, initialised to
 zero. The forward pass takes ``image: [n_rays]`` (the batch's image index); without it (held-out
@@ -28,7 +32,10 @@ with their alpha; evaluation and rendering use the background they are given.
 
 NOTE (DDP): the anneal exponent is a plain attribute set by before_step from the step alone, the
 same on every rank; all parameters (field, proposals, appearance table) reach DDP and the
-checkpoint through the module's state_dict.
+checkpoint through the module's state_dict. The occupancy grid (sampler=occupancy) is buffers,
+updated as the fast kind's: a deterministic function of the parameters (identical on every rank
+after each all-reduce), the step and the trainer's per-step generator, so every rank holds the same
+grid without communication, and the checkpoint holds it.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from ..config import ModelConfig
 from ..precision import autocast_context
 from .config import int_list
 from .field import ContractedField, ProposalDensity
+from .occupancy import contracted_grid, density_per_s, march
 from .pose import PoseCorrection
 
 
@@ -50,14 +58,17 @@ class UnboundedNeRF(NeRFModel):
 
     def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None = None):
         super().__init__(cfg)
-        self.n_proposal = int_list(cfg.proposal_samples)
-        res = int_list(cfg.proposal_max_res)
+        self.occupancy = cfg.sampler == "occupancy"
+        self.n_proposal = [] if self.occupancy else int_list(cfg.proposal_samples)
+        res = [] if self.occupancy else int_list(cfg.proposal_max_res)
         self.field = ContractedField(cfg.contraction, cfg.hash_levels, cfg.hash_features,
                                      cfg.hash_log2_size, cfg.hash_base_res, cfg.hash_max_res,
                                      cfg.hidden, cfg.geo_features, cfg.appearance_dim)
         self.proposals = torch.nn.ModuleList(
             ProposalDensity(cfg.contraction, cfg.proposal_levels, cfg.proposal_log2_size, r,
                             cfg.proposal_hidden) for r in res)
+        self.grid = (contracted_grid(cfg.occupancy_res, cfg.field_samples,
+                                     cfg.occupancy_update_every) if self.occupancy else None)
         if cfg.appearance_dim > 0:
             # NOTE: zeros, so a row no image trained stays exactly zero (see the module doc).
             self.appearance = torch.nn.Parameter(torch.zeros(cfg.appearance_images,
@@ -73,10 +84,23 @@ class UnboundedNeRF(NeRFModel):
         return {"params": list(self.parameters()), "eps": 1e-15}
 
     def before_step(self, step: int, generator: torch.Generator | None = None) -> bool:
+        """The proposal anneal exponent; sampler=occupancy: update the grid if `step` is an
+        update step (True if updated)."""
         self.anneal = proposal.anneal(step, self.cfg.proposal_anneal_steps)
-        return False
+        if self.grid is None or step % self.cfg.occupancy_update_every != 0:
+            return False
+        dev = self.grid.density.device
+
+        def density_fn(y):
+            with autocast_context(dev, self.cfg.precision):
+                return density_per_s(self.field.density_unit, y, self.cfg.contraction,
+                                     self.cfg.far_bound)
+
+        return self.grid.update(step, density_fn, generator)
 
     def log_scalars(self) -> dict[str, float]:
+        if self.grid is not None:
+            return {"occupied_frac": self.grid.occupied_frac}
         return {"proposal_anneal": float(self.anneal)}
 
     def train_inputs(self, batch: dict, background: torch.Tensor, noise) -> tuple[dict, torch.Tensor]:
@@ -101,13 +125,16 @@ class UnboundedNeRF(NeRFModel):
         units: a mean over the global batch's rays is sum * 3 * scale)."""
         terms = {"rgb": sse(out["rgb"], target_rgb) * scale}
         per_ray = 3.0 * scale
-        edges, weights = out["edges"], out["weights"]
-        inter = sum(proposal.interlevel_loss(edges, weights, e, w).sum()
-                    for e, w in out["proposal"])
-        terms["interlevel"] = inter * per_ray * self.cfg.interlevel_weight
+        weights = out["weights"]
+        if self.grid is None:
+            edges = out["edges"]
+            inter = sum(proposal.interlevel_loss(edges, weights, e, w).sum()
+                        for e, w in out["proposal"])
+            terms["interlevel"] = inter * per_ray * self.cfg.interlevel_weight
         if self.cfg.distortion_weight > 0:
-            terms["distortion"] = (proposal.distortion_loss(edges, weights).sum() * per_ray
-                                   * self.cfg.distortion_weight)
+            dist = (proposal.distortion_loss_mw(out["s"], out["width"], weights)
+                    if self.grid is not None else proposal.distortion_loss(out["edges"], weights))
+            terms["distortion"] = dist.sum() * per_ray * self.cfg.distortion_weight
         return terms
 
     @classmethod
@@ -118,11 +145,16 @@ class UnboundedNeRF(NeRFModel):
         proposal network (its Lp levels, 2 features, hp hidden), plus 64 bytes of sampling
         tensors (edges, weights, s/t conversions) per sample. Checked against measured peaks in
         tests/test_unbounded.py.
+        sampler=occupancy: no proposal samples; instead the march's [n_rays, occupancy_steps]
+        tensors (s and t edges and midpoints, points, contracted points, cell indices, the
+        occupancy mask and cumulative lengths: 128 bytes a step, training and inference alike).
         Parameters: the field's and proposals' hash tables and MLPs, the appearance and pose
-        tables."""
+        tables; the occupancy grid (density + mask counted as 2 floats a cell, its cell table
+        6 bytes)."""
         L, Fd, h, g = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features
         Lp, hp = cfg.proposal_levels, cfg.proposal_hidden
-        props, k = int_list(cfg.proposal_samples), cfg.field_samples
+        occ = cfg.sampler == "occupancy"
+        props, k = ([] if occ else int_list(cfg.proposal_samples)), cfg.field_samples
         a = cfg.appearance_dim
         field = {True: 256 * L + F32 * (2 * L * Fd + 4 * h + 3 * g + 60 + a) + 128,
                  False: 320 * L + F32 * (L * Fd + 3 * h + 2 * g + 40 + a) + 128}
@@ -130,13 +162,17 @@ class UnboundedNeRF(NeRFModel):
                 False: 320 * Lp + F32 * (2 * Lp + hp + 16) + 128}
         # NOTE: inference holds one level's samples at a time (the largest), plus every level's
         # edges and weights (16 bytes a sample); training keeps every level for backward.
-        per_ray = {True: sum(props) * prop[True] + k * field[True],
-                   False: max(max(props) * prop[False], k * field[False]) + 16 * (sum(props) + k)}
+        march = 128 * cfg.occupancy_steps if occ else 0
+        per_ray = {True: sum(props) * prop[True] + k * field[True] + march,
+                   False: max(max(props, default=0) * prop[False], k * field[False])
+                   + 16 * (sum(props) + k) + march}
         T, Tp = 1 << cfg.hash_log2_size, 1 << cfg.proposal_log2_size
         n = L * T * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g) + (g + 17 + a) * h + (h + 1) * h \
             + (h + 1) * 3
         n += len(props) * (Lp * Tp * 2 + (2 * Lp + 1) * hp + hp + 1)
         n += cfg.appearance_images * (a + (6 if cfg.pose_refine else 0))
+        if occ:
+            n += cfg.occupancy_res ** 3 * 2 + (cfg.occupancy_res ** 3 * 6 + F32 - 1) // F32
         samples = sum(props) + k
         return MemoryEstimate(per_ray[True], per_ray[False], samples, samples, n * F32,
                               ADAM_FLOATS_PER_PARAM * n * F32)
@@ -178,6 +214,34 @@ class UnboundedNeRF(NeRFModel):
         near_m = (torch.as_tensor(near, dtype=torch.float32, device=dev).reshape(-1, 1)
                   * scale).expand(n, 1)
         far_m = torch.full_like(near_m, float(self.cfg.far_bound))
+        with autocast_context(dev, self.cfg.precision):
+            if self.grid is not None:
+                smp = march(self.grid, self.cfg.contraction, rays_o, viewdirs, near_m, far_m,
+                            self.cfg.occupancy_steps, self.cfg.field_samples, train, generator)
+                tm, delta, extra = smp["t"], smp["delta"], {"s": smp["s"], "width": smp["width"]}
+            else:
+                tm, delta, extra = self._proposal_samples(rays_o, viewdirs, near_m, far_m, train,
+                                                          generator)
+            pts = rays_o[:, None, :] + viewdirs[:, None, :] * tm[..., None]
+            k = tm.shape[1]
+            dirs = viewdirs[:, None, :].expand(n, k, 3).reshape(-1, 3)
+            app = self.appearance_of(image, n, dev)
+            app = None if app is None else app[:, None, :].expand(n, k, -1).reshape(n * k, -1)
+            rgb, sigma = self.field(pts.reshape(-1, 3), dirs, app)
+        rgb, sigma = rgb.float().view(n, k, 3), sigma.float().view(n, k)
+        w, _, _ = volrend.render_weights(sigma, delta)
+        out_rgb, depth, acc = volrend.composite(w, rgb, tm, background)
+        out = {"rgb": out_rgb, "depth": depth / scale[:, 0], "acc": acc,
+               "samples_per_ray": torch.tensor(float(sum(self.n_proposal) + k))}
+        if train:
+            out.update(weights=w, **extra)
+        return out
+
+    def _proposal_samples(self, rays_o, viewdirs, near_m, far_m, train: bool, generator):
+        """Steps 1-2 of the module doc (under the caller's autocast): the field's sample
+        distances t_mid [n, k] and lengths [n, k] (scene units), and for :meth:`losses` edges
+        [n, k + 1] (s-space) and proposal: [(edges, weights)] per proposal level."""
+        n, dev = rays_o.shape[0], rays_o.device
         anneal = self.anneal if train else 1.0
         k0 = self.n_proposal[0]
         base = torch.linspace(0.0, 1.0, k0 + 1, device=dev).expand(n, k0 + 1)
@@ -189,33 +253,19 @@ class UnboundedNeRF(NeRFModel):
             edges = base
         sizes = self.n_proposal[1:] + [self.cfg.field_samples]
         prop_out = []
-        with autocast_context(dev, self.cfg.precision):
-            for net, k in zip(self.proposals, sizes):
-                ts, te, tm = self._intervals(edges, near_m, far_m)
-                pts = rays_o[:, None, :] + viewdirs[:, None, :] * tm[..., None]
-                if train:
-                    sigma = net(pts.reshape(-1, 3)).view(n, -1)
-                else:
-                    with torch.no_grad():
-                        sigma = net(pts.reshape(-1, 3)).view(n, -1)
-                w, _, _ = volrend.render_weights(sigma, te - ts)
-                prop_out.append((edges, w))
-                edges = proposal.resample_edges(edges, w.detach() ** anneal, k, train, generator)
+        for net, k in zip(self.proposals, sizes):
             ts, te, tm = self._intervals(edges, near_m, far_m)
             pts = rays_o[:, None, :] + viewdirs[:, None, :] * tm[..., None]
-            k = edges.shape[1] - 1
-            dirs = viewdirs[:, None, :].expand(n, k, 3).reshape(-1, 3)
-            app = self.appearance_of(image, n, dev)
-            app = None if app is None else app[:, None, :].expand(n, k, -1).reshape(n * k, -1)
-            rgb, sigma = self.field(pts.reshape(-1, 3), dirs, app)
-        rgb, sigma = rgb.float().view(n, k, 3), sigma.float().view(n, k)
-        w, _, _ = volrend.render_weights(sigma, te - ts)
-        out_rgb, depth, acc = volrend.composite(w, rgb, tm, background)
-        out = {"rgb": out_rgb, "depth": depth / scale[:, 0], "acc": acc,
-               "samples_per_ray": torch.tensor(float(sum(self.n_proposal) + k))}
-        if train:
-            out.update(edges=edges, weights=w, proposal=prop_out)
-        return out
+            if train:
+                sigma = net(pts.reshape(-1, 3)).view(n, -1)
+            else:
+                with torch.no_grad():
+                    sigma = net(pts.reshape(-1, 3)).view(n, -1)
+            w, _, _ = volrend.render_weights(sigma, te - ts)
+            prop_out.append((edges, w))
+            edges = proposal.resample_edges(edges, w.detach() ** anneal, k, train, generator)
+        ts, te, tm = self._intervals(edges, near_m, far_m)
+        return tm, te - ts, {"edges": edges, "proposal": prop_out}
 
 
 __all__ = ["UnboundedNeRF"]
