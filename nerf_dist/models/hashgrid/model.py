@@ -47,7 +47,8 @@ class FastNeRF(NeRFModel):
         aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
         self.register_buffer("aabb", aabb.clone())
         self.field = HashField(aabb, cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
-                               cfg.hash_base_res, cfg.hash_max_res, cfg.hidden, cfg.geo_features)
+                               cfg.hash_base_res, cfg.hash_max_res, cfg.hidden, cfg.geo_features,
+                               cfg.density_bias_init)
         self.step_size = float((aabb[1] - aabb[0]).norm()) / cfg.march_steps
         self.grid = OccupancyGrid(aabb, cfg.grid_res, self.step_size, cfg.grid_threshold,
                                   cfg.grid_update_every, cfg.grid_ema_decay)
