@@ -194,3 +194,15 @@ def test_losses_are_the_squared_errors_of_the_supervised_outputs():
     for key, value in terms.items():
         torch.testing.assert_close(value, ((out[key] - target) ** 2).sum() * 0.5)
     assert tuple(make().losses({"rgb": target}, target, 1.0)) == ("rgb",)
+
+
+def test_density_bias_init_lowers_the_starting_density_only():
+    base, low = make(), make(density_bias_init=-2.0)
+    sb, sl = base.state_dict(), low.state_dict()
+    changed = [k for k in sb if not torch.equal(sb[k], sl[k])]
+    assert changed == ["field.density_mlp.2.bias"]                 # one number, nothing else drawn
+    assert torch.allclose(sl[changed[0]][0], sb[changed[0]][0] - 2.0)
+    pts = torch.rand(512, 3) * 2 - 1
+    with torch.no_grad():
+        ratio = low.field.density(pts) / base.field.density(pts)
+    assert torch.allclose(ratio, torch.full_like(ratio, math.exp(-2.0)), rtol=1e-3)

@@ -59,3 +59,46 @@ def test_ema_decays_and_state_dict_round_trip():
     other = OccupancyGrid(AABB, res=8)
     other.load_state_dict(sd)
     assert torch.equal(other.occupied, grid.occupied)
+
+
+def test_no_false_empties_through_and_after_warm_up():
+    """A blocky hand-built density (constant per cell): after the warm-up (every cell evaluated)
+    and the sparse updates after it (a random fraction + every occupied cell), every cell whose
+    density is above the threshold is occupied, whatever point of it was drawn."""
+    res, step = 8, 0.05
+    g = torch.Generator().manual_seed(0)
+    dense = torch.rand(res ** 3, generator=g) < 0.1
+    sigma_thr = -torch.log1p(torch.tensor(-0.01)) / step          # alpha 0.01
+    cell_sigma = torch.where(dense, sigma_thr * 1.05, torch.zeros(()))
+    cell_sigma[torch.nonzero(dense)[::2, 0]] = 50.0
+
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), res, step, threshold=0.01,
+                         update_every=2, ema_decay=0.5, warmup_steps=8, sample_frac=0.1)
+
+    def density(pts):
+        return cell_sigma[grid.cell_index(pts)[0]]
+
+    for s in range(0, 40):
+        grid.update(s, density, torch.Generator().manual_seed(s))
+        if s >= 8 and s % 2 == 0:
+            assert bool(grid.occupied.bool()[dense].all()), f"a dense cell empty at step {s}"
+    assert int(grid.occupied.sum()) == int(dense.sum())            # and the rest is empty
+
+
+def test_resume_mid_warm_up_is_exact():
+    """Buffers saved mid warm-up and loaded into a fresh grid continue exactly as one run."""
+    aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
+
+    def run(grid, steps):
+        for s in steps:
+            grid.update(s, sphere_density, torch.Generator().manual_seed(s))
+
+    kw = dict(res=8, update_every=2, warmup_steps=6, ema_decay=0.7)
+    one = OccupancyGrid(aabb, **kw)
+    run(one, range(0, 20))
+    first = OccupancyGrid(aabb, **kw)
+    run(first, range(0, 4))
+    second = OccupancyGrid(aabb, **kw)
+    second.load_state_dict(first.state_dict())
+    run(second, range(4, 20))
+    assert torch.equal(one.density, second.density) and torch.equal(one.occupied, second.occupied)

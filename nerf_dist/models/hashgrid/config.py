@@ -49,6 +49,18 @@ class HashGridConfig(HashEncodingConfig):
     """Maximum samples kept per ray after skipping."""
     early_stop_eps: float = 1e-4
     """Stop marching a ray when its transmittance falls below this."""
+    density_bias_init: float = 0.0
+    """Added to the density MLP's initial output bias of a fresh model (sigma = trunc_exp of
+    it, so -2 starts every density about e^-2 times lower and the occupancy grid's first
+    update already clears cells; issue 18 point 11). A checkpoint's weights are loaded as
+    they are; 0 = the default initialisation."""
+    fast_random_background: bool = False
+    """Train against a random colour per ray behind the scene (RGBA targets are composited
+    over the same colour; :mod:`nerf_dist.models.background`, as the unbounded kind's
+    model.random_background); evaluation and rendering use the scene's configured background.
+    NOTE: off by default: lego's CPU sizes (data.downscale=8) cache composited rgb16 colours
+    without alpha, where it trains background pixels as opaque (measured worse, docs/models.md);
+    it needs a cache that keeps alpha (rgba8: 8-bit RGBA images at data.downscale=1)."""
 
     def __post_init__(self) -> None:
         HashEncodingConfig.__post_init__(self)

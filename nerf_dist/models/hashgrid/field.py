@@ -67,12 +67,16 @@ class HashField(nn.Module):
 
     def __init__(self, aabb: torch.Tensor, n_levels: int = 16, n_features: int = 2,
                  log2_size: int = 19, base_res: int = 16, max_res: int = 2048, hidden: int = 64,
-                 geo_features: int = 15):
+                 geo_features: int = 15, density_bias_init: float = 0.0):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
         self.encoding = HashGridEncoding(n_levels, n_features, log2_size, base_res, max_res)
         self.density_mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, hidden), nn.ReLU(),
                                          nn.Linear(hidden, 1 + geo_features))
+        if density_bias_init:
+            # NOTE: after the default init, so the random draws (and a 0 here) stay as before.
+            with torch.no_grad():
+                self.density_mlp[-1].bias[0] += density_bias_init
         self.color_mlp = nn.Sequential(nn.Linear(geo_features + 16, hidden), nn.ReLU(),
                                        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 3))
 

@@ -4,7 +4,8 @@ Implements the model protocol (:mod:`nerf_dist.models.base`): model(rays_o, rays
 far, train=, generator=, background=) -> dict(rgb, depth, acc, samples_per_ray). Its
 ``before_step(step, generator)``, which the trainer calls every step before the forward pass, keeps
 the occupancy grid up to date; Adam runs with eps 1e-15 (hash-table entries see rare, tiny
-gradients); it logs the grid's occupied fraction.
+gradients); it logs the grid's occupied fraction. With model.fast_random_background its
+``train_inputs`` trains against a random background per ray (:mod:`nerf_dist.models.background`).
 
 Marching: each ray is cut into steps of length aabb diagonal / march_steps over
 [near, far] ∩ aabb (start offset jittered in training); steps whose midpoint lies in an unoccupied
@@ -25,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ...render_ops import sampling, volrend
+from ..background import random_background
 from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel
 from ..config import ModelConfig
 from ..precision import autocast_context
@@ -45,7 +47,8 @@ class FastNeRF(NeRFModel):
         aabb = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3)
         self.register_buffer("aabb", aabb.clone())
         self.field = HashField(aabb, cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
-                               cfg.hash_base_res, cfg.hash_max_res, cfg.hidden, cfg.geo_features)
+                               cfg.hash_base_res, cfg.hash_max_res, cfg.hidden, cfg.geo_features,
+                               cfg.density_bias_init)
         self.step_size = float((aabb[1] - aabb[0]).norm()) / cfg.march_steps
         self.grid = OccupancyGrid(aabb, cfg.grid_res, self.step_size, cfg.grid_threshold,
                                   cfg.grid_update_every, cfg.grid_ema_decay)
@@ -61,6 +64,14 @@ class FastNeRF(NeRFModel):
 
     def log_scalars(self) -> dict[str, float]:
         return {"occupied_frac": self.grid.occupied_frac}
+
+    def train_inputs(self, batch: dict, background: torch.Tensor, noise) -> tuple[dict, torch.Tensor]:
+        """See :meth:`NeRFModel.train_inputs`: with model.fast_random_background a random
+        colour per ray, the targets composited over it by their alpha; else the scene's."""
+        if self.cfg.fast_random_background:
+            bg, target = random_background(batch, background, noise)
+            return {"background": bg}, target
+        return {"background": background}, batch["rgb"]
 
     @classmethod
     def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:

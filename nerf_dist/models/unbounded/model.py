@@ -43,6 +43,7 @@ import torch
 
 from ...render_ops import contraction, proposal, volrend
 from ...render_ops.sampling import uniform
+from ..background import random_background
 from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel, sse
 from ..config import ModelConfig
 from ..precision import autocast_context
@@ -106,18 +107,10 @@ class UnboundedNeRF(NeRFModel):
     def train_inputs(self, batch: dict, background: torch.Tensor, noise) -> tuple[dict, torch.Tensor]:
         """See :meth:`NeRFModel.train_inputs`: a random background per ray (model.random_background)
         with the targets composited over it by their alpha, and the batch's image indices."""
-        extra: dict = {"image": batch.get("image")}
+        extra: dict = {"image": batch.get("image"), "background": background}
         target = batch["rgb"]
         if self.cfg.random_background:
-            n = target.shape[0]
-            bg = uniform(n, 3, noise, target.device)
-            alpha = batch.get("alpha")
-            if alpha is not None:
-                # NOTE: the loader composited RGBA over `background`; swap it for bg.
-                target = target + (bg - background.to(target)) * (1.0 - alpha.to(target))[:, None]
-            extra["background"] = bg
-        else:
-            extra["background"] = background
+            extra["background"], target = random_background(batch, background, noise)
         return extra, target
 
     def losses(self, out: dict, target_rgb: torch.Tensor, scale: float) -> dict[str, torch.Tensor]:
