@@ -2,6 +2,7 @@
 
     python bench/first_minute.py A B [--seconds 90] [--eval-at 15 30 60 90] [--extra k=v ...]
     python bench/first_minute.py cf17b9b HEAD --seconds 120
+    python bench/first_minute.py HEAD HEAD --seconds 300 --extra-b model.density_bias_init=-2
 
 A and B are each a checkout folder or a commit of this repository (a commit is checked out with
 `git worktree add --detach` into a temporary folder, removed at the end). Both sides run *this*
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--eval-at", type=float, nargs="+", default=[15, 30, 60, 90],
                     help="training seconds at which to measure val PSNR")
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides, both sides")
+    ap.add_argument("--extra-b", nargs="*", default=[],
+                    help="overrides for B only (e.g. A and B the same commit, B with a setting)")
     ap.add_argument("--run", type=Path, default=None, help=argparse.SUPPRESS)  # the child mode
     a = ap.parse_args()
     if a.run is not None:
@@ -104,11 +107,24 @@ def main() -> None:
             sides.append(Side(name, path, label, work, LEGO, sizes))
             print(f"[first_minute] {name} = {label}", flush=True)
 
+        def side_extra(s: Side) -> list[str]:
+            """--extra (and --extra-b for B) without the keys this side's checkout lacks."""
+            keys = known_keys(s.checkout, s.env)
+            extra = [*a.extra, *(a.extra_b if s.name == "B" else [])]
+            keep = [e for e in extra if keys is None or e.split("=", 1)[0] in keys]
+            for e in extra:
+                if e not in keep:
+                    print(f"[first_minute] {s.name}: {s.label} has no {e.split('=', 1)[0]}: "
+                          f"not passed to it", flush=True)
+            return keep
+
+        extras = {s.name: side_extra(s) for s in sides}
+
         def cmd(s: Side, seconds: float, tag: str) -> list[str]:
             return [sys.executable, str(Path(__file__).resolve()), "--run", str(work / f"{tag}_{s.name}.json"),
                     "--seconds", repr(seconds), "--eval-at", *map(repr, a.eval_at), "--extra",
                     f"data.root={LEGO}", *overrides(s.sizes), f"run.dir={work / f'run_{tag}_{s.name}'}",
-                    f"data.cache_dir={s.cache}", *a.extra]
+                    f"data.cache_dir={s.cache}", *extras[s.name]]
 
         for s in sides:  # NOTE: alone, so no timed run builds a cache
             subprocess.run(cmd(s, 1.0, "warmup"), cwd=s.checkout, env=s.env, check=True,
