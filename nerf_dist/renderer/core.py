@@ -204,8 +204,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
                     parts = _gather_to_main(sent, rank, world_size)
                 del sent
                 if rank == 0:
-                    for r, part in enumerate(parts):
-                        for tt, out, dt in part:
+                    for r, received in enumerate(parts):
+                        for tt, out, dt in received:
                             paste(Tile(*tt), out, dt, r)
                 del parts
         if stats is not None:
