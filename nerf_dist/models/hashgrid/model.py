@@ -71,7 +71,7 @@ class FastNeRF(NeRFModel):
         if self.cfg.fast_random_background:
             bg, target = random_background(batch, background, noise)
             return {"background": bg}, target
-        return {"background": background}, batch["rgb"]
+        return super().train_inputs(batch, background, noise)
 
     @classmethod
     def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ...render_ops import volrend
+from ...render_ops import proposal, volrend
 
 # Columns of a segment's reduction: rgb (3), tau, acc, depth, distortion.
 SEG_WIDTH = 7
@@ -67,14 +67,9 @@ def distortion(weights: torch.Tensor, t_pos: torch.Tensor, t_starts: torch.Tenso
     sum_ij w_i w_j |m_i - m_j| + 1/3 sum_i w_i^2 (t_end_i - t_start_i).
 
     weights, t_pos (the points m), t_starts, t_ends: [n_rays, n_samples] -> [n_rays].
-    NOTE: with m sorted, the pairwise sum is 2 sum_i w_i (m_i W_<i - S_<i) (exclusive cumsums of
-    w and w m): O(n_samples) instead of O(n_samples^2).
+    (render_ops.proposal.distortion_loss_mw with midpoints t_pos and widths t_ends - t_starts.)
     """
-    wm = weights * t_pos
-    w_before = torch.cumsum(weights, -1) - weights
-    wm_before = torch.cumsum(wm, -1) - wm
-    pair = 2.0 * (weights * (t_pos * w_before - wm_before)).sum(-1)
-    return pair + (weights ** 2 * (t_ends - t_starts)).sum(-1) / 3.0
+    return proposal.distortion_loss_mw(t_pos, t_ends - t_starts, weights)
 
 
 def reduce_segment(sigma: torch.Tensor, rgb: torch.Tensor, t_starts: torch.Tensor,

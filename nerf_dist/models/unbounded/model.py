@@ -59,9 +59,9 @@ class UnboundedNeRF(NeRFModel):
 
     def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None = None):
         super().__init__(cfg)
-        self.occupancy = cfg.sampler == "occupancy"
-        self.n_proposal = [] if self.occupancy else int_list(cfg.proposal_samples)
-        res = [] if self.occupancy else int_list(cfg.proposal_max_res)
+        occupancy = cfg.sampler == "occupancy"
+        self.n_proposal = [] if occupancy else int_list(cfg.proposal_samples)
+        res = [] if occupancy else int_list(cfg.proposal_max_res)
         self.field = ContractedField(cfg.contraction, cfg.hash_levels, cfg.hash_features,
                                      cfg.hash_log2_size, cfg.hash_base_res, cfg.hash_max_res,
                                      cfg.hidden, cfg.geo_features, cfg.appearance_dim)
@@ -69,7 +69,7 @@ class UnboundedNeRF(NeRFModel):
             ProposalDensity(cfg.contraction, cfg.proposal_levels, cfg.proposal_log2_size, r,
                             cfg.proposal_hidden) for r in res)
         self.grid = (contracted_grid(cfg.occupancy_res, cfg.field_samples,
-                                     cfg.occupancy_update_every) if self.occupancy else None)
+                                     cfg.occupancy_update_every) if occupancy else None)
         if cfg.appearance_dim > 0:
             # NOTE: zeros, so a row no image trained stays exactly zero (see the module doc).
             self.appearance = torch.nn.Parameter(torch.zeros(cfg.appearance_images,
