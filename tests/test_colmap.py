@@ -79,7 +79,7 @@ def write_model(folder: Path, cameras: dict, images: list, points: list, binary:
     if binary:
         b = struct.pack("<Q", len(cameras))
         for cid, (model, w, h, params) in cameras.items():
-            b += struct.pack("<iiQQ", cid, MODEL_IDS[model][0], w, h)
+            b += struct.pack("<IiQQ", cid, MODEL_IDS[model][0], w, h)
             b += struct.pack("<" + "d" * len(params), *params)
         (folder / "cameras.bin").write_bytes(b)
         b = struct.pack("<Q", len(images))
@@ -91,7 +91,7 @@ def write_model(folder: Path, cameras: dict, images: list, points: list, binary:
         for pid, xyz, rgb, err, track in points:
             b += struct.pack("<Q3d3BdQ", pid, *xyz, *rgb, err, len(track))
             for iid, idx in track:
-                b += struct.pack("<ii", iid, idx)
+                b += struct.pack("<II", iid, idx)
         (folder / "points3D.bin").write_bytes(b)
         return
     lines = ["# Camera list with one line of data per camera:"]
@@ -426,3 +426,21 @@ def test_sparse_points_come_in_the_scene_frame(tmp_path):
     assert sparse_points(cfg(tmp_path)) is not None
     (tmp_path / "sparse/0/points3D.bin").unlink()
     assert sparse_points(cfg(tmp_path)) is None
+
+
+def test_ids_past_2_31_are_read_unsigned(tmp_path):
+    """COLMAP's ids are unsigned (uint32 camera and image ids, uint64 point ids): one past 2^31
+    names the same image in images.bin and in a point's track, as in the text model."""
+    from nerf_dist.scenes.colmap_model import read_cameras, read_images, read_points3D
+    big_img, big_cam, big_pt = 2 ** 32 - 3, 2 ** 31 + 5, 2 ** 40 + 1
+    for binary in (True, False):
+        folder = tmp_path / ("bin" if binary else "txt")
+        write_model(folder, {big_cam: ("PINHOLE", 8, 6, [7.0, 7.0, 4.0, 3.0])},
+                    [(big_img, [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0], big_cam, "a.png")],
+                    [(big_pt, [0.0, 0.0, 0.0], [1, 2, 3], 0.5, [(big_img, 2 ** 31 + 1)])], binary)
+        ext = ".bin" if binary else ".txt"
+        assert list(read_cameras(str(folder / f"cameras{ext}"))) == [big_cam]
+        assert list(read_images(str(folder / f"images{ext}"))) == [big_img]
+        pts = read_points3D(str(folder / f"points3D{ext}"))
+        assert pts.ids.tolist() == [big_pt] and pts.track_image.tolist() == [big_img]
+        assert pts.track_image.dtype == np.int64

@@ -41,8 +41,20 @@ _FULL, _CROP, _WINDOW = 0, 1, 2
 # Bytes a resident pixel needs beside its colour: two int32 permutations (the shard's current
 # epoch and the next, both alive while a step crosses the epoch boundary); with a centre-crop
 # warm-up, 12: the crop positions (int32) and two crop-stream permutations (the full stream's
-# permutations are only built after the warm-up, when the crop ones are dropped).
+# permutations are only built after the warm-up, when the crop ones are dropped). Twice that for
+# a shard of 2^31 pixels or more, whose positions need int64 (:func:`index_dtype`).
 PERM_BYTES, CROP_BYTES = 8, 12
+
+
+def index_dtype(n: int) -> torch.dtype:
+    """The narrowest dtype that holds the positions 0 .. n-1 of a shard: int32 below 2^31 (half
+    the memory of int64), else int64."""
+    return torch.int32 if n <= 2 ** 31 else torch.int64
+
+
+def extra_bytes(max_pixels: int, precrop: bool) -> int:
+    """Bytes a resident pixel of a shard of max_pixels needs beside its colour (see above)."""
+    return (CROP_BYTES if precrop else PERM_BYTES) * (index_dtype(max_pixels).itemsize // 4)
 
 
 def stream_seed(seed: int, stream: int, epoch: int, shard: int) -> int:
@@ -64,8 +76,8 @@ def stream_positions(n: int, start: int, count: int, seed: int, stream: int, sha
     stream, e, shard). _perms: optional cache {(stream, shard, epoch): int32 perm}; only the
     newest two epochs of each (stream, shard) are kept.
 
-    NOTE: int32 permutations hold the same values as torch.randperm's default int64 ones (same
-    generator draws) in half the memory.
+    NOTE: int32 permutations (below 2^31 items, :func:`index_dtype`) hold the same values as
+    torch.randperm's default int64 ones (same generator draws) in half the memory.
     """
     out = []
     pos, end = start, start + count
@@ -76,7 +88,7 @@ def stream_positions(n: int, start: int, count: int, seed: int, stream: int, sha
         perm = _perms.get(key) if _perms is not None else None
         if perm is None:
             g = torch.Generator().manual_seed(stream_seed(seed, stream, epoch, shard))
-            perm = torch.randperm(n, generator=g, dtype=torch.int32)
+            perm = torch.randperm(n, generator=g, dtype=index_dtype(n))
             if _perms is not None:
                 for k in [k for k in list(_perms) if k[:2] == key[:2] and k[2] < epoch - 1]:
                     _perms.pop(k, None)
@@ -152,8 +164,7 @@ class WindowPlan:
 def shard_cost(max_pixels: int, bytes_per_pixel: int, precrop: bool, streamed: bool) -> int:
     """Bytes a rank needs per shard it owns: colours (twice when streamed: the window in use and
     the next one read ahead) and the permutation bytes (:data:`PERM_BYTES`)."""
-    extra = CROP_BYTES if precrop else PERM_BYTES
-    return max_pixels * ((2 if streamed else 1) * bytes_per_pixel + extra)
+    return max_pixels * ((2 if streamed else 1) * bytes_per_pixel + extra_bytes(max_pixels, precrop))
 
 
 def plan_window(n_pixels: int, n_shards: int, rays_per_batch: int, bytes_per_pixel: int,
@@ -173,7 +184,7 @@ def plan_window(n_pixels: int, n_shards: int, rays_per_batch: int, bytes_per_pix
     per = shard_cost(m, bytes_per_pixel, precrop, True)
     fits = [d for d in range(S - 1, 0, -1) if S % d == 0 and d * per <= cache_memory]
     if not fits:
-        need_shards = -(-n_pixels * (2 * bytes_per_pixel + (CROP_BYTES if precrop else PERM_BYTES))
+        need_shards = -(-n_pixels * (2 * bytes_per_pixel + extra_bytes(m, precrop))
                         // cache_memory)
         raise ValueError(
             f"data.cache_memory={cache_memory} bytes cannot hold one shard of the ray cache "

@@ -8,20 +8,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from ..ray_cache import RayCache
-from .schedule import _CROP, _FULL, stream_positions
+from .schedule import _CROP, _FULL, index_dtype, stream_positions
 
 _CHUNK = 1 << 20  # pixels per chunk when finding a shard's centre-crop positions
 
 
 def crop_positions(cache: RayCache, s: int, frac: float) -> torch.Tensor:
-    """int32 positions p of shard s whose pixel (s + p S) lies in the centre crop frac."""
+    """Positions p of shard s whose pixel (s + p S) lies in the centre crop frac: int32 (int64
+    for a shard of 2^31 pixels or more, :func:`.schedule.index_dtype`)."""
     n, S = cache.shard_sizes[s], cache.n_shards
-    parts = []
+    dtype, parts = index_dtype(n), []
     for lo in range(0, n, _CHUNK):
         p = torch.arange(lo, min(n, lo + _CHUNK), dtype=torch.int64)
         inside = cache.crop(s + p * S).float() < frac
-        parts.append(p[inside].to(torch.int32))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32)
+        parts.append(p[inside].to(dtype))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
 
 
 class ShardStore:

@@ -139,7 +139,7 @@ def extract_frames(video: str, dest: str, n_frames: int, progress=None) -> Colle
                            f"views of the scene")
     w, h = meta["size"]
     n = min(n_frames, total)
-    edges = np.linspace(0, total, n + 1).astype(int)
+    edges = [total * k // n for k in range(n + 1)]  # exact integers at any length
     os.makedirs(dest, exist_ok=True)
     names, best, best_score, win = [], None, -1.0, 0
     try:

@@ -33,10 +33,10 @@ from .build import (InMemory, build_shards, ensure_cache, image_block, verify_sh
 from .colour import MODES, bytes_per_pixel
 from .key import cache_key, key_inputs
 from .layout import (CACHE_VERSION, MANIFEST, PARTS, RayCache, RayCacheError, ShardReadError,
-                     count_in, pixel_crop, rebuild_hint, shard_name, shard_sizes)
+                     count_in, even_indices, pixel_crop, rebuild_hint, shard_name, shard_sizes)
 
 __all__ = ["CACHE_VERSION", "MANIFEST", "PARTS", "MODES", "RayCache", "RayCacheError",
            "ShardReadError", "InMemory", "build_shards", "bytes_per_pixel", "cache_key",
-           "count_in", "ensure_cache", "image_block", "key_inputs", "pixel_crop", "rebuild_hint",
+           "count_in", "ensure_cache", "even_indices", "image_block", "key_inputs", "pixel_crop", "rebuild_hint",
            "shard_name", "shard_sizes", "verify_shards", "write_manifest", "write_parts",
            "write_shards"]

@@ -165,6 +165,14 @@ def _read_block(url: str, start: int, end: int, crc: int) -> bytes:
                          attempts=None if storage.is_url(url) else 1, gave_up=gave_up)
 
 
+def part_offsets(first: int, end: int, HW: int, n_shards: int) -> np.ndarray:
+    """[n_shards + 1] int64: the pixel offset of each shard's block in the part file of frames
+    [first, end) of HW pixels (shard s's block is [out[s], out[s + 1])); times the part's bytes
+    per pixel, its byte range. int64 whatever numpy's default integer (int32 on Windows)."""
+    counts = [count_in(first * HW, end * HW, t, n_shards) for t in range(n_shards)]
+    return np.concatenate([np.zeros(1, np.int64), np.cumsum(counts, dtype=np.int64)])
+
+
 def _write_shard(url: str, s: int, q: np.ndarray) -> dict:
     sha = hashlib.sha256(q.data).hexdigest()
     storage.write_bytes(storage.join(url, shard_name(s)), q.data)
@@ -182,10 +190,8 @@ def write_shards(source, url: str, n_shards: int, flushes: list, mode: str, rank
     dtype, c = MODES[mode]
     flushes = sorted(flushes, key=lambda f: f["first"])
     # offsets of every shard's block in every part, in that part's own bytes per pixel
-    starts = []
-    for f in flushes:
-        counts = [count_in(f["first"] * HW, f["end"] * HW, t, n_shards) for t in range(n_shards)]
-        starts.append((np.concatenate([[0], np.cumsum(counts)]), bytes_per_pixel(f["mode"])))
+    starts = [(part_offsets(f["first"], f["end"], HW, n_shards), bytes_per_pixel(f["mode"]))
+              for f in flushes]
     mine = list(range(rank, n_shards, world_size))
     sums, step = {}, max(1, len(mine) // 4)
     for j, s in enumerate(mine):

@@ -63,6 +63,21 @@ def count_in(lo: int, hi: int, s: int, n_shards: int) -> int:
     return below(hi) - below(lo)
 
 
+def even_indices(n: int, count: int) -> torch.Tensor:
+    """count [min(count, n)] int64 indices spread evenly over 0 .. n-1, first and last included,
+    increasing, exact at any n (integer arithmetic: a float32 linspace rounds past 2^24)."""
+    n, count = int(n), min(int(count), int(n))
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if count == 1:
+        return torch.zeros(1, dtype=torch.int64)
+    k = torch.arange(count, dtype=torch.int64)
+    # NOTE: floor(k (n-1) / (count-1)) without the product k (n-1) (it overflows int64 past
+    # n ~ 2^63 / count): quotient and remainder of (n-1) / (count-1) taken apart.
+    q, r = divmod(n - 1, count - 1)
+    return k * q + torch.div(k * r, count - 1, rounding_mode="floor")
+
+
 def rebuild_hint(url: str) -> str:
     """What to do about a damaged cache folder (ends every such error)."""
     return (f"delete the cache folder {storage.redact(url)} or run `nerf-dist cache --rebuild` "

@@ -3,13 +3,17 @@
 The formats are COLMAP's documented ones (https://colmap.github.io/format.html); pycolmap is not
 needed to read them. Binary (little endian):
 
-- cameras.bin: uint64 n; per camera: int32 camera_id, int32 model_id, uint64 width, uint64 height,
+- cameras.bin: uint64 n; per camera: uint32 camera_id, int32 model_id, uint64 width, uint64 height,
   float64 params[model's count].
 - images.bin: uint64 n; per image: uint32 image_id, float64 qw qx qy qz, float64 tx ty tz,
   uint32 camera_id, name (bytes up to a NUL), uint64 n_points2D, then per point float64 x, y and
   int64 point3D_id.
 - points3D.bin: uint64 n; per point: uint64 point3D_id, float64 x y z, uint8 r g b, float64 error,
-  uint64 track_length, then per element int32 image_id, int32 point2D_idx.
+  uint64 track_length, then per element uint32 image_id, uint32 point2D_idx.
+
+Ids are COLMAP's unsigned types (camera_t, image_t, point2D_t: uint32; point3D_t: uint64), read
+as such and kept as Python ints / int64 arrays, so an id past 2^31 names the same image in
+images.bin and in a track.
 
 Text: one line per camera / point, two lines per image (the second, possibly empty, holds the 2D
 points); ``#`` starts a comment line. Ids need not be contiguous. COLMAP 4 also writes rigs and
@@ -159,7 +163,7 @@ def read_cameras(path: str) -> dict[int, Camera]:
         b = _Bin(path)
         (n,) = b.take("Q", "the number of cameras")
         for k in range(n):
-            cam_id, model_id, w, h = b.take("iiQQ", f"camera {k} (id, model, width, height)")
+            cam_id, model_id, w, h = b.take("IiQQ", f"camera {k} (id, model, width, height)")
             if model_id not in CAMERA_MODELS:
                 raise SceneError(f"{path}: camera {cam_id}: unknown camera model id {model_id}")
             name, n_par = CAMERA_MODELS[model_id]
@@ -235,7 +239,7 @@ def read_points3D(path: str) -> Points3D:
         (n,) = b.take("Q", "the number of 3D points")
         for k in range(n):
             vals = b.take("Q3d3BdQ", f"3D point {k} (id, xyz, rgb, error, track length)")
-            track = b.array("<i4", 2 * vals[8], f"3D point {vals[0]} track ({vals[8]} entries)")
+            track = b.array("<u4", 2 * vals[8], f"3D point {vals[0]} track ({vals[8]} entries)")
             ids.append(vals[0])
             xyz.append(vals[1:4])
             rgb.append(vals[4:7])

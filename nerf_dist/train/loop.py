@@ -24,7 +24,7 @@ from ..lifecycle import StallWatchdog, StopSignals, write_status
 from ..loader import RayLoader
 from ..logger import make_logger
 from ..metrics import mse_to_psnr
-from ..ray_cache import ensure_cache
+from ..ray_cache import ensure_cache, even_indices
 from ..run_dir import config_at_rest, run_paths, write_config
 from ..scenes import sparse_points
 from . import guards
@@ -71,8 +71,7 @@ class Trainer:
                                                                           self.bounds.aabb)
         # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read),
         # and the scene's sparse points where it has them (COLMAP), read by every rank alike.
-        sample = self.cache.rays(torch.linspace(0, self.cache.n_pixels - 1,
-                                                min(4096, self.cache.n_pixels)).long())
+        sample = self.cache.rays(even_indices(self.cache.n_pixels, 4096))
         self.model.init_from_rays(sample["rays_o"], sample["rays_d"], self.bounds.near,
                                   self.bounds.far, points=sparse_points(cfg.data)
                                   if self.model.uses_sparse_points else None)
