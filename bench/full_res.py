@@ -66,7 +66,8 @@ def measure(cli: Cli, n: int, a, work: Path, log=print) -> dict:
                             "--frames", "1", "--no-video", "--no-progress",
                             "--out", str(work / "render")])
     meta = json.loads((work / "render" / "render.json").read_text())
-    shape = (meta.get("width"), meta.get("height")) if "width" in meta else None
+    path = meta.get("camera_path", {})
+    size = f"{path.get('width')}x{path.get('height')}"
     row = {"ranks": n, "cache_build_s": round(cache["wall_s"], 1),
            "cache_rss_gib": [round(r / 1024, 2) for r in cache["rank_rss_mb"]],
            "s_per_step": round(s_step, 2) if s_step else None, "steps": a.steps,
@@ -75,10 +76,10 @@ def measure(cli: Cli, n: int, a, work: Path, log=print) -> dict:
            "render_s": round(meta["last_run"]["seconds"], 1),
            "render_wall_s": round(render["wall_s"], 1),
            "render_rss_gib": [round(r / 1024, 2) for r in render["rank_rss_mb"]],
-           "render_size": shape}
+           "render_size": size}
     log(f"{n} rank(s): cache build {cache['wall_s']:.1f} s (peak RSS per rank {_rss(cache)}); "
         f"train {a.steps} steps: {row['s_per_step']} s/step, {train['wall_s']:.1f} s wall "
-        f"(peak RSS per rank {_rss(train)}); render 1 val view 800x800: {row['render_s']} s "
+        f"(peak RSS per rank {_rss(train)}); render 1 val view {size}: {row['render_s']} s "
         f"({render['wall_s']:.1f} s wall, peak RSS per rank {_rss(render)})")
     return row
 
