@@ -135,11 +135,9 @@ class PartitionedNeRF(NeRFModel):
                 p.grad = flat[i:i + n].view_as(p).clone()
                 i += n
 
-    def replica_digest_group(self):
-        """The ranks whose state must be bit-identical to this rank's (its replica group)."""
-        return self.layout.replica_group
-
     def replica_key(self) -> int:
+        """Ranks of equal member hold the same boxes (dist.check_replicas compares each box
+        between the ranks holding it, and the shared head and partition between all ranks)."""
         return self.layout.member
 
     def render_split(self, rank: int, world_size: int) -> tuple[int, int, bool]:
