@@ -3,6 +3,8 @@ P-box model on P ranks (and on R replicas x P boxes) equal to the same model in 
 float64 with real gloo processes."""
 from __future__ import annotations
 
+import datetime
+import time
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from nerf_dist import memory
-from nerf_dist.dist import ReplicaMismatchError, check_replicas
+from nerf_dist.dist import CollectiveError, ReplicaMismatchError, check_replicas
+from nerf_dist.lifecycle import StallWatchdog
 from nerf_dist.models import ModelConfig, build_model
 from nerf_dist.models.partitioned.kdtree import kd_partition, ray_points
 from nerf_dist.models.partitioned.unbounded import open_outer_faces
@@ -347,6 +350,44 @@ def test_replica_digest_compares_every_tensor_between_the_ranks_holding_it(tmp_p
     assert "rank(s) 1 differ from rank 0" in res[0]["colour"] == res[1]["colour"]
     assert "'colour." in res[0]["colour"]
     assert "'bounds'" in res[0]["bounds"] == res[1]["bounds"], res[0]["bounds"]
+
+
+def _frozen_worker(rank, world, init, out):
+    tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                             timeout=datetime.timedelta(seconds=2))
+    try:
+        model = make_model(2)
+        model.distribute(rank, world)
+        with open(f"{out}.{rank}.log", "w") as log:
+            dog = StallWatchdog(rank, 0.5, 2.0, stream=log, poll_s=0.1)
+            model.watch_collectives(dog.waiting)
+            res = {}
+            if rank == 1:
+                time.sleep(4)            # frozen: never joins the exchange
+            else:
+                ro, rd, vd = make_rays()
+                try:
+                    model(ro, rd, vd, 0.05, 6.0)
+                    res["error"] = None
+                except CollectiveError as e:
+                    res["error"] = str(e)
+            dog.close()
+        torch.save(res, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_a_frozen_box_partner_is_named_by_the_watchdog_and_the_error(tmp_path):
+    """Issue 24: the segment exchange of forward sits under dist.collective and the stall
+    watchdog: a partner that never joins is named while waiting, and its end (the process
+    group's timeout) is a CollectiveError naming the exchange."""
+    out = str(tmp_path / "f")
+    mp.spawn(_frozen_worker, args=(2, str(tmp_path / "init"), out), nprocs=2)
+    res = torch.load(f"{out}.0")
+    log = open(f"{out}.0.log").read()
+    assert "[rank 0] still waiting after" in log and "segment exchange" in log, log
+    assert res["error"] and "segment exchange" in res["error"], res
+    assert "a peer rank died, froze or became unreachable" in res["error"], res
 
 
 def test_load_balance_scalars_cover_every_box():

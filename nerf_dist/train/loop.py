@@ -69,6 +69,7 @@ class Trainer:
         self.bounds = SceneBounds.from_meta(self.cache.meta, self.device)
         self.model, self.ddp, self.comm, self.placement = build_model_ddp(cfg, dist,
                                                                           self.bounds.aabb)
+        self.model.watch_collectives(self.watchdog.waiting)
         # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read),
         # and the scene's sparse points where it has them (COLMAP), read by every rank alike.
         sample = self.cache.rays(torch.linspace(0, self.cache.n_pixels - 1,

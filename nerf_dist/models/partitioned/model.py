@@ -115,6 +115,10 @@ class PartitionedNeRF(NeRFModel):
                 del self.boxes[str(k)]
         return self.layout.replica, self.layout.n_replicas
 
+    def watch_collectives(self, watch) -> None:
+        """``watch(what)`` around the segment exchange of every forward (:mod:`.layout`)."""
+        self.layout.watch = watch
+
     def sync_gradients(self) -> None:
         """Collective, after backward: the shared head's gradients summed over the box group,
         every gradient averaged over the replicas (what DDP does for a replicated model)."""
