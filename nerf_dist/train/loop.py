@@ -83,7 +83,8 @@ class Trainer:
         self.loader = RayLoader(self.cache, *self.shard, cfg.train.rays_per_batch,
                                 cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
                                 device=self.device, cache_memory=cfg.data.cache_memory_bytes,
-                                log=self.log.info, watch=self.watchdog.waiting)
+                                log=self.log.info, watch=self.watchdog.waiting,
+                                agree=(dist.rank, dist.world_size))
         self.optim, self.scaler = build_optimiser(self.model, cfg, self.device)
         self.validator = Validator(cfg, dist, self.log, self.watchdog, stop)
         self.step = 0
