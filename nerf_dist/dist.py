@@ -201,30 +201,40 @@ def combined_digest(digests: list[tuple[str, str]]) -> str:
 
 def check_replicas(module: torch.nn.Module, rank: int, world_size: int, when: str,
                    key: int = 0) -> str:
-    """Collective: every rank's parameters and buffers are bit-identical, or every rank raises.
+    """Collective: every tensor that several ranks hold is bit-identical on all of them, or
+    every rank raises.
 
-    The ranks all-gather their :func:`tensor_digests`; a difference raises
-    :class:`ReplicaMismatchError` on every rank, naming the ranks that differ from rank 0 and the
-    first differing tensor. Returns the combined digest (the same on every rank).
-    key: ranks with equal keys must agree (a partitioned model: the ranks holding the same
-    boxes); each rank is compared with the first rank of its key, and the combined digest covers
-    every key's first rank (with one key, as before: this rank's own).
+    The ranks all-gather their :func:`tensor_digests`. Each tensor (by name) is compared
+    between every rank holding it: a replicated model's tensors between all ranks; a model
+    placed across ranks (the partitioned kind) compares its shared colour head and partition
+    buffers between all ranks (the members of a box group and the replicas), and box k's
+    parameters between the ranks holding box k (its replicas). key: ranks with equal keys must
+    also hold the same tensor names (the same boxes). A difference raises
+    :class:`ReplicaMismatchError` on every rank, naming the ranks that differ, the rank they
+    were compared with and the first differing tensor. Returns the combined digest of every
+    tensor held anywhere (the same on every rank; with every rank holding every tensor, this
+    rank's own).
     """
     mine = tensor_digests(module)
     if world_size == 1 or not _group():
         return combined_digest(mine)
     every = all_gather_object((key, mine), rank, world_size)
-    first = {}
-    for r, (k, d) in enumerate(every):
-        first.setdefault(k, r)
+    holder: dict[str, tuple[int, str]] = {}       # name -> (first rank holding it, its hash)
+    names_of_key: dict[int, tuple[int, list[str]]] = {}
     bad = []
     for r, (k, d) in enumerate(every):
-        ref = every[first[k]][1]
-        if d != ref:
-            names = dict(d)
-            name = next((n for n, h in ref if names.get(n) != h),
-                        next((n for n, _ in d if n not in dict(ref)), "?"))
-            bad.append((r, first[k], name))
+        ref_rank, ref_names = names_of_key.setdefault(k, (r, [n for n, _ in d]))
+        names = [n for n, _ in d]
+        if names != ref_names:
+            odd = next((n for n in names if n not in ref_names),
+                       next((n for n in ref_names if n not in names), "?"))
+            bad.append((r, ref_rank, odd))
+            continue
+        for n, h in d:
+            first, ref = holder.setdefault(n, (r, h))
+            if h != ref:
+                bad.append((r, first, n))
+                break
     if bad:
         ranks = ", ".join(str(r) for r, _, _ in bad)
         refs = " / ".join(sorted({str(f) for _, f, _ in bad}))
@@ -232,22 +242,6 @@ def check_replicas(module: torch.nn.Module, rank: int, world_size: int, when: st
             f"{when}: the model replicas differ: rank(s) {ranks} differ from rank {refs}; first "
             f"differing tensor: {bad[0][2]!r} (rank {bad[0][0]}). The ranks no longer train the "
             f"same model; resume from the newest checkpoint (train.resume=auto)")
-    if len(first) == 1:
-        return combined_digest(mine)
-    return combined_digest([(f"{k}/{n}", h) for k in sorted(first) for n, h in every[first[k]][1]])
-    every = all_gather_object(mine, rank, world_size)
-    ref = every[0]
-    bad = []
-    for r, d in enumerate(every[1:], start=1):
-        if d != ref:
-            names = dict(d)
-            first = next((n for n, h in ref if names.get(n) != h),
-                         next((n for n, _ in d if n not in dict(ref)), "?"))
-            bad.append((r, first))
-    if bad:
-        ranks = ", ".join(str(r) for r, _ in bad)
-        raise ReplicaMismatchError(
-            f"{when}: the model replicas differ: rank(s) {ranks} differ from rank 0; first "
-            f"differing tensor: {bad[0][1]!r} (rank {bad[0][0]}). The ranks no longer train the "
-            f"same model; resume from the newest checkpoint (train.resume=auto)")
-    return combined_digest(mine)
+    # NOTE: every tensor once, in the order of first appearance (rank 0's first): with every
+    # rank holding every tensor this is combined_digest(mine), the digest of earlier versions.
+    return combined_digest([(n, h) for n, (_, h) in holder.items()])

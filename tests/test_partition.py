@@ -3,6 +3,8 @@ P-box model on P ranks (and on R replicas x P boxes) equal to the same model in 
 float64 with real gloo processes."""
 from __future__ import annotations
 
+import datetime
+import time
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from nerf_dist import memory
-from nerf_dist.dist import ReplicaMismatchError, check_replicas
+from nerf_dist.dist import CollectiveError, ReplicaMismatchError, check_replicas
+from nerf_dist.lifecycle import StallWatchdog
 from nerf_dist.models import ModelConfig, build_model
 from nerf_dist.models.partitioned.kdtree import kd_partition, ray_points
 from nerf_dist.models.partitioned.unbounded import open_outer_faces
@@ -306,25 +309,85 @@ def test_rays_in_the_split_plane_belong_to_the_upper_box():
 def _digest_worker(rank, world, init, out):
     tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
+        res = {}
         torch.manual_seed(rank)               # every rank a different model
         m = torch.nn.Linear(2, 2)
-        res = {"keyed": check_replicas(m, rank, world, "test", key=rank)}
-        try:
-            check_replicas(m, rank, world, "test")
-            res["plain"] = "passed"
-        except ReplicaMismatchError as e:
-            res["plain"] = str(e)
+        for name, key in (("keyed", rank), ("plain", 0)):
+            try:
+                res[name] = check_replicas(m, rank, world, "test", key=key)
+            except ReplicaMismatchError as e:
+                res[name] = str(e)
+        # two boxes on two ranks (one replica): the same shared head and partition, each rank
+        # its own box -> they agree; then a perturbed colour head, then a perturbed partition
+        model = make_model(2)
+        model.distribute(rank, world)
+        res["boxes"] = check_replicas(model, rank, world, "test", key=model.replica_key())
+        for name, tensor in (("colour", next(model.colour.parameters())),
+                             ("bounds", model.bounds)):
+            with torch.no_grad():
+                tensor.view(-1)[0] += 1e-3 * rank
+            try:
+                res[name] = check_replicas(model, rank, world, "test", key=model.replica_key())
+            except ReplicaMismatchError as e:
+                res[name] = str(e)
+            with torch.no_grad():
+                tensor.view(-1)[0] -= 1e-3 * rank
         torch.save(res, f"{out}.{rank}")
     finally:
         tdist.destroy_process_group()
 
 
-def test_replica_digest_is_compared_within_replica_groups(tmp_path):
+def test_replica_digest_compares_every_tensor_between_the_ranks_holding_it(tmp_path):
+    """Issue 24: two different models fail whatever their keys; a partitioned model on its box
+    group compares the shared colour head and the partition (each box is held once: nothing
+    to compare it with)."""
     out = str(tmp_path / "d")
     mp.spawn(_digest_worker, args=(2, str(tmp_path / "init"), out), nprocs=2)
     res = [torch.load(f"{out}.{r}") for r in range(2)]
-    assert res[0]["keyed"] == res[1]["keyed"]            # one digest of both groups, no error
-    assert "rank(s) 1 differ from rank 0" in res[0]["plain"] == res[1]["plain"]
+    for name in ("keyed", "plain"):
+        assert "rank(s) 1 differ from rank 0" in res[0][name] == res[1][name], res[0][name]
+    assert len(res[0]["boxes"]) == 16 and res[0]["boxes"] == res[1]["boxes"]
+    assert "rank(s) 1 differ from rank 0" in res[0]["colour"] == res[1]["colour"]
+    assert "'colour." in res[0]["colour"]
+    assert "'bounds'" in res[0]["bounds"] == res[1]["bounds"], res[0]["bounds"]
+
+
+def _frozen_worker(rank, world, init, out):
+    tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                             timeout=datetime.timedelta(seconds=2))
+    try:
+        model = make_model(2)
+        model.distribute(rank, world)
+        with open(f"{out}.{rank}.log", "w") as log:
+            dog = StallWatchdog(rank, 0.5, 2.0, stream=log, poll_s=0.1)
+            model.watch_collectives(dog.waiting)
+            res = {}
+            if rank == 1:
+                time.sleep(4)            # frozen: never joins the exchange
+            else:
+                ro, rd, vd = make_rays()
+                try:
+                    model(ro, rd, vd, 0.05, 6.0)
+                    res["error"] = None
+                except CollectiveError as e:
+                    res["error"] = str(e)
+            dog.close()
+        torch.save(res, f"{out}.{rank}")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_a_frozen_box_partner_is_named_by_the_watchdog_and_the_error(tmp_path):
+    """Issue 24: the segment exchange of forward sits under dist.collective and the stall
+    watchdog: a partner that never joins is named while waiting, and its end (the process
+    group's timeout) is a CollectiveError naming the exchange."""
+    out = str(tmp_path / "f")
+    mp.spawn(_frozen_worker, args=(2, str(tmp_path / "init"), out), nprocs=2)
+    res = torch.load(f"{out}.0")
+    log = open(f"{out}.0.log").read()
+    assert "[rank 0] still waiting after" in log and "segment exchange" in log, log
+    assert res["error"] and "segment exchange" in res["error"], res
+    assert "a peer rank died, froze or became unreachable" in res["error"], res
 
 
 def test_load_balance_scalars_cover_every_box():

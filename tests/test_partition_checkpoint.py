@@ -149,3 +149,24 @@ def test_a_failed_part_write_on_one_rank_is_raised_on_every_rank_and_commits_not
     assert "rank 1" in msgs[0] and "box-0001.pt" in msgs[0], msgs[0]
     assert Checkpointer(str(run / "checkpoints")).list() == []
     assert not (run / "checkpoints" / "step-00000002" / "COMMITTED").exists()
+
+
+@pytest.mark.slow
+def test_a_damaged_part_of_the_newest_checkpoint_falls_back_on_every_rank_together(
+        demo_scene, tmp_path):
+    """Issue 24: box 1's part of step 4 is damaged at rest; only rank 1 reads it. Every rank
+    falls back to step 2 together (as past a damaged gathered checkpoint), instead of failing
+    every requeue, and the resumed run equals an uninterrupted one."""
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    two = tmp_path / "two"
+    assert _spawn2(demo_scene, two, tmp_path, cache) == ["no error"] * 2
+    assert Checkpointer(str(two / "checkpoints")).list() == [2, 4]
+    flip_bytes(str(two / "checkpoints" / "step-00000004" / "box-0001.pt"))
+    msgs = _spawn2(demo_scene, two, tmp_path, cache, "train.steps=6", "train.resume=auto")
+    assert msgs == ["no error"] * 2, msgs
+    assert Checkpointer(str(two / "checkpoints")).list() == [2, 4, 6]
+    one = tmp_path / "one"
+    train(_cfg(demo_scene, one, cache, "train.steps=6"), DistInfo())      # uninterrupted
+    d = _max_diff(checkpoint_params(str(one / "checkpoints")),
+                  checkpoint_params(str(two / "checkpoints")))
+    assert d <= TOL, d

@@ -198,3 +198,36 @@ def test_progress_line_shows_samples_per_box_and_imbalance(demo_scene, tmp_path,
     boxes = [ea.Scalars(f"model/box{k}_samples")[-1].value for k in (0, 1)]
     assert f"imb={imb:.2f}" in line[-1], line[-1]
     assert f"box={boxes[0]:.0f}/{boxes[1]:.0f}" in line[-1], line[-1]
+
+
+def _damaged_shard_rank_main(rank, scene, run, out_dir, port, extra):
+    """_rank_main with rank 1 alone reading shard 1 of the ray cache damaged (one byte flipped,
+    as a bad disk cache or link of one node gives it): the shard's checksum finds it."""
+    if rank == 1:
+        from nerf_dist import storage
+        real = storage.read_bytes
+
+        def flipped(url, *a, **k):
+            raw = real(url, *a, **k)
+            if str(url).endswith("shard-00001.bin"):
+                raw = bytearray(raw)
+                raw[len(raw) // 2] ^= 0xFF
+            return raw
+        storage.read_bytes = flipped
+    _rank_main(rank, scene, run, out_dir, port, extra)
+
+
+def test_a_damaged_shard_on_one_rank_of_a_box_group_stops_every_rank_naming_it(demo_scene,
+                                                                                tmp_path):
+    """Issue 24: 2 boxes on 2 ranks read the same rays (one replica), so the loader's
+    window agreement must run over every rank, not over the replicas: rank 1's damaged shard
+    stops rank 0 too, before the segment exchange (which would wait until dist.timeout_s)."""
+    run = tmp_path / "run"
+    mp.spawn(_damaged_shard_rank_main,
+             args=(str(demo_scene), str(run), str(tmp_path), free_port(),
+                   [f"data.cache_dir={tmp_path / 'cache'}", "train.steps=2"]),
+             nprocs=2, join=True)
+    msgs = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert "ShardReadError" in msgs[1] and "shard-00001.bin" in msgs[1], msgs[1]
+    assert "RayCacheError: rank 1 failed while reading its ray cache shards" in msgs[0], msgs[0]
+    assert "shard-00001.bin" in msgs[0] and "CollectiveError" not in msgs[0], msgs[0]

@@ -28,7 +28,8 @@ import warnings
 import torch
 
 from .. import storage
-from .files import (_STEP_DIR, FORMAT_VERSION, MARKER_FILE, STATE_FILE, CheckpointError, _Damaged,
+from .files import (_STEP_DIR, FORMAT_VERSION, MARKER_FILE, STATE_FILE, CheckpointError,
+                    DamagedCheckpointError, _Damaged,
                     _parent, _parent_name, _parse_marker, _read, _read_verified, _serialise,
                     _torch_load, _basename, merge_part, part_entry, PART_NAME)
 
@@ -218,16 +219,21 @@ class Checkpointer:
             warnings.warn(f"{note}; falling back to the previous checkpoint", stacklevel=2)
         return s, state
 
-    def newest_good(self, parts: set[str] | None = None) -> tuple[int, dict, list[str]] | None:
+    def newest_good(self, parts: set[str] | None = None, below: int | None = None
+                    ) -> tuple[int, dict, list[str]] | None:
         """The newest committed checkpoint that verifies -> ``(step, state, skipped)``.
 
         ``skipped`` holds one message per newer checkpoint found damaged (each names it and
         why). None when there is no committed checkpoint. CheckpointError when storage fails
         (unreachable, timed out after the configured retries: an error, never "damaged") or
-        when every committed checkpoint is damaged.
+        when every committed checkpoint is damaged. below: only steps before it (another rank
+        found step `below` damaged); CheckpointError when there is none.
         """
-        committed = self.list()
+        committed = [s for s in self.list() if below is None or s < below]
         if not committed:
+            if below is not None:
+                raise CheckpointError(f"no committed checkpoint under {self._name} before the "
+                                      f"damaged step {below}; refusing to start over silently")
             return None
         skipped: list[str] = []
         for s in reversed(committed):
@@ -240,7 +246,8 @@ class Checkpointer:
 
     def load_step(self, step: int, parts: set[str] | None = None) -> dict:
         """The state of exactly committed checkpoint ``step`` (verified); CheckpointError if it
-        is missing, damaged or unreadable. parts: as in :meth:`load`."""
+        is missing or unreadable, DamagedCheckpointError (a CheckpointError) if it is damaged.
+        parts: as in :meth:`load`."""
         committed = self.list()
         if step not in committed:
             raise CheckpointError(f"no committed checkpoint for step {step} under {self._name} "
@@ -248,7 +255,7 @@ class Checkpointer:
         try:
             return self._load_committed(step, parts)
         except _Damaged as e:
-            raise CheckpointError(str(e)) from e
+            raise DamagedCheckpointError(str(e)) from e
 
     def _load_committed(self, step: int, parts: set[str] | None = None) -> dict:
         folder = self.step_url(step)
@@ -348,4 +355,5 @@ def nonfinite_entries(obj, prefix: str = "") -> list[str]:
     return []
 
 
-__all__ = ["Checkpointer", "CheckpointError", "load_url", "step_dir_name", "FORMAT_VERSION"]
+__all__ = ["Checkpointer", "CheckpointError", "DamagedCheckpointError", "load_url", "step_dir_name",
+           "FORMAT_VERSION"]

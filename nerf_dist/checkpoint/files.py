@@ -31,6 +31,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written, found, verified or safely loaded; the message names it."""
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A committed checkpoint (or one of its part files) failed verification: damage at rest,
+    not a storage error. A resume that finds it on any rank falls back, on every rank together,
+    to the previous committed checkpoint (:mod:`nerf_dist.train.resume`)."""
+
+
 class _Damaged(Exception):
     """Internal: a committed checkpoint failed verification (load() falls back past it)."""
 

@@ -67,13 +67,18 @@ class RayLoader:
     cache_memory: bytes of shard data one rank may hold (data.cache_memory); None = no bound.
     watch: ``watch(what)`` gives a context manager put around every blocking wait for shard reads
     and for the other ranks at a window switch (the trainer passes its StallWatchdog.waiting).
+    agree: (rank, world_size) of the window-switch agreement, over every rank of the job; by
+    default (rank, world_size). NOTE: a model placed across ranks reads shard `replica` of
+    `n_replicas` (every rank of a box group the same rays), yet a failed read on one rank must
+    stop every rank, its box partners too (they would wait in the segment exchange).
     :meth:`close` stops the read-ahead thread. Batches are built on the calling thread only.
     """
 
     def __init__(self, cache: RayCache, rank: int, world_size: int, rays_per_batch: int, seed: int,
                  precrop_steps: int = 0, precrop_frac: float = 0.5, device="cpu",
                  cache_memory: int | None = None, log=None,
-                 watch: Callable[[str], contextlib.AbstractContextManager] | None = None):
+                 watch: Callable[[str], contextlib.AbstractContextManager] | None = None,
+                 agree: tuple[int, int] | None = None):
         S = cache.n_shards
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")
@@ -103,6 +108,7 @@ class RayLoader:
         self._step = 0
         self._window: int | None = None  # the window whose shards are held (None: none yet)
         self._watch = watch or (lambda what: contextlib.nullcontext())
+        self._agree = (rank, world_size) if agree is None else (int(agree[0]), int(agree[1]))
         self.store = ShardStore(cache, read_ahead=self.plan.n_windows > 1,
                                 name=f"ray-loader-{rank}")
         if log is not None:
@@ -269,7 +275,7 @@ class RayLoader:
                 self.store.hold(owned)  # verified against size + sha256
 
         with self._watch(f"every rank's ray cache shards of window {w} (step {step})"):
-            together(hold, self.rank, self.world_size,
+            together(hold, *self._agree,
                      f"reading its ray cache shards for step {step} (window {w})")
         self._window = w
         ahead = self._next_window(step)

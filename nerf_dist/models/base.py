@@ -27,7 +27,7 @@ memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of
 
 Placement hooks (defaults: a model replicated under DDP, as every kind was before):
 init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
-distribute (a model that places itself across ranks returns its data shard), sync_gradients,
+distribute (a model that places itself across ranks returns its data shard), sync_gradients, watch_collectives,
 replica_key, checkpoint_state / load_full_state (checkpoints of the one-process layout).
 
 State: parameters and buffers only; ``state_dict()`` is what a checkpoint holds, so a checkpoint
@@ -152,6 +152,11 @@ class NeRFModel(nn.Module):
         what :meth:`checkpoint_state` returns.
         """
         return None
+
+    def watch_collectives(self, watch) -> None:
+        """Placed models: put ``watch(what)`` (a StallWatchdog's ``waiting``) around the
+        exchanges inside forward, so a frozen or dead partner is named. Default: nothing (a
+        replicated model's forward holds no collective)."""
 
     def sync_gradients(self) -> None:
         """Collective (placed models only): make every gradient what the global batch gives."""

@@ -96,7 +96,8 @@ def _gather_to_main(obj, rank: int, world_size: int) -> list | None:
     if not (tdist.is_available() and tdist.is_initialized()):
         raise RuntimeError(f"world_size={world_size} but no torch.distributed process group")
     box = [None] * world_size if rank == 0 else None
-    tdist.gather_object(obj, box, dst=0)
+    with dist.collective("the gather of rendered tiles to rank 0"):
+        tdist.gather_object(obj, box, dst=0)
     return box
 
 

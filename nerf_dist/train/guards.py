@@ -28,21 +28,61 @@ def nonfinite(loss: torch.Tensor, model: torch.nn.Module,
 
 
 def agree(dist: DistInfo, watchdog: StallWatchdog, stop: StopSignals | None,
-          bad: torch.Tensor, budget_spent: bool, step: int) -> tuple[bool, bool, bool]:
-    """(stop signal, non-finite, time budget spent), agreed by every rank in one all-reduce.
+          bad: torch.Tensor, budget_spent: bool, step: int,
+          overflow: torch.Tensor | None = None) -> tuple[bool, bool, bool, bool]:
+    """(stop signal, non-finite, time budget spent, fp16 overflow), agreed by every rank in one
+    all-reduce.
 
-    Any rank's stop signal or non-finite value counts; the budget is rank 0's clock.
+    Any rank's stop signal, non-finite value or fp16 gradient overflow (:func:`scaler_overflow`)
+    counts; the budget is rank 0's clock.
     """
-    flags = torch.zeros(3, device=dist.device)
+    flags = torch.zeros(4, device=dist.device)
     flags[0] = float(stop is not None and stop.requested is not None)
     flags[1] = bad.to(flags.dtype)
     flags[2] = float(budget_spent and dist.is_main)
+    if overflow is not None:
+        flags[3] = overflow.to(flags)
     if dist.distributed:
         what = f"the other ranks to finish step {step}"
         with watchdog.waiting(what), collective(what):
             tdist.all_reduce(flags, op=tdist.ReduceOp.MAX)
-    a, b, c = (flags > 0).tolist()
-    return a, b, c
+    a, b, c, d = (flags > 0).tolist()
+    return a, b, c, d
+
+
+def scaler_overflow(scaler: torch.amp.GradScaler, optim: torch.optim.Optimizer) -> torch.Tensor:
+    """0-d bool: with fp16 loss scaling, this rank's gradients overflowed (the step GradScaler
+    skips, lowering the scale). Unscales the gradients (``scaler.unscale_``; the step then uses
+    them as they are). False without loss scaling.
+
+    NOTE: GradScaler decides per process from its own gradients. Replicas under DDP hold the
+    same averaged gradients, but a model placed across ranks (the partitioned kind) holds each
+    box's gradients on its own ranks: one rank's inf must make every rank skip
+    (:func:`agree`, then :func:`scaler_step`), or the shared head and the scales part ways.
+    """
+    if not scaler.is_enabled():
+        return torch.zeros((), dtype=torch.bool)
+    scaler.unscale_(optim)
+    # NOTE: GradScaler's own record of this optimizer's check (what scaler.step reads), as
+    # torch's ShardedGradScaler (FSDP) reads it to agree across ranks.
+    found = scaler._found_inf_per_device(optim).values()
+    return torch.tensor(bool(sum(float(v) for v in found) > 0))
+
+
+def scaler_step(scaler: torch.amp.GradScaler, optim: torch.optim.Optimizer,
+                overflow_anywhere: bool, take: bool = True) -> None:
+    """scaler.step + scaler.update with the skip decided by every rank together: when any rank
+    overflowed (:func:`agree`), this rank skips too and lowers its scale alike. take=False (a
+    step skipped as non-finite): no optimiser step, and the scaler counts it as an overflow
+    (its unscale_ of this step is closed, the scale lowered, on every rank alike)."""
+    if not take and not scaler.is_enabled():
+        return
+    if (overflow_anywhere or not take) and scaler.is_enabled():
+        for found in scaler._found_inf_per_device(optim).values():
+            found.fill_(1.0)
+    if take:
+        scaler.step(optim)
+    scaler.update()
 
 
 def stop_anywhere(dist: DistInfo, watchdog: StallWatchdog, stop: StopSignals | None,

@@ -69,6 +69,7 @@ class Trainer:
         self.bounds = SceneBounds.from_meta(self.cache.meta, self.device)
         self.model, self.ddp, self.comm, self.placement = build_model_ddp(cfg, dist,
                                                                           self.bounds.aabb)
+        self.model.watch_collectives(self.watchdog.waiting)
         # NOTE: the same fixed sample of training rays on every rank (cameras only, no shard read),
         # and the scene's sparse points where it has them (COLMAP), read by every rank alike.
         sample = self.cache.rays(even_indices(self.cache.n_pixels, 4096))
@@ -81,7 +82,8 @@ class Trainer:
         self.loader = RayLoader(self.cache, *self.shard, cfg.train.rays_per_batch,
                                 cfg.seed, cfg.train.precrop_steps, cfg.train.precrop_frac,
                                 device=self.device, cache_memory=cfg.data.cache_memory_bytes,
-                                log=self.log.info, watch=self.watchdog.waiting)
+                                log=self.log.info, watch=self.watchdog.waiting,
+                                agree=(dist.rank, dist.world_size))
         self.optim, self.scaler = build_optimiser(self.model, cfg, self.device)
         self.validator = Validator(cfg, dist, self.log, self.watchdog, stop)
         self.step = 0
@@ -192,9 +194,11 @@ class Trainer:
     def train_step(self, budget_spent: bool = False) -> dict:
         """One optimisation step on this rank's part of the global batch. Returns timings/loss.
 
-        The ranks agree (one all-reduce) on three flags after the backward pass: a stop signal on
-        any rank, a non-finite loss or gradient on any rank, and rank 0's ``budget_spent``. On a
-        non-finite value the optimiser step is not taken and ``self.step`` does not advance.
+        The ranks agree (one all-reduce) on four flags after the backward pass: a stop signal on
+        any rank, a non-finite loss or gradient on any rank, rank 0's ``budget_spent``, and an
+        fp16 gradient overflow on any rank (every rank's GradScaler then skips the step: a
+        partitioned model's ranks hold different box gradients). On a non-finite value the
+        optimiser step is not taken and ``self.step`` does not advance.
         """
         t0 = time.perf_counter()
         batch = self.loader.next()
@@ -216,15 +220,15 @@ class Trainer:
                 with collective(f"the gradient all-reduce of step {step}"):
                     self.model.sync_gradients()
                 self.comm.seconds += time.perf_counter() - t_sync
-        stop, bad, budget = guards.agree(self.dist, self.watchdog, self.stop,
-                                         guards.nonfinite(loss, self.model, self.scaler),
-                                         budget_spent, step)
+        stop, bad, budget, overflow = guards.agree(
+            self.dist, self.watchdog, self.stop, guards.nonfinite(loss, self.model, self.scaler),
+            budget_spent, step, guards.scaler_overflow(self.scaler, self.optim))
         if bad:
             # NOTE: the parameters and Adam moments stay as they were before this step.
             self.optim.zero_grad(set_to_none=True)
+            guards.scaler_step(self.scaler, self.optim, overflow, take=False)
         else:
-            self.scaler.step(self.optim)
-            self.scaler.update()
+            guards.scaler_step(self.scaler, self.optim, overflow)
             self.step += 1
         return {"sse": sse, "loss": loss.detach(), "n_local": batch["rgb"].shape[0],
                 "n_global": int(batch["n_global"]), "t_data": t1 - t0,

@@ -9,10 +9,14 @@ those boxes' gradients).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
+
+from ...dist import collective
 
 
 @dataclass
@@ -34,6 +38,10 @@ class BoxLayout:
     """Process group of the R ranks holding this rank's boxes (None when R = 1)."""
     world_group: object = field(default=None, repr=False)
     """Every rank (the shared parameters' gradient sum; None in one process)."""
+    watch: Callable[[str], contextlib.AbstractContextManager] = field(
+        default=lambda what: contextlib.nullcontext(), repr=False)
+    """``watch(what)`` around every exchange (the trainer's StallWatchdog.waiting), so a frozen
+    or dead box partner is named like any other peer."""
 
     def boxes_of(self, member: int) -> tuple[int, ...]:
         return tuple(k for k in range(self.partitions) if k % self.group_size == member)
@@ -97,7 +105,9 @@ class _GatherBoxes(torch.autograd.Function):
     def forward(ctx, local, lay: BoxLayout):
         ctx.lay = lay
         parts = [torch.empty_like(local) for _ in range(lay.group_size)]
-        tdist.all_gather(parts, local.contiguous(), group=lay.box_group)
+        what = f"the box group's segment exchange (boxes {list(lay.owned)} of {lay.partitions})"
+        with lay.watch(what), collective(what):
+            tdist.all_gather(parts, local.contiguous(), group=lay.box_group)
         out = local.new_empty(local.shape[0], lay.partitions, local.shape[2])
         for g, part in enumerate(parts):
             out[:, list(lay.boxes_of(g))] = part

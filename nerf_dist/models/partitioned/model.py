@@ -115,6 +115,10 @@ class PartitionedNeRF(NeRFModel):
                 del self.boxes[str(k)]
         return self.layout.replica, self.layout.n_replicas
 
+    def watch_collectives(self, watch) -> None:
+        """``watch(what)`` around the segment exchange of every forward (:mod:`.layout`)."""
+        self.layout.watch = watch
+
     def sync_gradients(self) -> None:
         """Collective, after backward: the shared head's gradients summed over the box group,
         every gradient averaged over the replicas (what DDP does for a replicated model)."""
@@ -135,11 +139,9 @@ class PartitionedNeRF(NeRFModel):
                 p.grad = flat[i:i + n].view_as(p).clone()
                 i += n
 
-    def replica_digest_group(self):
-        """The ranks whose state must be bit-identical to this rank's (its replica group)."""
-        return self.layout.replica_group
-
     def replica_key(self) -> int:
+        """Ranks of equal member hold the same boxes (dist.check_replicas compares each box
+        between the ranks holding it, and the shared head and partition between all ranks)."""
         return self.layout.member
 
     def render_split(self, rank: int, world_size: int) -> tuple[int, int, bool]:
