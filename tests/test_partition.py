@@ -36,7 +36,7 @@ def make_model(partitions: int = 2, far_bound: float = 0.0):
     """The same float64 model in every process: seeded init, tables made non-trivial, the scene
     box split at x = SPLIT (far_bound > 0: the outer faces at infinity)."""
     torch.manual_seed(0)
-    model = build_model(small_cfg(partitions, partition_far_bound=far_bound), AABB).double()
+    model = build_model(small_cfg(partitions, far_bound=far_bound), AABB).double()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -279,7 +279,7 @@ def test_four_boxes_on_two_ranks_equal_one_process(tmp_path):
 
 
 def test_unbounded_boxes_on_two_ranks_equal_one_process(tmp_path):
-    """model.partition_far_bound > 0: the outer boxes reach infinity, the rays run to far_bound; still
+    """model.far_bound > 0: the outer boxes reach infinity, the rays run to far_bound; still
     exact across ranks."""
     got = run_layout(tmp_path, 2, 2, far_bound=50.0)
     ref = reference(2, far_bound=50.0)

@@ -85,6 +85,16 @@ def scene_format(data_cfg: DataConfig) -> str:
         fmt = "colmap" if data_cfg.colmap_dir else detect_format(data_cfg.root)
     if fmt not in READERS:
         raise SceneError(f"unknown scene format {fmt!r} for {data_cfg.root}")
+    if data_cfg.format != "auto" and not (fmt == "colmap" and data_cfg.colmap_dir) \
+            and not READERS[fmt].detect(str(data_cfg.root)):
+        # NOTE: a pinned format that the folder does not have, where another one is found:
+        # say which (a COLMAP folder from `nerf-dist prepare` under data.format=ngp said only
+        # "transforms file not found").
+        other = next((r for r in READERS.values() if r.detect(str(data_cfg.root))), None)
+        if other is not None:
+            raise SceneError(f"data.format={fmt}: {data_cfg.root} has no {READERS[fmt].looks_for}; "
+                             f"it looks like a {other.name} folder ({other.looks_for}): set "
+                             f"data.format={other.name} or auto")
     return fmt
 
 

@@ -73,7 +73,7 @@ class PartitionedNeRF(NeRFModel):
         P = cfg.partitions
         self.register_buffer("aabb", aabb.clone())
         self.register_buffer("bounds", kd_partition(None, aabb, P).float())
-        if cfg.partition_far_bound > 0:
+        if cfg.far_bound > 0:
             self.bounds.copy_(open_outer_faces(self.bounds, aabb))
         self.register_buffer("partition_source", torch.tensor(SOURCES.index("even")))
         self.register_buffer("partition_points", torch.tensor(0))
@@ -89,7 +89,7 @@ class PartitionedNeRF(NeRFModel):
         the boxes' fields are not moved). source: one of kdtree.SOURCES."""
         n = 0 if points is None else int(points.reshape(-1, 3).shape[0])
         bounds = kd_partition(points, self.aabb, self.cfg.partitions)
-        if self.cfg.partition_far_bound > 0:
+        if self.cfg.far_bound > 0:
             bounds = open_outer_faces(bounds, self.aabb.double())
         self.bounds.copy_(bounds)
         self.partition_source.fill_(SOURCES.index(source))
@@ -272,7 +272,7 @@ class PartitionedNeRF(NeRFModel):
         rays_o, rays_d, viewdirs = rays_o[hit], rays_d[hit], viewdirs[hit]
         uk = None if u is None else u[hit]
         lo, hi = self.bounds[k, 0].to(rays_o), self.bounds[k, 1].to(rays_o)
-        if self.cfg.partition_far_bound > 0:
+        if self.cfg.far_bound > 0:
             ts, te, tpos = spaced_samples(t0[hit], t1[hit], S, uk, rays_d.norm(dim=-1),
                                           self._unit())
             pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]     # [m, S, 3]
@@ -291,16 +291,16 @@ class PartitionedNeRF(NeRFModel):
 
     def _unit(self) -> float:
         """The scene box's half-size: where a box's sample spacing turns from linear in distance
-        to linear in disparity (model.partition_far_bound > 0)."""
+        to linear in disparity (model.far_bound > 0)."""
         return float((self.aabb[1] - self.aabb[0]).max()) / 2
 
     def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
                 generator=None, background: torch.Tensor | None = None):
-        """See :mod:`nerf_dist.models.base`; with model.partition_far_bound > 0, `far` is
+        """See :mod:`nerf_dist.models.base`; with model.far_bound > 0, `far` is
         replaced by that many scene units along each ray."""
         n, P, S = rays_o.shape[0], self.cfg.partitions, self.cfg.box_samples
-        if self.cfg.partition_far_bound > 0:
-            far = self.cfg.partition_far_bound / rays_d.norm(dim=-1)
+        if self.cfg.far_bound > 0:
+            far = self.cfg.far_bound / rays_d.norm(dim=-1)
         t0, t1 = ray_box_segments(rays_o, rays_d, self.bounds, near, far)        # [n, P]
         u = None
         if train:
