@@ -359,3 +359,26 @@ def test_memory_check_counts_a_ranks_share_of_the_boxes():
     assert memory.train_param_bytes(cfg, 8) == -(-whole // 4)        # 2 replicas of 4 boxes
     fast = ModelConfig(kind="fast")
     assert memory.train_param_bytes(fast, 8) == memory.train_param_bytes(fast)   # replicated
+
+
+def test_distortion_is_measured_in_normalised_distance():
+    """model.distortion_weight means the same in the partitioned kind as in the unbounded one: the
+    loss is on s in [0, 1] (near -> 0, far -> 1), so bounded it is the distortion in t over
+    (far - near), and it stays within its bound 1 + 1/3 whatever the scene's units."""
+    model = make_model(2).eval()
+    g = torch.Generator().manual_seed(1)
+    n = 32
+    o = torch.randn(n, 3, generator=g, dtype=torch.float64) * 0.2 + torch.tensor(
+        [0.0, 0.0, 3.0], dtype=torch.float64)
+    d = torch.nn.functional.normalize(-o + torch.randn(n, 3, generator=g, dtype=torch.float64)
+                                      * 0.1, dim=-1)
+    near, far = 1.0, 6.0
+    with torch.no_grad():
+        out = model(o, d, d, near, far)
+        t0, t1 = ray_box_segments(o, d, model.bounds, near, far)
+        seg_t = torch.stack([model.render_box(k, o, d, d, t0[:, k], t1[:, k], None)
+                             for k in range(2)], 1)
+        in_t = composite_segments(seg_t, t0)["distortion"]
+    assert float(in_t.abs().max()) > 0
+    torch.testing.assert_close(out["distortion"], in_t / (far - near), rtol=1e-9, atol=1e-12)
+    assert float(out["distortion"].max()) <= 4.0 / 3.0
