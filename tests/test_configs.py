@@ -57,8 +57,8 @@ def test_config_trains_on_a_tiny_scene_of_each_format(tmp_path, name, fmt):
 def test_a_pinned_format_the_folder_lacks_says_what_it_looks_like(tmp_path):
     make_scene(tmp_path)
     cfg = load_config(None, [f"data.root={tmp_path}", "data.format=ngp"])
-    with pytest.raises(SceneError, match=r"data\.format=ngp: .* has no transforms\.json; it "
-                                         r"looks like a colmap folder"):
+    with pytest.raises(SceneError, match=r"transforms file not found.*data\.format=ngp, but .* "
+                                         r"has no transforms\.json: it looks like a colmap folder"):
         load_scene(cfg.data, "train")
     write_ngp(tmp_path / "ngp")
     with pytest.raises(SceneError, match="looks like a ngp folder"):

@@ -46,7 +46,10 @@ def undistort(xd: torch.Tensor, yd: torch.Tensor, dist: torch.Tensor, tol: float
     rx, ry = residual(x, y)
     for _ in range(max_iters):
         err = torch.maximum(rx.abs(), ry.abs())
-        if not bool((err > tol).any()):
+        # NOTE: a converged point stops moving, so each point's result depends on it alone, not
+        # on the others it is computed with (a tile's pixels render alike in any tiling).
+        active = err > tol
+        if not bool(active.any()):
             break
         r2 = x * x + y * y
         radial = 1 + k1 * r2 + k2 * r2 * r2
@@ -64,8 +67,8 @@ def undistort(xd: torch.Tensor, yd: torch.Tensor, dist: torch.Tensor, tol: float
         better = ok & (torch.maximum(nrx.abs(), nry.abs()) < err)
         dx = 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
         dy = p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-        x = torch.where(better, nx, (xd - dx) / radial)
-        y = torch.where(better, ny, (yd - dy) / radial)
+        x = torch.where(active, torch.where(better, nx, (xd - dx) / radial), x)
+        y = torch.where(active, torch.where(better, ny, (yd - dy) / radial), y)
         rx, ry = residual(x, y)
     return x, y
 
