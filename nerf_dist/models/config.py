@@ -6,15 +6,17 @@ is one frozen dataclass built from :class:`CommonModelConfig` and every register
 (:data:`registry.KINDS`) as its bases, so
 
 - a kind's code reads its keys as ``cfg.width`` and ``isinstance(cfg, VanillaConfig)`` holds;
-- a config may carry keys of kinds it does not use (every existing config and checkpoint does),
-  and every kind validates its own keys (its ``__post_init__``) whichever kind is chosen;
+- a config may carry keys of kinds it does not use (checkpoints and run folders saved before
+  issue 24 do; :func:`nerf_dist.config.load_config` refuses them on the command line and warns of
+  them in a file, and what is saved now holds model.kind's keys only), and every kind validates
+  its own keys (its ``__post_init__``) whichever kind is chosen;
 - :func:`key_kinds` says which kind(s) each key belongs to (``nerf-dist keys`` shows it).
 
 NOTE: two kinds may share a key only when it means the same (same type, e.g. one kind's config
 extends another's; anything else is an error when this module loads). One concept has one name:
 kinds may give a shared key different defaults (model.random_background: off for fast, on for
 unbounded; model.far_bound: 0 = bounded for partitioned, 1000 for unbounded), resolved by
-model.kind (:attr:`ModelConfig.kind_defaults`).
+model.kind when a config is built (:func:`model_config_class`).
 """
 from __future__ import annotations
 
@@ -123,10 +125,7 @@ def model_config_class(kinds: dict) -> type:
     for key, decl in per_kind.items():
         ns["__annotations__"][key] = next(f.type for f in fields(next(iter(decl))) if f.name == key)
         ns[key] = None
-    cls = dataclass(frozen=True)(type("ModelConfig", (*reversed(bases), CommonModelConfig), ns))
-    cls.kind_defaults = {k: {name: _own_default(kd.config, k) for name, kd in kinds.items()
-                             if _declares(kd.config, k)} for k in per_kind}
-    return cls
+    return dataclass(frozen=True)(type("ModelConfig", (*reversed(bases), CommonModelConfig), ns))
 
 
 def _declares(cls: type, key: str) -> bool:
