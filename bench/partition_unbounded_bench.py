@@ -1,5 +1,5 @@
 """Partitions of an unbounded scene: bounded boxes vs boxes that reach the far field
-(model.partition_far_bound), on the unbounded demo scene, CPU, small.
+(model.far_bound), on the unbounded demo scene, CPU, small.
 
     python bench/partition_unbounded_bench.py [--partitions 2] [--steps 400] [--batch 1024]
         [--far 1000] [--scene-dir DIR]
@@ -30,7 +30,7 @@ def run(scene: str, tmp: str, P: int, far: float, steps: int, batch: int) -> dic
             f"data.cache_dir={tmp}/cache", f"train.steps={steps}",
             f"train.rays_per_batch={batch}", "train.lr=1e-2", "log.every=100000",
             "train.threads=2", "eval.every=0", "model.kind=partitioned",
-            f"model.partitions={P}", f"model.partition_far_bound={far}"]
+            f"model.partitions={P}", f"model.far_bound={far}"]
     over += [f"model.{k}={v}" for k, v in SIZES.items()]
     return timed_training(over, budget_s=1e9, eval_every_s=1e9, n_eval_views=4,
                           log=lambda *a: None)

@@ -14,6 +14,7 @@ import inspect
 import math
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ import yaml
 
 from . import storage
 from .config_check import ConfigError, check as _check
-from .models.config import ModelConfig, key_kinds, kinds_help
+from .models.config import CommonModelConfig, ModelConfig, key_kinds, kinds_help
 
 
 
@@ -411,8 +412,9 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(data: dict) -> Config:
-    """Build a Config from a nested dict, strictly."""
-    return _build(Config, data or {}, "")
+    """Build a Config from a nested dict, strictly (deprecated key spellings mapped silently:
+    a checkpoint's saved config may hold them)."""
+    return _build(Config, _renamed(data or {}, warn=False), "")
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -472,19 +474,104 @@ def read_yaml(path: str) -> dict:
     return data
 
 
+# Deprecated spellings of model keys: {old: (the shared name, the kinds whose key it was)}.
+DEPRECATED_MODEL_KEYS = {"fast_random_background": ("random_background", ("fast",)),
+                         "partition_far_bound": ("far_bound", ("partitioned",))}
+
+
+def _kind_of(data: dict) -> str:
+    model = data.get("model")
+    kind = model.get("kind") if isinstance(model, dict) else None
+    return str(kind) if kind is not None else CommonModelConfig.kind
+
+
+def foreign_keys(data: dict, kind: str | None = None) -> dict[str, tuple[str, ...]]:
+    """{model key set in data: the kinds it belongs to} for the keys that model.kind (`kind`,
+    else data's own, else the default) does not read. Unknown keys are not listed (building the
+    config names them)."""
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return {}
+    kind = kind or _kind_of(data)
+    owners = {**key_kinds(), **{old: ks for old, (_, ks) in DEPRECATED_MODEL_KEYS.items()}}
+    return {k: owners[k] for k in model if owners.get(k) and kind not in owners[k]}
+
+
+def _foreign_text(foreign: dict[str, tuple[str, ...]], kind: str) -> str:
+    keys = ", ".join(f"'model.{k}' (a key of model.kind={'|'.join(v)})" for k, v in foreign.items())
+    return f"{keys} {'is' if len(foreign) == 1 else 'are'} not read by model.kind={kind}"
+
+
+def refuse_foreign_keys(over: dict, kind: str) -> None:
+    """ConfigError naming each command-line model key that model.kind=`kind` would ignore."""
+    foreign = foreign_keys(over, kind)
+    if foreign:
+        raise ConfigError(f"command-line config key {_foreign_text(foreign, kind)}: set "
+                          f"model.kind, or drop the key")
+
+
+def _renamed(data: dict, warn: bool) -> dict:
+    """data with the deprecated model key spellings mapped to the shared names (one
+    FutureWarning each when warn). For a kind whose key it was, the old spelling wins over the
+    new one (it is what that kind read); for another kind it is dropped (a key of another kind,
+    refused or warned about as such by :func:`load_config`)."""
+    model = data.get("model")
+    if not isinstance(model, dict) or not any(k in model for k in DEPRECATED_MODEL_KEYS):
+        return data
+    model, kind = dict(model), _kind_of(data)
+    for old, (new, kinds) in DEPRECATED_MODEL_KEYS.items():
+        if old not in model:
+            continue
+        value = model.pop(old)
+        if kind in kinds:
+            model[new] = value
+            if warn:
+                warnings.warn(f"config key 'model.{old}' is deprecated: it is now "
+                              f"'model.{new}' (mapped)", FutureWarning, stacklevel=3)
+    return {**data, "model": model}
+
+
 def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
-    """Config = defaults <- YAML file <- dotted overrides, validated."""
-    data = read_yaml(path) if path else {}
-    data = _merge(data, parse_overrides(overrides or []))
-    return from_dict(data)
+    """Config = defaults <- YAML file <- dotted overrides, validated.
+
+    A model key of another kind than model.kind is refused on the command line (ConfigError
+    naming the key and its kind) and gives one warning line naming them in a file (the file may
+    serve several kinds); a deprecated spelling is mapped with one FutureWarning.
+    """
+    file_data = read_yaml(path) if path else {}
+    over = parse_overrides(overrides or [])
+    data = _merge(file_data, over)
+    kind = _kind_of(data)
+    refuse_foreign_keys(over, kind)
+    in_file = {k: v for k, v in foreign_keys(file_data, kind).items()
+               if k not in (over.get("model") or {})}
+    if in_file:
+        warnings.warn(f"config file {path}: {_foreign_text(in_file, kind)} (ignored)",
+                      UserWarning, stacklevel=2)
+    return from_dict(_renamed(data, warn=True))
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML, without the model keys of other kinds (:func:`own_keys`)."""
+    return yaml.safe_dump(own_keys(to_dict(cfg)), sort_keys=False)
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
-    return from_dict(_merge(to_dict(cfg), parse_overrides(overrides)))
+    """cfg with dotted overrides (a model key of another kind is refused, as in load_config)."""
+    over = parse_overrides(overrides)
+    data = _merge(to_dict(cfg), over)
+    refuse_foreign_keys(over, _kind_of(data))
+    return from_dict(_renamed(data, warn=True))
+
+
+def own_keys(tree: dict) -> dict:
+    """A config tree (:func:`to_dict`) without the model keys of kinds other than its
+    model.kind: what is saved (config.yaml, checkpoints), so that reading it back warns of
+    nothing."""
+    foreign = foreign_keys(tree)
+    if not foreign:
+        return tree
+    return {**tree, "model": {k: v for k, v in tree["model"].items() if k not in foreign}}
 
 
 def with_section(cfg: Config, section: str, **values: Any) -> Config:
@@ -494,20 +581,35 @@ def with_section(cfg: Config, section: str, **values: Any) -> Config:
     return replace(cfg, **{section: replace(getattr(cfg, section), **values)}) if values else cfg
 
 
-# Keys whose change makes a checkpoint incompatible (model shapes) or a different dataset.
+# Resume by meaning. Refused: keys whose change makes a checkpoint incompatible (model shapes and
+# sampling) or alters the scene frame or the data (everything the ray cache key holds, and
+# data.orient / data.colmap_dir, which place the COLMAP cameras).
 MODEL_DATA_KEYS = ("model.", "data.root", "data.format", "data.downscale", "data.white_background",
-                   "data.llff_hold", "data.ndc", "data.skip_missing")
+                   "data.llff_hold", "data.ndc", "data.skip_missing", "data.orient",
+                   "data.colmap_dir", "data.cache_shards")
+# Allowed, said in one log line: a loss weight or a schedule, which applies from the resumed step.
+RESUME_SAID_KEYS = ("train.lr", "train.lr_final", "train.lr_decay_steps", "train.weight_decay",
+                    "train.precrop_steps", "train.precrop_frac", "model.distortion_weight",
+                    "model.interlevel_weight", "model.proposal_anneal_steps",
+                    "model.raw_noise_std")
 _RUNTIME_MODEL_KEYS = ("model.chunk", "model.compile", "model.precision")
 
 
-def diff_keys(a: Config, b: Config, prefixes: tuple[str, ...] = MODEL_DATA_KEYS) -> list[str]:
-    """Dotted keys (matching prefixes) whose values differ between a and b."""
+def diff_keys(a: Config, b: Config, prefixes: tuple[str, ...] = MODEL_DATA_KEYS,
+              exclude: tuple[str, ...] = _RUNTIME_MODEL_KEYS) -> list[str]:
+    """Dotted keys (matching prefixes, not in exclude) whose values differ between a and b, as
+    "key: old -> new". Model keys of kinds other than a's model.kind are not compared (a's kind
+    reads none of them; a changed model.kind is listed)."""
     da = {k: v for k, v, _ in describe_keys(a)}
     db = {k: v for k, v, _ in describe_keys(b)}
+    owners = key_kinds()
     out = []
     for k in da:
         if any(k == p or (p.endswith(".") and k.startswith(p)) for p in prefixes):
-            if k in _RUNTIME_MODEL_KEYS:
+            if k in exclude:
+                continue
+            name = k[len("model."):] if k.startswith("model.") else None
+            if name is not None and owners.get(name) and a.model.kind not in owners[name]:
                 continue
             if da[k] != db.get(k):
                 out.append(f"{k}: {da[k]!r} -> {db.get(k)!r}")
@@ -517,4 +619,5 @@ def diff_keys(a: Config, b: Config, prefixes: tuple[str, ...] = MODEL_DATA_KEYS)
 __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "EvalConfig", "RenderConfig", "RunConfig",
            "CheckpointConfig", "LogConfig", "DistConfig", "StorageConfig", "ConfigError", "load_config", "from_dict", "to_dict",
            "dump_yaml", "describe_keys", "parse_overrides", "with_overrides", "with_section", "diff_keys",
+           "foreign_keys", "own_keys", "refuse_foreign_keys", "MODEL_DATA_KEYS", "RESUME_SAID_KEYS",
            "replace"]

@@ -21,7 +21,8 @@ import yaml
 
 from . import storage
 from .checkpoint import CheckpointError, Checkpointer, load_url
-from .config import Config, ConfigError, diff_keys, from_dict, load_config, to_dict, with_overrides
+from .config import (Config, ConfigError, diff_keys, from_dict, load_config, own_keys, to_dict,
+                     with_overrides)
 from .lifecycle import STATUS_FILE
 from .models import build_model
 
@@ -50,7 +51,7 @@ def config_at_rest(cfg: Config) -> dict:
     """
     def strip(v):
         return v.replace("://***@", "://") if isinstance(v, str) else v
-    tree = storage.redact_tree(to_dict(cfg))
+    tree = storage.redact_tree(own_keys(to_dict(cfg)))
     return {k: ({kk: strip(vv) for kk, vv in v.items()} if isinstance(v, dict) else strip(v))
             for k, v in tree.items()}
 

@@ -1,5 +1,5 @@
 """A random training background per ray (nerf_dist.models.background), shared by the fast kind
-(model.fast_random_background) and the unbounded kind (model.random_background)."""
+(model.random_background) and the unbounded kind (model.random_background)."""
 import torch
 
 from nerf_dist.config import ModelConfig
@@ -51,7 +51,7 @@ def test_fast_kind_trains_over_random_colours_and_evaluates_over_the_configured_
     off = _fast()
     extra, target = off.train_inputs(batch, bg0, noise)
     assert target is batch["rgb"] and torch.equal(extra["background"], bg0)
-    on = _fast(fast_random_background=True)
+    on = _fast(random_background=True)
     extra, target = on.train_inputs(batch, bg0, noise)
     bg = extra["background"]
     assert bg.shape == (n, 3)

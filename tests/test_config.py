@@ -1,6 +1,10 @@
-import pytest
+import warnings
 
-from nerf_dist.config import ConfigError, describe_keys, diff_keys, dump_yaml, load_config
+import pytest
+import yaml
+
+from nerf_dist.config import (ConfigError, describe_keys, diff_keys, dump_yaml, from_dict,
+                              load_config, to_dict)
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -163,39 +167,52 @@ def test_model_keys_are_flat_and_each_kind_owns_its_own():
     from nerf_dist.models.vanilla.config import VanillaConfig
     kinds = key_kinds()
     assert kinds["kind"] == kinds["chunk"] == kinds["precision"] == ()
-    # NOTE: the partitioned kind's config extends the hash grid's, so its keys are both kinds'
+    # NOTE: the partitioned kind's config extends the hash encoding's, not the fast kind's grid
     assert kinds["width"] == ("vanilla",)
     assert kinds["hash_levels"] == ("fast", "partitioned", "unbounded")
-    assert kinds["grid_res"] == ("fast", "partitioned") and kinds["far_bound"] == ("unbounded",)
+    assert kinds["grid_res"] == ("fast",)
+    assert kinds["far_bound"] == ("partitioned", "unbounded")
+    assert kinds["random_background"] == ("fast", "unbounded")
     assert kinds["partitions"] == ("partitioned",)
     names = [f.name for f in fields(ModelConfig)]
     assert sorted(names) == sorted({f.name for c in (CommonModelConfig, VanillaConfig,
                                                      HashGridConfig, UnboundedConfig,
                                                      PartitionedConfig)
                                     for f in fields(c)})
-    # a config of one kind is one of the other's too: every key of every kind is read and checked
-    cfg = load_config(None, ["model.kind=fast", "model.width=128", "model.hash_levels=4"])
+    # a config of one kind is one of the other's too (a saved config holds every key), but a key
+    # of another kind on the command line is refused (tests/test_config_kinds.py)
+    cfg = load_config(None, ["model.kind=fast", "model.hash_levels=4"])
     assert isinstance(cfg.model, HashGridConfig) and isinstance(cfg.model, VanillaConfig)
-    assert (cfg.model.width, cfg.model.hash_levels) == (128, 4)
+    assert cfg.model.hash_levels == 4
     with pytest.raises(ConfigError, match=r"model\.skip"):
-        load_config(None, ["model.kind=fast", "model.skip=9"])
+        load_config(None, ["model.skip=9"])
     with pytest.raises(ConfigError, match=r"model\.hash_log2_size"):
-        load_config(None, ["model.hash_log2_size=30"])
+        load_config(None, ["model.kind=fast", "model.hash_log2_size=30"])
     # `nerf-dist keys` says which kind a key belongs to, and lists the kinds
     docs = {k: doc for k, _, doc in describe_keys()}
     assert docs["model.width"].startswith("[vanilla] ") and docs["model.max_samples"].startswith(
-        "[fast|partitioned] ") and not docs["model.chunk"].startswith("[")
+        "[fast] ") and not docs["model.chunk"].startswith("[")
     assert docs["model.kind"].startswith("vanilla (") and " | fast (" in docs["model.kind"]
 
 
 def test_a_saved_config_of_every_key_still_loads(tmp_path):
-    # NOTE: checkpoints and run folders store the whole model section, every kind's keys in it
-    cfg = load_config(None, ["model.kind=fast", "model.width=128", "model.grid_res=8"])
+    # NOTE: checkpoints and run folders stored the whole model section, every kind's keys in it,
+    # until issue 24 (now only model.kind's own): such a file still loads, with one warning line
+    cfg = load_config(None, ["model.kind=fast", "model.grid_res=8"])
     q = tmp_path / "r.yaml"
-    q.write_text(dump_yaml(cfg))
+    q.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     text = q.read_text()
-    assert "  width: 128\n" in text and "  grid_res: 8\n" in text and "  chunk: 8192\n" in text
-    assert load_config(str(q)) == cfg
+    assert "  width: 256\n" in text and "  grid_res: 8\n" in text and "  chunk: 8192\n" in text
+    with pytest.warns(UserWarning, match=r"'model\.width' \(a key of model\.kind=vanilla\)") as rec:
+        assert load_config(str(q)) == cfg
+    assert len([w for w in rec if issubclass(w.category, UserWarning)]) == 1
+    assert from_dict(to_dict(cfg)) == cfg
+    # what is saved now holds model.kind's keys only, and reads back without a warning
+    q.write_text(dump_yaml(cfg))
+    assert "  width:" not in q.read_text() and "  grid_res: 8\n" in q.read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config(str(q)) == cfg
 
 
 def test_two_kinds_may_share_a_key_only_with_one_meaning():
@@ -215,9 +232,15 @@ def test_two_kinds_may_share_a_key_only_with_one_meaning():
     class C:
         hidden: int = 32
 
-    _check_shared_keys([A, B])                    # B extends A: `hidden` is one key of both
+    @dataclass(frozen=True)
+    class D:
+        hidden: float = 64.0
+
+    assert _check_shared_keys([A, B]) == {}       # B extends A: `hidden` is one key of both
+    # one concept, one name: kinds may give it different defaults (resolved by model.kind)
+    assert _check_shared_keys([A, C]) == {"hidden": {A: 64, C: 32}}
     with pytest.raises(TypeError, match="model.hidden"):
-        _check_shared_keys([A, C])
+        _check_shared_keys([A, D])
 
 
 def test_a_new_kind_brings_its_keys_with_one_registry_entry():

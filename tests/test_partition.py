@@ -39,7 +39,7 @@ def make_model(partitions: int = 2, far_bound: float = 0.0):
     """The same float64 model in every process: seeded init, tables made non-trivial, the scene
     box split at x = SPLIT (far_bound > 0: the outer faces at infinity)."""
     torch.manual_seed(0)
-    model = build_model(small_cfg(partitions, partition_far_bound=far_bound), AABB).double()
+    model = build_model(small_cfg(partitions, far_bound=far_bound), AABB).double()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -282,7 +282,7 @@ def test_four_boxes_on_two_ranks_equal_one_process(tmp_path):
 
 
 def test_unbounded_boxes_on_two_ranks_equal_one_process(tmp_path):
-    """model.partition_far_bound > 0: the outer boxes reach infinity, the rays run to far_bound; still
+    """model.far_bound > 0: the outer boxes reach infinity, the rays run to far_bound; still
     exact across ranks."""
     got = run_layout(tmp_path, 2, 2, far_bound=50.0)
     ref = reference(2, far_bound=50.0)
@@ -422,3 +422,26 @@ def test_memory_check_counts_a_ranks_share_of_the_boxes():
     assert memory.train_param_bytes(cfg, 8) == -(-whole // 4)        # 2 replicas of 4 boxes
     fast = ModelConfig(kind="fast")
     assert memory.train_param_bytes(fast, 8) == memory.train_param_bytes(fast)   # replicated
+
+
+def test_distortion_is_measured_in_normalised_distance():
+    """model.distortion_weight means the same in the partitioned kind as in the unbounded one: the
+    loss is on s in [0, 1] (near -> 0, far -> 1), so bounded it is the distortion in t over
+    (far - near), and it stays within its bound 1 + 1/3 whatever the scene's units."""
+    model = make_model(2).eval()
+    g = torch.Generator().manual_seed(1)
+    n = 32
+    o = torch.randn(n, 3, generator=g, dtype=torch.float64) * 0.2 + torch.tensor(
+        [0.0, 0.0, 3.0], dtype=torch.float64)
+    d = torch.nn.functional.normalize(-o + torch.randn(n, 3, generator=g, dtype=torch.float64)
+                                      * 0.1, dim=-1)
+    near, far = 1.0, 6.0
+    with torch.no_grad():
+        out = model(o, d, d, near, far)
+        t0, t1 = ray_box_segments(o, d, model.bounds, near, far)
+        seg_t = torch.stack([model.render_box(k, o, d, d, t0[:, k], t1[:, k], None)
+                             for k in range(2)], 1)
+        in_t = composite_segments(seg_t, t0)["distortion"]
+    assert float(in_t.abs().max()) > 0
+    torch.testing.assert_close(out["distortion"], in_t / (far - near), rtol=1e-9, atol=1e-12)
+    assert float(out["distortion"].max()) <= 4.0 / 3.0

@@ -1,4 +1,4 @@
-"""Partitions of unbounded scenes (model.partition_far_bound > 0): boxes that tile all of space,
+"""Partitions of unbounded scenes (model.far_bound > 0): boxes that tile all of space,
 each box's map of its infinite sides onto its grid, the disparity-spaced samples of a segment,
 and segments that cover a ray from near to the far bound without gaps."""
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_model_reaches_the_far_field_and_checks_its_key():
     cfg = dict(kind="partitioned", partitions=2, hash_levels=2, hash_features=2,
                hash_log2_size=10, hash_base_res=4, hash_max_res=8, hidden=8, geo_features=3,
                box_samples=128)
-    model = build_model(ModelConfig(**cfg, partition_far_bound=100.0), AABB.float())
+    model = build_model(ModelConfig(**cfg, far_bound=100.0), AABB.float())
     assert torch.isinf(model.bounds).sum() == 2 * 5              # two boxes, five open faces each
     ro = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     rd = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -126,5 +126,5 @@ def test_model_reaches_the_far_field_and_checks_its_key():
     assert torch.isinf(model.bounds).sum() == 2 * 5 and model.bounds[0, 1, 0] > 0.2
     bounded = build_model(ModelConfig(**cfg), AABB.float())
     assert torch.isfinite(bounded.bounds).all()
-    with pytest.raises(ValueError, match="model.partition_far_bound"):
-        ModelConfig(**cfg, partition_far_bound=0.5)
+    with pytest.raises(ValueError, match="model.far_bound"):
+        ModelConfig(**cfg, far_bound=0.5)

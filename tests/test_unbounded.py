@@ -22,6 +22,7 @@ from nerf_dist.metrics import psnr
 from nerf_dist.models import build_model, memory_estimate
 from nerf_dist.render_ops.proposal import (anneal, distortion_loss, interlevel_loss,
                                            outer_weights, resample_edges)
+from nerf_dist.render_ops.contraction import s_to_t
 from nerf_dist.render_ops.sampling import RowNoise
 from nerf_dist.renderer.core import RenderSetup
 from nerf_dist.run_dir import load_model
@@ -146,10 +147,22 @@ def test_forward_losses_and_random_background():
     sum(terms.values()).backward()
     assert all(p.grad is not None for p in m.parameters())
     assert float(m.appearance.grad[batch["image"]].abs().sum()) > 0
-    # the far bound is model.far_bound, not the scene's: a ray's last edge sits there
+    # the far bound is model.far_bound, not the scene's (far = 2.0 here): the field is queried
+    # beyond the scene's far plane, out to (and not past) model.far_bound along every ray
+    seen = []
+    hook = m.field.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
     with torch.no_grad():
         ev = m(o, d, d, 0.05, 2.0)
+    hook.remove()
     assert ev["rgb"].shape == (n, 3) and "edges" not in ev
+    k = seen[0].shape[0] // n
+    dist = (seen[0].view(n, k, 3) - o[:, None, :]).norm(dim=-1)            # [n, k]
+    assert float(dist.max()) <= m.cfg.far_bound * (1 + 1e-4)
+    assert float(dist.max(-1).values.min()) > 10 * 2.0, "samples stop near the scene's far plane"
+    near_far = m(o, d, d, 0.05, 2.0, train=True, generator=RowNoise(3, n, torch.arange(n)))
+    t_last = s_to_t(near_far["edges"][:, -1:], torch.full((n, 1), 0.05),
+                    torch.full((n, 1), m.cfg.far_bound))
+    torch.testing.assert_close(t_last, torch.full((n, 1), m.cfg.far_bound), rtol=1e-3, atol=0)
 
 
 def test_no_random_background_keeps_the_batch():

@@ -9,8 +9,8 @@ from test_unbounded import SMALL, _train_args
 from nerf_dist.config import load_config
 from nerf_dist.config_check import ConfigError
 from nerf_dist.models import build_model, memory_estimate
-from nerf_dist.models.unbounded.occupancy import contracted_grid, march
-from nerf_dist.render_ops.contraction import contract, s_to_t
+from nerf_dist.models.unbounded.occupancy import contracted_grid, density_per_s, march
+from nerf_dist.render_ops.contraction import contract, s_to_t, t_to_s
 from nerf_dist.render_ops.proposal import distortion_loss, distortion_loss_mw
 from nerf_dist.render_ops.sampling import RowNoise
 from nerf_dist.run_dir import load_model
@@ -65,6 +65,23 @@ def test_march_samples_only_occupied_cells_sorted_within_near_far(order):
     # no cell occupied: zero lengths (the rays show the background)
     grid.occupied.zero_()
     assert float(march(grid, order, o, d, near, far, steps, k, False)["delta"].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("far_bound", [2.0, 1000.0])
+def test_density_per_s_is_sigma_times_dt_ds(far_bound):
+    # Rays from the scene centre (near = 0): the density per unit of s is sigma * dt/ds, dt/ds
+    # taken here by finite differences of s_to_t (the march's own mapping). far_bound = 2 tells a
+    # product from a quotient by (g(far) - g(0)) = 0.75.
+    d = torch.nn.functional.normalize(torch.tensor([[1.0, 0.3, -0.2]], dtype=torch.float64), dim=-1)
+    t = torch.tensor([0.3, 0.8, 1.5, 1.9], dtype=torch.float64)[:, None]
+    near, far = torch.zeros(1, 1, dtype=torch.float64), torch.full((1, 1), far_bound,
+                                                                   dtype=torch.float64)
+    s = t_to_s(t.T, near, far).T
+    h = 1e-6
+    dt_ds = (s_to_t(s.T + h, near, far) - s_to_t(s.T - h, near, far)).T / (2 * h)
+    y = contract((t * d).float(), "2")
+    got = density_per_s(lambda u: torch.full(u.shape[:1], 3.0), y, "2", far_bound)
+    torch.testing.assert_close(got.double(), 3.0 * dt_ds[:, 0], rtol=1e-3, atol=1e-4)
 
 
 def test_distortion_loss_mw_matches_the_edges_form():

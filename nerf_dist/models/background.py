@@ -1,5 +1,5 @@
 """A random training background per ray (instant-ngp, nerfacc): one function, every kind that
-offers it (the fast kind's model.fast_random_background, the unbounded kind's
+offers it (the fast kind's model.random_background, the unbounded kind's
 model.random_background) calls it from its :meth:`NeRFModel.train_inputs`.
 
 Each training ray gets a colour drawn from the step's background noise (one row per global-batch

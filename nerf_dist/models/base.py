@@ -24,6 +24,8 @@ train_inputs(batch, background, noise) -> (forward keywords, target_rgb): what a
     passes to forward beyond the rays (default: the scene background) and scores against.
 memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of this config needs,
     known before it is built (the memory checks of nerf_dist.memory use it).
+check_scene(cfg, n_images) (a classmethod): refuses a scene the config cannot train, before any
+    work (e.g. model.appearance_images smaller than the training images).
 
 Placement hooks (defaults: a model replicated under DDP, as every kind was before):
 init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
@@ -179,6 +181,12 @@ class NeRFModel(nn.Module):
         partitioned kind) returns the shared state and {part file name: state} of the parts this
         rank writes (possibly none); every part merged into the shared state is the whole."""
         return self.state_dict(), optimizer.state_dict(), None
+
+    @classmethod
+    def check_scene(cls, cfg, n_images: int) -> None:
+        """ConfigError (naming the key) when a model of config cfg cannot train a scene of
+        n_images training images; called on every rank alike, from the cache's manifest, before
+        the model is built (default: any scene)."""
 
     @classmethod
     def checkpoint_parts_held(cls, cfg, rank: int, world_size: int) -> set[str] | None:

@@ -215,8 +215,9 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
         if rank == 0:
             cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}
         if balance == "time" and world_size > 1:
-            # NOTE: not when world_size is 1: in-training validation renders on rank 0 alone
-            # while a process group exists, and a broadcast there would wait for the others.
+            # NOTE: not when world_size is 1: rank 0 already holds every timing, and a
+            # one-process render may run while a process group exists (a broadcast there would
+            # wait for ranks that never join it).
             with watch("rank 0's tile timings"):
                 cost_map = dist.broadcast_object(cost_map)
         if rank == 0:

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,28 @@ def scene_format(data_cfg: DataConfig) -> str:
     return fmt
 
 
+@contextlib.contextmanager
+def _format_hint(data_cfg: DataConfig):
+    """A SceneError of a pinned data.format's reader, on a folder without that format's marker
+    file where another format's is found, says which format the folder looks like.
+
+    NOTE: after the reader failed, not before: a reader may read more than its marker (ngp reads
+    transforms_{split}.json too). A COLMAP folder from `nerf-dist prepare` under data.format=ngp
+    said only "transforms file not found"."""
+    try:
+        yield
+    except SceneError as e:
+        root, fmt = str(data_cfg.root), data_cfg.format
+        if fmt == "auto" or not os.path.isdir(root) or READERS[fmt].detect(root):
+            raise
+        other = next((r for r in READERS.values() if r.detect(root)), None)
+        if other is None:
+            raise
+        raise SceneError(f"{e} (data.format={fmt}, but {root} has no {READERS[fmt].looks_for}: "
+                         f"it looks like a {other.name} folder ({other.looks_for}); set "
+                         f"data.format={other.name} or auto)") from e
+
+
 def reader(data_cfg: DataConfig, split: str) -> Reader:
     """The :class:`Reader` of data_cfg's scene (SceneError for an unknown split or format)."""
     if split not in SPLITS:
@@ -99,7 +122,8 @@ def scene_sources(data_cfg: DataConfig, split: str) -> SceneFiles:
     """Every file :func:`load_scene` reads for split, found without decoding an image (parses
     only the metadata); equal to ``load_scene(data_cfg, split).sources``. SceneError as
     load_scene would raise it (missing files, a file_path outside data.root, ...)."""
-    return reader(data_cfg, split).index(data_cfg, split).sources
+    with _format_hint(data_cfg):
+        return reader(data_cfg, split).index(data_cfg, split).sources
 
 
 def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
@@ -107,7 +131,8 @@ def open_scene(data_cfg: DataConfig, split: str) -> LazyScene:
     frames are decoded one at a time (:meth:`LazyScene.image`) or all at once
     (:meth:`LazyScene.load`, which is what load_scene returns). The image size comes from the
     first file's header."""
-    return reader(data_cfg, split).open(data_cfg, split)
+    with _format_hint(data_cfg):
+        return reader(data_cfg, split).open(data_cfg, split)
 
 
 def sparse_points(data_cfg: DataConfig):

@@ -18,6 +18,7 @@ import torch
 from .. import memory, storage
 from ..checkpoint import CheckpointError, Checkpointer
 from ..config import Config
+from ..models import model_class
 from ..dist import (CollectiveError, DistInfo, all_gather_object, check_replicas, collective,
                     raise_together)
 from ..lifecycle import StallWatchdog, StopSignals, write_status
@@ -62,6 +63,8 @@ class Trainer:
         with self.watchdog.waiting("the ray cache (building or reading it, or a peer doing so)"):
             self.cache = ensure_cache(cfg.data, self.paths["cache"], dist.rank, dist.world_size,
                                       log=self.log.info)
+        # NOTE: from the manifest every rank holds alike, so every rank refuses alike, before work.
+        model_class(cfg.model.kind).check_scene(cfg.model, self.cache.n_images)
         # NOTE: on every rank, so a rank short of memory never leaves the others in a collective.
         memory.on_all_ranks(lambda: memory.check_train_batch(cfg, self.cache.n_pixels,
                                                              dist.world_size, self.device),

@@ -18,7 +18,7 @@ import sys
 
 from .. import storage
 from ..checkpoint import CheckpointError, Checkpointer, DamagedCheckpointError, load_url
-from ..config import Config, ConfigError, diff_keys, from_dict
+from ..config import _RUNTIME_MODEL_KEYS, RESUME_SAID_KEYS, Config, ConfigError, diff_keys, from_dict
 from ..dist import DistInfo, all_gather_object, broadcast_object, raise_together
 from ..lifecycle import StallWatchdog
 from ..models import model_class
@@ -134,10 +134,16 @@ def choose_checkpoint(cfg: Config, ckpt: Checkpointer, log, parts: set[str] | No
         step, state, skipped = found
     else:
         step, state = ckpt.load_url(mode, parts)
-    diffs = diff_keys(from_dict(state["config"]), from_dict(config_at_rest(cfg)))
+    saved, now = from_dict(state["config"]), from_dict(config_at_rest(cfg))
+    diffs = diff_keys(saved, now, exclude=_RUNTIME_MODEL_KEYS + RESUME_SAID_KEYS)
     if diffs:
         raise ConfigError("cannot resume: the checkpoint was trained with a different model or "
-                          "data config; differing keys: " + "; ".join(diffs))
+                          "data config (model shapes, the scene frame or its pixels); "
+                          "differing keys: " + "; ".join(diffs))
+    said = diff_keys(saved, now, RESUME_SAID_KEYS, exclude=())
+    if said:
+        log(f"resume: from step {step} on with changed loss weights / schedule: "
+            + "; ".join(said))
     if step >= cfg.train.steps and not cfg.train.allow_finished:
         raise RuntimeError(
             f"train.resume={mode}: the checkpoint is at step {step} and train.steps="

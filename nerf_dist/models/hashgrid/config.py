@@ -55,10 +55,11 @@ class HashGridConfig(HashEncodingConfig):
     update already clears cells: lego's first minute 16.8 -> 23.0 dB with -2, but a small
     sphere fit 25.6 -> 16.3 dB after 100 steps; docs/models.md). A checkpoint's weights are
     loaded as they are; 0 (the default) = the initialisation before this key."""
-    fast_random_background: bool = False
+    random_background: bool = False
     """Train against a random colour per ray behind the scene (RGBA targets are composited
-    over the same colour; :mod:`nerf_dist.models.background`, as the unbounded kind's
-    model.random_background); evaluation and rendering use the scene's configured background.
+    over the same colour; :mod:`nerf_dist.models.background`); evaluation and rendering use the
+    scene's configured background. Default per kind: off for fast, on for unbounded.
+    (model.fast_random_background: its deprecated spelling for the fast kind.)
     NOTE: off by default: lego's CPU sizes (data.downscale=8) cache composited rgb16 colours
     without alpha, where it trains background pixels as opaque (measured worse, docs/models.md);
     it needs a cache that keeps alpha (rgba8: 8-bit RGBA images at data.downscale=1)."""

@@ -4,7 +4,7 @@ Implements the model protocol (:mod:`nerf_dist.models.base`): model(rays_o, rays
 far, train=, generator=, background=) -> dict(rgb, depth, acc, samples_per_ray). Its
 ``before_step(step, generator)``, which the trainer calls every step before the forward pass, keeps
 the occupancy grid up to date; Adam runs with eps 1e-15 (hash-table entries see rare, tiny
-gradients); it logs the grid's occupied fraction. With model.fast_random_background its
+gradients); it logs the grid's occupied fraction. With model.random_background its
 ``train_inputs`` trains against a random background per ray (:mod:`nerf_dist.models.background`).
 
 Marching: each ray is cut into steps of length aabb diagonal / march_steps over
@@ -66,9 +66,9 @@ class FastNeRF(NeRFModel):
         return {"occupied_frac": self.grid.occupied_frac}
 
     def train_inputs(self, batch: dict, background: torch.Tensor, noise) -> tuple[dict, torch.Tensor]:
-        """See :meth:`NeRFModel.train_inputs`: with model.fast_random_background a random
+        """See :meth:`NeRFModel.train_inputs`: with model.random_background a random
         colour per ray, the targets composited over it by their alpha; else the scene's."""
-        if self.cfg.fast_random_background:
+        if self.cfg.random_background:
             bg, target = random_background(batch, background, noise)
             return {"background": bg}, target
         return super().train_inputs(batch, background, noise)

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from ...render_ops import sampling
+from ...render_ops import contraction, sampling
 from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel
 from ..config import ModelConfig
 from .field import BoxField, ColourHead
@@ -73,7 +73,7 @@ class PartitionedNeRF(NeRFModel):
         P = cfg.partitions
         self.register_buffer("aabb", aabb.clone())
         self.register_buffer("bounds", kd_partition(None, aabb, P).float())
-        if cfg.partition_far_bound > 0:
+        if cfg.far_bound > 0:
             self.bounds.copy_(open_outer_faces(self.bounds, aabb))
         self.register_buffer("partition_source", torch.tensor(SOURCES.index("even")))
         self.register_buffer("partition_points", torch.tensor(0))
@@ -89,7 +89,7 @@ class PartitionedNeRF(NeRFModel):
         the boxes' fields are not moved). source: one of kdtree.SOURCES."""
         n = 0 if points is None else int(points.reshape(-1, 3).shape[0])
         bounds = kd_partition(points, self.aabb, self.cfg.partitions)
-        if self.cfg.partition_far_bound > 0:
+        if self.cfg.far_bound > 0:
             bounds = open_outer_faces(bounds, self.aabb.double())
         self.bounds.copy_(bounds)
         self.partition_source.fill_(SOURCES.index(source))
@@ -264,9 +264,12 @@ class PartitionedNeRF(NeRFModel):
                               samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32, param_split=P)
 
     # ------------------------------------------------------------------ rendering
-    def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u) -> torch.Tensor:
+    def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u, near=None, far=None
+                   ) -> torch.Tensor:
         """Box k's segment of each ray -> its reduction [n_rays, SEG_WIDTH].
-        t0, t1: [n_rays] the segment; u: [n_rays, box_samples] jitter or None."""
+        t0, t1: [n_rays] the segment; u: [n_rays, box_samples] jitter or None; near, far:
+        [n_rays] the whole ray's ends, where normalised distance s is 0 and 1 (None: the
+        distortion is measured in t)."""
         S, n = self.cfg.box_samples, rays_o.shape[0]
         # NOTE: only rays crossing the box reach its field; a missed box's reduction is exactly
         # zero (no colour, optical depth, opacity, depth or distortion).
@@ -274,7 +277,7 @@ class PartitionedNeRF(NeRFModel):
         rays_o, rays_d, viewdirs = rays_o[hit], rays_d[hit], viewdirs[hit]
         uk = None if u is None else u[hit]
         lo, hi = self.bounds[k, 0].to(rays_o), self.bounds[k, 1].to(rays_o)
-        if self.cfg.partition_far_bound > 0:
+        if self.cfg.far_bound > 0:
             ts, te, tpos = spaced_samples(t0[hit], t1[hit], S, uk, rays_d.norm(dim=-1),
                                           self._unit())
             pts = rays_o[:, None, :] + rays_d[:, None, :] * tpos[..., None]     # [m, S, 3]
@@ -287,23 +290,39 @@ class PartitionedNeRF(NeRFModel):
         d = viewdirs[:, None, :].expand(-1, S, -1).reshape(-1, 3)
         rgb = self.colour(geo, d)
         m = hit.numel()
+        s = None if near is None else self._to_s((ts, te, tpos), near[hit], far[hit],
+                                                 rays_d.norm(dim=-1))
         seg = reduce_segment(sigma.view(m, S), rgb.view(m, S, 3), ts, te, tpos,
-                             rays_d.norm(dim=-1))
+                             rays_d.norm(dim=-1), s)
         return seg.new_zeros(n, SEG_WIDTH).index_put((hit,), seg)
+
+    def _to_s(self, ts: tuple, near: torch.Tensor, far: torch.Tensor, ray_scale: torch.Tensor
+              ) -> tuple:
+        """Ray parameters t [m, S] (each of ts) -> normalised distance s in [0, 1] (near -> 0,
+        far -> 1): linear in t when bounded, in the samples' spacing (linear near, disparity far)
+        with model.far_bound > 0, as the unbounded kind's s. near, far, ray_scale: [m]."""
+        if self.cfg.far_bound > 0:
+            m = (ray_scale / self._unit())[:, None]
+            g0, g1 = contraction.spacing(near[:, None] * m), contraction.spacing(far[:, None] * m)
+            return tuple((contraction.spacing(t * m) - g0) / (g1 - g0) for t in ts)
+        span = (far - near).clamp_min(1e-12)[:, None]
+        return tuple((t - near[:, None]) / span for t in ts)
 
     def _unit(self) -> float:
         """The scene box's half-size: where a box's sample spacing turns from linear in distance
-        to linear in disparity (model.partition_far_bound > 0)."""
+        to linear in disparity (model.far_bound > 0)."""
         return float((self.aabb[1] - self.aabb[0]).max()) / 2
 
     def forward(self, rays_o, rays_d, viewdirs, near, far, *, train: bool = False,
                 generator=None, background: torch.Tensor | None = None):
-        """See :mod:`nerf_dist.models.base`; with model.partition_far_bound > 0, `far` is
+        """See :mod:`nerf_dist.models.base`; with model.far_bound > 0, `far` is
         replaced by that many scene units along each ray."""
         n, P, S = rays_o.shape[0], self.cfg.partitions, self.cfg.box_samples
-        if self.cfg.partition_far_bound > 0:
-            far = self.cfg.partition_far_bound / rays_d.norm(dim=-1)
+        if self.cfg.far_bound > 0:
+            far = self.cfg.far_bound / rays_d.norm(dim=-1)
         t0, t1 = ray_box_segments(rays_o, rays_d, self.bounds, near, far)        # [n, P]
+        near_n, far_n = (torch.as_tensor(v, dtype=rays_o.dtype, device=rays_o.device)
+                         .reshape(-1).expand(n) for v in (near, far))
         u = None
         if train:
             u = sampling.uniform(n, P * S, generator, rays_o.device).to(rays_o.dtype).view(n, P, S)
@@ -311,7 +330,7 @@ class PartitionedNeRF(NeRFModel):
         t_start = time.perf_counter()
         for k in self.layout.owned:
             local.append(self.render_box(k, rays_o, rays_d, viewdirs, t0[:, k], t1[:, k],
-                                         None if u is None else u[:, k]))
+                                         None if u is None else u[:, k], near_n, far_n))
         seconds = time.perf_counter() - t_start
         seg = self.layout.gather(torch.stack(local, 1))                          # [n, P, W]
         out = composite_segments(seg, t0, background)

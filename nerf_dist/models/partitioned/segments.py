@@ -19,8 +19,9 @@ import torch
 
 from ...render_ops import proposal, volrend
 
-# Columns of a segment's reduction: rgb (3), tau, acc, depth, distortion.
-SEG_WIDTH = 7
+# Columns of a segment's reduction: rgb (3), tau, acc, depth, distortion, s-moment (sum of w s:
+# the distortion's cross-box terms, in normalised distance s).
+SEG_WIDTH = 8
 
 
 def ray_box_segments(rays_o: torch.Tensor, rays_d: torch.Tensor, bounds: torch.Tensor,
@@ -73,19 +74,24 @@ def distortion(weights: torch.Tensor, t_pos: torch.Tensor, t_starts: torch.Tenso
 
 
 def reduce_segment(sigma: torch.Tensor, rgb: torch.Tensor, t_starts: torch.Tensor,
-                   t_ends: torch.Tensor, t_pos: torch.Tensor, scale: torch.Tensor
+                   t_ends: torch.Tensor, t_pos: torch.Tensor, scale: torch.Tensor,
+                   s: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                    ) -> torch.Tensor:
     """One box's samples of each ray -> the segment's reduction [n_rays, SEG_WIDTH].
 
     sigma: [n_rays, n_samples] densities (per metric unit); rgb: [n_rays, n_samples, 3];
     t_starts, t_ends, t_pos: [n_rays, n_samples] (along rays_d); scale: [n_rays] |rays_d|.
+    s: the same samples' (s_starts, s_ends, s_pos) in normalised ray distance, where the
+    distortion is measured (model.distortion_weight); None: t itself.
     """
     delta = (t_ends - t_starts) * scale[:, None]
     w, _, _ = volrend.render_weights(sigma, delta)
     tau = (sigma * delta).sum(-1)
+    s_starts, s_ends, s_pos = s if s is not None else (t_starts, t_ends, t_pos)
     return torch.cat([(w[..., None] * rgb).sum(-2), tau[:, None], w.sum(-1, keepdim=True),
                       (w * t_pos).sum(-1, keepdim=True),
-                      distortion(w, t_pos, t_starts, t_ends)[:, None]], -1)
+                      distortion(w, s_pos, s_starts, s_ends)[:, None],
+                      (w * s_pos).sum(-1, keepdim=True)], -1)
 
 
 def ray_order(t0: torch.Tensor) -> torch.Tensor:
@@ -109,12 +115,13 @@ def composite_segments(seg: torch.Tensor, t0: torch.Tensor,
     trans_before [n_rays, P] (Tp_k, the light reaching box k's segment).
     """
     C, tau, acc_k, depth_k, dist_k = seg[..., :3], seg[..., 3], seg[..., 4], seg[..., 5], seg[..., 6]
+    s_k = seg[..., 7]
     before = ray_order(t0).to(seg.dtype)                                          # [n, P, P]
     tp = torch.exp(-(before * tau[:, None, :]).sum(-1))                           # [n, P]
     rgb = (tp[..., None] * C).sum(1)
     acc = (tp * acc_k).sum(1)
     depth = (tp * depth_k).sum(1)
-    W, S = tp * acc_k, tp * depth_k
+    W, S = tp * acc_k, tp * s_k
     # cross[n, b, a] = W_a S_b - S_a W_b for a before b.
     cross = before * (W[:, None, :] * S[:, :, None] - S[:, None, :] * W[:, :, None])
     dist = (tp ** 2 * dist_k).sum(1) + 2.0 * cross.sum((1, 2))

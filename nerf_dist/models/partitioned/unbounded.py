@@ -1,4 +1,4 @@
-"""Partitions that cover all of space (model.partition_far_bound > 0): the kd-tree's boxes tile
+"""Partitions that cover all of space (model.far_bound > 0): the kd-tree's boxes tile
 the scene box as usual, then every face lying on the scene box is pushed to infinity, so the outer boxes
 reach the far field and every point of space lies in exactly one box.
 
@@ -12,7 +12,7 @@ stay convex in world space here, and each box contracts its own far side instead
 
 Samples of a segment are spaced as the unbounded kind's (linear in distance up to the scene box's
 half-size, uniform in disparity beyond: :func:`spaced_samples`), so a segment reaching
-partition_far_bound spends few samples far away.
+far_bound spends few samples far away.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ SAMPLERS = ("proposal", "occupancy")
 class UnboundedConfig(HashEncodingConfig):
     far_bound: float = 1000.0
     """Far bound of every ray, in scene units (the scene's own far plane is not used:
-    the contracted field covers all of space)."""
+    the contracted field covers all of space). Default per kind: 1000 for unbounded, 0
+    (bounded) for partitioned, where > 0 makes the outer boxes reach infinity."""
     contraction: str = "inf"
     """Norm of the scene contraction: inf (a cube, for hash grids) | 2 (mip-NeRF 360's
     ball)."""
@@ -59,8 +60,10 @@ class UnboundedConfig(HashEncodingConfig):
     interlevel_weight: float = 1.0
     """Weight of the interlevel (proposal) loss."""
     distortion_weight: float = 0.0
-    """Weight of mip-NeRF 360's distortion loss (0 = off; configs/capture*.yaml use 0.002).
-    NOTE: one default for every kind that has the key (the partitioned kind's too)."""
+    """Weight of mip-NeRF 360's distortion loss (0 = off; configs/capture*.yaml use 0.002), on
+    normalised ray distance s in [0, 1] (near -> 0, far -> 1; spaced linearly near the cameras
+    and in disparity far away, as the samples are): the same loss for the same weight in every
+    kind that has the key (unbounded, partitioned), whatever the scene's units."""
     appearance_dim: int = 0
     """Per-image appearance embedding size (0 = off, e.g. synthetic scenes); held-out
     views use the mean of the training images' embeddings."""
@@ -75,7 +78,8 @@ class UnboundedConfig(HashEncodingConfig):
     random_background: bool = True
     """Train against a random colour per ray behind the scene (RGBA targets are
     composited over the same colour), so transparency cannot hide behind a fixed colour;
-    evaluation and rendering use the scene's configured background."""
+    evaluation and rendering use the scene's configured background. Default per kind: on for
+    unbounded, off for fast."""
 
     def __post_init__(self) -> None:
         HashEncodingConfig.__post_init__(self)

@@ -45,6 +45,7 @@ from ...render_ops import contraction, proposal, volrend
 from ...render_ops.sampling import uniform
 from ..background import random_background
 from ..base import ADAM_FLOATS_PER_PARAM, F32, MemoryEstimate, NeRFModel, sse
+from ...config_check import ConfigError
 from ..config import ModelConfig
 from ..precision import autocast_context
 from .config import int_list
@@ -129,6 +130,18 @@ class UnboundedNeRF(NeRFModel):
                     if self.grid is not None else proposal.distortion_loss(out["edges"], weights))
             terms["distortion"] = dist.sum() * per_ray * self.cfg.distortion_weight
         return terms
+
+    @classmethod
+    def check_scene(cls, cfg: ModelConfig, n_images: int) -> None:
+        """The per-image tables (appearance embeddings, pose corrections) need a row per training
+        image: refused before the first step, not found inside forward."""
+        uses = [k for k, on in (("model.appearance_dim", cfg.appearance_dim > 0),
+                                ("model.pose_refine", cfg.pose_refine)) if on]
+        if uses and cfg.appearance_images < n_images:
+            raise ConfigError(f"config key 'model.appearance_images': {cfg.appearance_images} rows "
+                              f"for a scene of {n_images} training images (the per-image table "
+                              f"of {' and '.join(uses)}): set model.appearance_images >= "
+                              f"{n_images}")
 
     @classmethod
     def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:

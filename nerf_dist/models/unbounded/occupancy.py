@@ -51,8 +51,8 @@ def density_per_s(sigma_unit, y: torch.Tensor, order: str, far_bound: float) -> 
     what matters far away where dt/ds grows as t^2."""
     x = contraction.uncontract(y, order)
     t = x.norm(dim=-1).clamp(min=1.0)
-    ds = 1.0 - 0.5 / far_bound
-    return sigma_unit((y + 2.0) / 4.0).float() * (2.0 * t * t / ds)
+    g_range = 1.0 - 0.5 / far_bound                                  # g(far) - g(0)
+    return sigma_unit((y + 2.0) / 4.0).float() * (2.0 * t * t * g_range)
 
 
 @torch.no_grad()
