@@ -286,6 +286,7 @@ def test_training_on_the_prepared_scene(prepared, tmp_path):
     cameras agree with each other well enough that a short run fits held-out views at all.
     Every override is a key of the unbounded kind (a key of another kind is refused on the
     command line; until issue 24 this test passed the fast kind's keys, which were ignored).
+    Measured: 13.02 dB after 150 steps (33 s of training on a shared 2-core machine).
     """
     out, _ = prepared
     run = tmp_path / "run"
