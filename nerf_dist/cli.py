@@ -305,10 +305,14 @@ def _loaded_with_flags(args, checkpoint: str | None = None):
     NOTE: the flags are checked before the checkpoint is read (a bad one fails at once, naming
     its key and flag); the camera path and resolution are checked before any file is written.
     """
-    from .run_dir import load_model  # NOTE: lazy (torch), as above
+    from .dist import launch_rank  # NOTE: lazy (torch), as above
+    from .run_dir import load_model
     flags = render_flag_values(args)
     replace(RenderConfig(), **flags)
-    loaded = load_model(run_dir=args.run, checkpoint=checkpoint, overrides=args.overrides)
+    # NOTE: under torchrun each rank loads only what it will hold (a partitioned model's boxes).
+    rank, world_size = launch_rank()
+    loaded = load_model(run_dir=args.run, checkpoint=checkpoint, overrides=args.overrides,
+                        rank=rank, world_size=world_size)
     loaded.cfg = with_section(loaded.cfg, "render", **flags)
     return loaded
 

@@ -19,7 +19,7 @@ from .config import Config, load_config
 from .evaluation import evaluate_split
 from .lifecycle import EXIT_RESUME
 from .renderer.job import PATH_KINDS, build_path, render_to_dir
-from .run_dir import Loaded, load_model, run_paths
+from .run_dir import Loaded, load_model, place_loaded, run_paths
 from .scenes import open_scene
 from .scenes.demo import write_demo_scene
 from .train import train
@@ -83,7 +83,10 @@ def eval_run(loaded: Loaded, run_dir: str, split: str | None = None,
              out: str | None = None) -> dict | None:
     """Evaluate a loaded model on a split (default eval.test_split) into `out` (default
     RUN_DIR/eval_SPLIT): tiles of render.tile pixels spread over the ranks. Returns the report
-    (psnr, psnr_fg, ssim, ...) on rank 0, None elsewhere."""
+    (psnr, psnr_fg, ssim, ...) on rank 0, None elsewhere.
+
+    The model is placed across the ranks as training places it (:func:`place_loaded`; load it
+    with this job's rank and world size so each rank holds only its part)."""
     cfg = loaded.cfg
     set_threads(cfg.render.threads)
     split = split or cfg.eval.test_split
@@ -93,6 +96,7 @@ def eval_run(loaded: Loaded, run_dir: str, split: str | None = None,
     configure_storage(cfg)
     info = dist.init(timeout_s=cfg.dist.timeout_s)
     try:
+        place_loaded(loaded, info.rank, info.world_size)
         model = loaded.model.to(info.device)
         out = out or os.path.join(run_dir, f"eval_{split}")
         log = print if info.is_main else (lambda *_: None)
@@ -117,7 +121,7 @@ def render_run(loaded: Loaded, out: str | None = None, run_dir: str | None = Non
     fps, video, save_float, threads) into `out` (default RUN_DIR/render_PATH, or ./render_PATH).
 
     The path and resolution are checked before the process group starts or any file is written.
-    Returns the summary on rank 0 (frames, rendered, skipped, frames_per_s, videos, ...).
+    The model is placed across the ranks as in :func:`eval_run`. Returns the summary on rank 0 (frames, rendered, skipped, frames_per_s, videos, ...).
     """
     r = loaded.cfg.render
     set_threads(r.threads)
@@ -128,6 +132,7 @@ def render_run(loaded: Loaded, out: str | None = None, run_dir: str | None = Non
     terminate_as_interrupt()
     info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
     try:
+        place_loaded(loaded, info.rank, info.world_size)
         if info.is_main:
             print(f"rendering {cams.n} frame(s) of {cams.name} at {cams.W}x{cams.H} from step "
                   f"{loaded.step} on {info.world_size} rank(s) -> {out}", flush=True)
@@ -176,7 +181,9 @@ def demo_run(config: str | None = None, overrides: list[str] | tuple = (), stop=
               f"{res['step']} of {cfg.train.steps}: the result is below what the quick start "
               f"promises (run the same command again to train on from step {res['step']})",
               flush=True)
-    loaded = load_model(run_dir=cfg.run.dir, overrides=list(overrides))
+    rank, world_size = dist.launch_rank()
+    loaded = load_model(run_dir=cfg.run.dir, overrides=list(overrides), rank=rank,
+                        world_size=world_size)
     eval_run(loaded, cfg.run.dir)
     if not loaded.cfg.render.video:
         return 0

@@ -64,10 +64,16 @@ def restart_store(timeout: datetime.timedelta):
     return tdist.PrefixStore(f"/worker/attempt_{attempt}", client)
 
 
+def launch_rank() -> tuple[int, int]:
+    """(rank, world_size) that torchrun gave this process (``RANK``, ``WORLD_SIZE``; (0, 1)
+    without torchrun), known before the process group starts: what a rank loads of a model
+    placed across the ranks (``nerf-dist eval`` / ``render``) depends on it."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init(device: str = "auto", timeout_s: float = 300.0) -> DistInfo:
     """Initialise the process group when launched by torchrun (or SLURM via torchrun)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank, world = launch_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(local_rank, device)
     if world > 1 and not tdist.is_initialized():

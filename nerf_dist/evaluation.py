@@ -44,8 +44,8 @@ def render_views(setup: RenderSetup, scene, views: Iterable[int], rank: int = 0,
 
     out: rgb [H, W, 3] clamped to [0, 1], depth [H, W], acc [H, W] (float32, CPU). The cameras are
     the split's own (:func:`split_path`: intrinsics, pose and lens distortion), so the pixels are
-    those training fits. Every rank must iterate to the end (in-training validation renders with
-    all ranks too); with world_size 1 no collective runs. watch: as in :func:`render_frames`.
+    those training fits. Every rank must iterate to the end (in-training validation, eval: every
+    rank of the job); with world_size 1 no collective runs. watch: as in :func:`render_frames`.
     """
     for i, out in render_frames(setup, split_path(scene), list(views), rank, world_size, tile,
                                 watch=watch):

@@ -263,8 +263,13 @@ def param_bytes(model_cfg) -> int:
 def train_param_bytes(model_cfg, world_size: int = 1) -> int:
     """Weights plus what training adds: gradients and optimiser state (the kind's estimate), of
     one rank of world_size (less than the whole model when the kind splits its weights)."""
-    est = model_memory(model_cfg)
-    return -(-(est.param_bytes + est.optimizer_bytes) // min(est.param_split, world_size))
+    return model_memory(model_cfg).rank_param_bytes(world_size, train=True)
+
+
+def render_param_bytes(model_cfg, world_size: int = 1) -> int:
+    """The weights one rank of world_size holds to render (less than the whole model when the
+    kind splits its weights: a partitioned model's boxes, placed as training places them)."""
+    return model_memory(model_cfg).rank_param_bytes(world_size)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -311,7 +316,8 @@ def render_estimate(W: int, H: int, tile: int, chunk: int, model_cfg, world_size
     or x 384 B for eval), one tile in flight (tile^2 x 128 B), one gather round of tile results
     (renderer.core bounds it to ROUND_BYTES over all ranks, x 3 for pickling), and the model's
     chunk (chunk x bytes_per_ray) when the device is the CPU. device (CUDA only): the chunk's
-    activations, the tile's rays and outputs, and the weights.
+    activations, the tile's rays and outputs, and the weights: this rank's share of them
+    (:func:`render_param_bytes`; a partitioned model's boxes are split over the ranks).
     """
     tiles_per_frame = math.ceil(H / tile) * math.ceil(W / tile)
     batch = max(1, math.ceil(2 * world_size / max(1, tiles_per_frame)))
@@ -330,7 +336,7 @@ def render_estimate(W: int, H: int, tile: int, chunk: int, model_cfg, world_size
     acts = {f"model.chunk={chunk} activations ({min(chunk, tile_px)} rays x "
             f"{samples_per_ray(model_cfg, False)} samples)":
             chunk_rays * bytes_per_ray(model_cfg, False),
-            "model weights": param_bytes(model_cfg)}
+            "model weights": render_param_bytes(model_cfg, world_size)}
     if _device_type(device) == "cuda":
         device_parts = {**acts, f"--tile {tile} rays and outputs on the device": tile_px * 96}
     else:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 import yaml
 
-from . import storage
+from . import dist, storage
 from .checkpoint import CheckpointError, Checkpointer, load_url
 from .config import (Config, ConfigError, diff_keys, from_dict, load_config, own_keys, to_dict,
                      with_overrides)
 from .lifecycle import STATUS_FILE
-from .models import build_model
+from .models import build_model, model_class
 
 CONFIG_FILE = "config.yaml"
 
@@ -75,15 +75,23 @@ class Loaded:
     elapsed: float
     scene: dict          # near, far, aabb, background (from the checkpoint)
     source: str          # where the checkpoint came from (for messages and render.json)
+    rank: int = 0        # the rank of world_size this model was loaded for (see load_model)
+    world_size: int = 1
 
 
 def load_model(run_dir: str | None = None, checkpoint: str | None = None,
-               overrides: list[str] | tuple = ()) -> Loaded:
+               overrides: list[str] | tuple = (), rank: int = 0, world_size: int = 1) -> Loaded:
     """Load the newest checkpoint of a run folder, or one checkpoint URL, onto the CPU.
 
     The model is built from the checkpoint's own saved config (overridden by run-time keys such
     as model.chunk); a checkpoint whose tensors do not fit that model, or that lacks model /
     config / scene entries, raises CheckpointError naming it.
+
+    rank, world_size: load what rank `rank` of a `world_size`-rank job holds once the model is
+    placed as training places it (:meth:`~nerf_dist.models.base.NeRFModel.build_placed`: a
+    partitioned model's own boxes and the shared head; other kinds, the whole model), reading only
+    those part files of a sharded checkpoint; the job then places it
+    (:func:`place_loaded`) under its process group. No collective here.
     """
     if (run_dir is None) == (checkpoint is None):
         raise ValueError("give exactly one of --run RUN_DIR or --checkpoint URL")
@@ -94,14 +102,18 @@ def load_model(run_dir: str | None = None, checkpoint: str | None = None,
             raise ConfigError(f"{cfg_path} not found: is {run_dir} a nerf-dist run folder?")
         run_cfg = load_config(cfg_path, list(overrides))
         url = run_paths(run_cfg)["checkpoints"]
-        loaded = Checkpointer(url, run_cfg.checkpoint.keep, is_main=False).load()
+        loaded = Checkpointer(url, run_cfg.checkpoint.keep, is_main=False).load(
+            parts=_parts_held(run_cfg, rank, world_size))
         if loaded is None:
             raise CheckpointError(f"no complete checkpoint in {storage.redact(url)} "
                                   f"(has run {run_dir} saved one yet?)")
         source = url
     else:
         source = checkpoint
-        loaded = load_url(checkpoint)
+        # NOTE: the model config is inside the checkpoint: its shared state first (no part
+        # file), then the part files this rank holds with it (the shared state read again:
+        # small, the boxes live in the parts).
+        loaded = load_url(checkpoint, parts=set() if world_size > 1 else None)
     step, state = loaded
     name = storage.redact(source)
     missing = [k for k in ("model", "config", "scene") if k not in state]
@@ -117,15 +129,57 @@ def load_model(run_dir: str | None = None, checkpoint: str | None = None,
     if diffs:
         raise CheckpointError(f"checkpoint {name} was trained with another model config; "
                               f"differing keys: {'; '.join(diffs)}")
+    if run_cfg is None and world_size > 1:
+        parts = _parts_held(cfg, rank, world_size)
+        if parts is not None:
+            again, state = load_url(checkpoint, parts)
+            if again != step:
+                raise CheckpointError(f"checkpoint {name} changed while it was read (step {step}, "
+                                      f"then {again})")
     scene = state["scene"]
     try:
-        model = build_model(cfg.model, torch.as_tensor(scene["aabb"], dtype=torch.float32))
+        model = build_model(cfg.model, torch.as_tensor(scene["aabb"], dtype=torch.float32), rank,
+                            world_size)
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {name} does not fit model.kind={cfg.model.kind}: "
+        raise CheckpointError(f"checkpoint {name} does not fit model.kind={cfg.model.kind} on "
+                              f"rank {rank} of {world_size}: "
                               f"{str(e).splitlines()[0][:300]}") from e
     model.eval()
-    return Loaded(cfg, model, int(step), float(state.get("elapsed", 0.0)), scene, name)
+    return Loaded(cfg, model, int(step), float(state.get("elapsed", 0.0)), scene, name, rank,
+                  world_size)
 
 
-__all__ = ["CONFIG_FILE", "run_paths", "config_at_rest", "write_config", "Loaded", "load_model"]
+def _parts_held(cfg: Config, rank: int, world_size: int) -> set[str] | None:
+    """The part files of a sharded checkpoint rank `rank` of `world_size` reads (None: all)."""
+    if world_size == 1:
+        return None
+    return model_class(cfg.model.kind).checkpoint_parts_held(cfg.model, rank, world_size)
+
+
+def place_loaded(loaded: Loaded, rank: int, world_size: int) -> None:
+    """Collective when world_size > 1 (every rank calls it, under the process group): place the
+    loaded model across the ranks as training does (:meth:`NeRFModel.distribute`: a partitioned
+    model's box groups, so the renderer's tiles go by box group, ``render_split``). A model loaded
+    for another rank or world size than this job's is refused (ValueError) before any
+    collective. The ranks must have loaded the same step: each reads its own part files, so a
+    damaged one makes only its reader fall back to an older checkpoint; then every rank raises
+    the same CheckpointError naming the steps."""
+    if loaded.world_size != 1 and (loaded.rank, loaded.world_size) != (rank, world_size):
+        raise ValueError(f"the model was loaded for rank {loaded.rank} of {loaded.world_size} "
+                         f"but runs as rank {rank} of {world_size}: pass load_model the job's "
+                         f"rank and world size (nerf_dist.dist.launch_rank)")
+    if world_size == 1:
+        return
+    steps = dist.all_gather_object(loaded.step, rank, world_size)
+    err = None
+    if len(set(steps)) > 1:
+        err = (f"the ranks loaded different checkpoints of {loaded.source} (steps by rank: "
+               f"{steps}; a damaged part file makes its reader fall back): pass --checkpoint "
+               f"with the step folder all can read")
+    dist.raise_together(err, rank, world_size, CheckpointError)
+    loaded.model.distribute(rank, world_size)
+
+
+__all__ = ["CONFIG_FILE", "run_paths", "config_at_rest", "write_config", "Loaded", "load_model",
+           "place_loaded"]

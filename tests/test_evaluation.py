@@ -187,7 +187,7 @@ def test_eval_undoes_lens_distortion_and_equals_validation(distorted_scene, tmp_
     fgs = [e["psnr_fg"] for e in rep["per_image"] if e["psnr_fg"] is not None]
     assert rep["psnr_fg"] == pytest.approx(float(np.mean(fgs)))
 
-    # in-training validation (rank 0 alone) gives the same numbers on the same views
+    # in-training validation (one process here) gives the same numbers on the same views
     cfg = load_config(None, [f"data.root={distorted_scene}", f"data.llff_hold={HOLD}",
                              f"run.dir={tmp_path / 'run'}", "eval.split=test",
                              f"eval.n_images={scene.n}", "log.progress=false",

@@ -166,8 +166,9 @@ def test_two_replicas_of_two_boxes_follow_one_process_and_resume_on_one_replica(
 
 @pytest.mark.slow
 def test_eval_of_a_partitioned_run_on_two_ranks_equals_one_rank(demo_scene, tmp_path):
-    """`nerf-dist eval` of a 2-box checkpoint: every rank holds both boxes and renders its tiles;
-    the per-view PSNR on 2 ranks equals one rank's."""
+    """`nerf-dist eval` of a 2-box checkpoint under torchrun: each rank loads and holds its own
+    box (the CLI passes the launch rank), the box group renders the tiles together; the per-view
+    PSNR on 2 ranks equals one rank's (the float frames: tests/test_partition_render.py)."""
     run = tmp_path / "run"
     train(_cfg(demo_scene, run, f"data.cache_dir={tmp_path / 'cache'}"), DistInfo())
     reports = []

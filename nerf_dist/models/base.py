@@ -29,7 +29,8 @@ check_scene(cfg, n_images) (a classmethod): refuses a scene the config cannot tr
 
 Placement hooks (defaults: a model replicated under DDP, as every kind was before):
 init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
-distribute (a model that places itself across ranks returns its data shard), sync_gradients, watch_collectives,
+distribute (a model that places itself across ranks returns its data shard; build_placed builds
+only what a rank holds, for loading), sync_gradients, watch_collectives,
 replica_key, checkpoint_state / load_full_state (checkpoints of the one-process layout).
 
 State: parameters and buffers only; ``state_dict()`` is what a checkpoint holds, so a checkpoint
@@ -69,7 +70,17 @@ class MemoryEstimate:
     """What training adds per weight: gradients and the optimiser's state."""
     param_split: int = 1
     """Ranks the weights are split over (a partitioned model's boxes): on N ranks each holds
-    about 1/min(param_split, N) of param_bytes and optimizer_bytes."""
+    1/min(param_split, N) of param_bytes and optimizer_bytes, besides :attr:`param_shared`."""
+    param_shared: int = 0
+    """Of param_bytes, what every rank holds whole however the rest is split (a partitioned
+    model's shared colour head)."""
+
+    def rank_param_bytes(self, world_size: int = 1, train: bool = False) -> int:
+        """Weights (train: plus gradients and optimiser state) one rank of world_size holds: the
+        shared part whole, the rest split over min(param_split, world_size) ranks."""
+        total = self.param_bytes + (self.optimizer_bytes if train else 0)
+        shared = -(-self.param_shared * total // max(self.param_bytes, 1))
+        return shared + -(-(total - shared) // max(1, min(self.param_split, world_size)))
 
     def bytes_per_ray(self, train: bool) -> int:
         return self.train_bytes_per_ray if train else self.render_bytes_per_ray
@@ -142,6 +153,13 @@ class NeRFModel(nn.Module):
         scene (the partitioned kind cuts its boxes at the medians of the sparse points, else of
         points along the rays). Must be a deterministic function of its inputs. Default:
         nothing."""
+
+    @classmethod
+    def build_placed(cls, cfg, aabb, rank: int = 0, world_size: int = 1) -> NeRFModel:
+        """The model as rank `rank` of `world_size` holds it once placed (:meth:`distribute`),
+        built without what other ranks hold; no collective. For loading a checkpoint into (its
+        initial values are not the one-process model's). Default: the whole model."""
+        return cls(cfg, aabb)
 
     def distribute(self, rank: int, world_size: int) -> tuple[int, int] | None:
         """Collective hook, called once on every rank before training when world_size > 1.

@@ -73,13 +73,16 @@ def model_class(name: str) -> type:
     return model
 
 
-def build_model(cfg, aabb: torch.Tensor | None = None) -> NeRFModel:
+def build_model(cfg, aabb: torch.Tensor | None = None, rank: int = 0,
+                world_size: int = 1) -> NeRFModel:
     """The model named by cfg.kind, built from the model config cfg (:class:`ModelConfig`).
 
     aabb: [2, 3] scene box (min, max) tensor or None; the kinds that need it (fast) raise
-    ValueError on None.
+    ValueError on None. rank, world_size: only what rank `rank` of `world_size` holds once
+    placed (:meth:`~nerf_dist.models.base.NeRFModel.build_placed`; for loading a checkpoint).
     """
-    return model_class(cfg.kind)(cfg, aabb)
+    cls = model_class(cfg.kind)
+    return cls(cfg, aabb) if world_size == 1 else cls.build_placed(cfg, aabb, rank, world_size)
 
 
 def memory_estimate(cfg) -> MemoryEstimate:

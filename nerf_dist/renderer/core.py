@@ -136,8 +136,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     """Render `frames` of `cams` across ranks; yields (frame, {rgb, depth, acc}) on rank 0.
 
     Every rank must iterate to the end (the loop holds collectives); ranks other than 0 yield
-    nothing. With world_size 1 there is no collective, so rank 0 may render alone while a
-    process group exists (in-training validation). Frames come in batches (:func:`frame_batches`), in order. balance: 'pixels' plans
+    nothing. With world_size 1 there is no collective, so one rank may render alone while a
+    process group exists. Frames come in batches (:func:`frame_batches`), in order. balance: 'pixels' plans
     each batch by pixel count; 'time' weights tiles by the seconds per pixel measured at the same
     tile position in the previous batch (neighbouring frames cost alike), so cheap empty regions
     and expensive detailed ones even out across ranks.
@@ -145,10 +145,10 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
     :class:`~nerf_dist.lifecycle.StallWatchdog`'s ``waiting``), so a frozen peer is named.
     stats: if given, accumulates 'rays' and 'render_s' of this rank and 'rank_s' per rank (rank 0).
 
-    A model placed across ranks (the partitioned kind during training) says which share of the
-    tiles a rank renders (``render_split``: its replica's; every rank of a box group renders the
-    same tiles, the same chunks, so its forward's exchanges line up) and which rank of a share
-    sends them to rank 0 (one per share).
+    A model placed across ranks (the partitioned kind, in training, eval and render) says which
+    share of the tiles a rank renders (``render_split``: its replica's; every rank of a box group
+    renders the same tiles, the same chunks, so its forward's exchanges line up) and which rank
+    of a share sends them to rank 0 (one per share).
 
     Memory: tiles are pasted into the frames being assembled as they arrive, never all held at
     once. A single process pastes each tile straight away; with several ranks each rank's tiles
@@ -215,9 +215,8 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
         if rank == 0:
             cost_map = {k: sum(v) / len(v) for k, v in new_cost.items()}
         if balance == "time" and world_size > 1:
-            # NOTE: not when world_size is 1: rank 0 already holds every timing, and a
-            # one-process render may run while a process group exists (a broadcast there would
-            # wait for ranks that never join it).
+            # NOTE: not when world_size is 1: a caller may render alone while a process group
+            # exists (world_size 1 promises no collective), and a broadcast would wait there.
             with watch("rank 0's tile timings"):
                 cost_map = dist.broadcast_object(cost_map)
         if rank == 0:

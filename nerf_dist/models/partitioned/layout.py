@@ -54,8 +54,12 @@ class BoxLayout:
     def gather(self, local: torch.Tensor) -> torch.Tensor:
         """local: [n_rays, len(owned), W] this rank's segment results -> [n_rays, P, W] every
         box's, in box order (differentiable with respect to local)."""
-        if self.box_group is None:
+        if self.group_size == 1:
             return local
+        if self.box_group is None:
+            raise RuntimeError(f"this rank holds boxes {list(self.owned)} of {self.partitions} "
+                               f"but has no box group yet: place the model across the ranks "
+                               f"(distribute) under the process group before rendering")
         return _GatherBoxes.apply(local, self)
 
 

@@ -65,7 +65,10 @@ class PartitionedNeRF(NeRFModel):
 
     uses_sparse_points = True
 
-    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None):
+    def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None,
+                 place_as: tuple[int, int] | None = None):
+        """place_as: (rank, world_size) to build only the boxes that rank holds once placed
+        (:meth:`build_placed`); None: every box, the one-process layout."""
         super().__init__(cfg)
         if aabb is None:
             raise ValueError("model.kind=partitioned needs the scene's aabb")
@@ -77,9 +80,11 @@ class PartitionedNeRF(NeRFModel):
             self.bounds.copy_(open_outer_faces(self.bounds, aabb))
         self.register_buffer("partition_source", torch.tensor(SOURCES.index("even")))
         self.register_buffer("partition_points", torch.tensor(0))
-        self.boxes = nn.ModuleDict({str(k): BoxField(cfg) for k in range(P)})
+        # NOTE: placed, the layout has no process groups yet: forward refuses to run until
+        # distribute() makes them.
+        self.layout = make_layout(P) if place_as is None else place(P, *place_as)
+        self.boxes = nn.ModuleDict({str(k): BoxField(cfg) for k in self.layout.owned})
         self.colour = ColourHead(cfg)
-        self.layout = make_layout(P)
         self._load: dict[str, float] = {}
 
     # ------------------------------------------------------------------ partition and layout
@@ -109,15 +114,29 @@ class PartitionedNeRF(NeRFModel):
         """Collective, once, before training: take this rank's place in the layout (drop the
         boxes other ranks hold). Returns (replica, n_replicas): the shard of the global batch this
         rank reads (every rank of a box group reads the same rays)."""
+        lay = place(self.cfg.partitions, rank, world_size)
+        missing = [k for k in lay.owned if str(k) not in self.boxes]
+        if missing:
+            raise ValueError(f"rank {rank} of {world_size} holds boxes {list(lay.owned)} of "
+                             f"model.partitions={self.cfg.partitions}, but this model was built "
+                             f"without box(es) {missing} (built for another placement)")
         self.layout = make_layout(self.cfg.partitions, rank, world_size)
         for k in range(self.cfg.partitions):
-            if k not in self.layout.owned:
+            if k not in self.layout.owned and str(k) in self.boxes:
                 del self.boxes[str(k)]
         return self.layout.replica, self.layout.n_replicas
 
     def watch_collectives(self, watch) -> None:
         """``watch(what)`` around the segment exchange of every forward (:mod:`.layout`)."""
         self.layout.watch = watch
+
+    @classmethod
+    def build_placed(cls, cfg: ModelConfig, aabb, rank: int = 0, world_size: int = 1
+                     ) -> PartitionedNeRF:
+        """Only the boxes rank `rank` of `world_size` holds (and the shared head), so a model
+        larger than one process loads (`nerf-dist eval` / `render` under torchrun); forward
+        needs :meth:`distribute` first. ValueError when the ranks do not fit the boxes."""
+        return cls(cfg, aabb, place_as=(rank, world_size))
 
     def sync_gradients(self) -> None:
         """Collective, after backward: the shared head's gradients summed over the box group,
@@ -250,7 +269,8 @@ class PartitionedNeRF(NeRFModel):
     @classmethod
     def memory_estimate(cls, cfg: ModelConfig) -> MemoryEstimate:
         """Of one process holding every box; param_split=P: a rank of a box group of G ranks
-        holds 1/G of the weights (the memory checks divide). Per sample as the fast kind's
+        holds 1/G of the boxes' weights and the whole colour head (param_shared; the memory
+        checks of training, validation, eval and render count that share). Per sample as the fast kind's
         field; box_samples per box crossed, at most P boxes per ray (a rank of a box group
         evaluates its boxes for its replica's rays: the same bytes per rank)."""
         L, Fd, h, g, P = cfg.hash_levels, cfg.hash_features, cfg.hidden, cfg.geo_features, \
@@ -258,10 +278,12 @@ class PartitionedNeRF(NeRFModel):
         samples = cfg.box_samples * P
         per_sample = {True: 256 * L + F32 * (2 * L * Fd + 4 * h + 3 * g + 60) + 64,
                       False: 320 * L + F32 * (L * Fd + 3 * h + 2 * g + 40) + 64}
+        shared = (g + 17) * h + (h + 1) * h + (h + 1) * 3
         n = P * (L * (1 << cfg.hash_log2_size) * Fd + (L * Fd + 1) * h + (h + 1) * (1 + g)) \
-            + (g + 17) * h + (h + 1) * h + (h + 1) * 3
+            + shared
         return MemoryEstimate(samples * per_sample[True], samples * per_sample[False], samples,
-                              samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32, param_split=P)
+                              samples, n * F32, ADAM_FLOATS_PER_PARAM * n * F32, param_split=P,
+                              param_shared=shared * F32)
 
     # ------------------------------------------------------------------ rendering
     def render_box(self, k: int, rays_o, rays_d, viewdirs, t0, t1, u, near=None, far=None
