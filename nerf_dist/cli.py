@@ -1,6 +1,6 @@
 """`nerf-dist` command line: thin entry points that parse, build, run and always clean up.
 
-Commands: train, render, eval, cache, demo, demo-scene, prepare, status, keys. Run `nerf-dist COMMAND --help`.
+Commands: train, render, eval, cache, demo, demo-scene, prepare, export, status, keys. Run `nerf-dist COMMAND --help`.
 Config overrides are `section.key=value` arguments after the options.
 """
 from __future__ import annotations
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                "  demo         the quick start: demo scene, train, evaluate, orbit video\n"
                "  demo-scene   write the procedural demo scene (Blender format)\n"
                "  prepare      photos or a video -> camera poses (COLMAP, needs pycolmap)\n"
+               "  export       mesh, point cloud or cameras of a trained run (docs/export.md)\n"
                "  status       how a run ended (exit 0 finished, 75 stopped to be resumed, 1 other)\n"
                "  keys         list every config key with its default and meaning\n"
                "\nexit codes of train: 0 finished, 1 error, 2 usage, 75 stopped by SIGTERM/SIGUSR1 "
@@ -188,8 +189,64 @@ def _parser() -> argparse.ArgumentParser:
                          "returned): a 'running' status is then recorded as 'died'")
     st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
+    _export_parser(sub.add_parser(
+        "export", help="mesh, point cloud or cameras of a trained run", formatter_class=fmt,
+        description="Get the reconstruction out of a trained run, alone or under torchrun (the "
+                    "work is split over the ranks; rank 0 writes). Coordinates are in the "
+                    "scene's original frame (the readers' normalisation undone) unless --frame "
+                    "scene. See docs/export.md."))
+
     sub.add_parser("keys", help="list config keys")
     return p
+
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    """`nerf-dist export {mesh,pointcloud,cameras}` (pointcloud and cameras run
+    nerf_dist.export.pointcloud.export_pointcloud_cli / .cameras.export_cameras_cli)."""
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    m = sub.add_parser("mesh", help="marching cubes on the density field -> PLY / OBJ / GLB",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Marching cubes on the density field of RUN_DIR's newest "
+                                   "checkpoint inside a box, block by block (blocks split over "
+                                   "the ranks, stitched without seams), vertex colours from the "
+                                   "radiance field seen along -normal, normals from the density "
+                                   "gradient. Writes OUT/mesh.{ply,obj,glb} and OUT/mesh.json.")
+    m.add_argument("run", metavar="RUN_DIR", help="run folder (holds config.yaml)")
+    m.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
+    res = m.add_mutually_exclusive_group()
+    res.add_argument("--resolution", type=int, default=None, metavar="N",
+                     help="cells along the box's longest side (default 256)")
+    res.add_argument("--cell-size", type=float, default=None, metavar="S",
+                     help="cell size in scene units instead of --resolution")
+    m.add_argument("--bbox", type=float, nargs=6, default=None,
+                   metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
+                   help="box in the scene frame (default: the model's surface box: the occupied "
+                        "cells of the occupancy grid (fast), the uncontracted cube [-1, 1]^3 "
+                        "(unbounded), else the scene box)")
+    m.add_argument("--level", type=float, default=None,
+                   help="density of the surface (default: chosen from the field, Otsu's "
+                        "threshold of log density on a coarse grid)")
+    m.add_argument("--block", type=int, default=64, metavar="CELLS",
+                   help="cells per block side (default 64)")
+    m.add_argument("--chunk", type=int, default=65536, help="points per model call (default 65536)")
+    m.add_argument("--keep-components", type=int, default=0, metavar="N",
+                   help="keep the N largest connected components (default 0: all)")
+    m.add_argument("--decimate", type=int, default=0, metavar="FACES",
+                   help="quadric decimation to about FACES faces (needs fast-simplification)")
+    m.add_argument("--format", default="ply", help="comma-separated: ply, obj, glb (default ply)")
+    m.add_argument("--frame", choices=("original", "scene"), default="original",
+                   help="original: the scene's own frame (default); scene: the trained frame")
+    m.add_argument("--no-colors", action="store_true", help="skip vertex colours")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
+    pc = sub.add_parser("pointcloud", help="points from the rendered depth of the training views")
+    cam = sub.add_parser("cameras", help="the cameras as transforms.json and a COLMAP text model")
+    for q in (pc, cam):
+        q.add_argument("run", metavar="RUN_DIR", help="run folder (holds config.yaml)")
+        q.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
+        q.add_argument("--frame", choices=("original", "scene"), default="original",
+                       help="original: the scene's own frame (default); scene: the trained frame")
+        q.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
 
 def _render_flags(p: argparse.ArgumentParser, eval_only: bool = False) -> None:
@@ -389,13 +446,34 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    if args.what != "mesh":
+        import importlib  # NOTE: lazy (torch), as above
+        mod = importlib.import_module(f"nerf_dist.export.{args.what}")
+        return getattr(mod, f"export_{args.what}_cli")(args) or 0
+    from .commands import export_mesh_run  # NOTE: lazy (torch), as above
+    from .export.mesh.job import MeshOptions, check_options
+    res = args.resolution if args.resolution is not None or args.cell_size else 256
+    opts = MeshOptions(out=args.out or os.path.join(args.run, "export"), resolution=res,
+                       cell_size=args.cell_size, bbox=tuple(args.bbox) if args.bbox else None,
+                       level=args.level, block=args.block, keep_components=args.keep_components,
+                       decimate=args.decimate,
+                       formats=tuple(f.strip().lower() for f in args.format.split(",") if f.strip()),
+                       frame=args.frame, colors=not args.no_colors, chunk=args.chunk,
+                       progress=not args.no_progress)
+    check_options(opts)
+    export_mesh_run(args.run, opts, args.overrides)
+    return 0
+
+
 def cmd_keys(_args) -> int:
     print(_keys_help())
     return 0
 
 
 COMMANDS = {"train": cmd_train, "render": cmd_render, "eval": cmd_eval, "cache": cmd_cache, "demo": cmd_demo,
-            "demo-scene": cmd_demo_scene, "prepare": cmd_prepare, "status": cmd_status, "keys": cmd_keys}
+            "demo-scene": cmd_demo_scene, "prepare": cmd_prepare, "export": cmd_export,
+            "status": cmd_status, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,6 +150,32 @@ def render_run(loaded: Loaded, out: str | None = None, run_dir: str | None = Non
     return summary
 
 
+def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> dict | None:
+    """`nerf-dist export mesh`: load the run's newest checkpoint, export its mesh with
+    :func:`nerf_dist.export.mesh.export_mesh` on every rank, print the summary on rank 0.
+    Returns the summary on rank 0 (None elsewhere)."""
+    from .export.mesh import export_mesh  # NOTE: lazy: the `export` extra
+    from .memory import fmt_bytes
+    loaded = load_model(run_dir=run_dir, overrides=list(overrides))
+    set_threads(loaded.cfg.render.threads)
+    configure_storage(loaded.cfg)
+    terminate_as_interrupt()
+    info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
+    try:
+        log = (lambda *a: print(*a, flush=True)) if info.is_main else (lambda *_: None)
+        summary = export_mesh(loaded, opts, info.rank, info.world_size, info.device, log)
+        if summary is not None:
+            print(f"mesh: {summary['vertices']} vertices, {summary['faces']} faces "
+                  f"({summary['components']} component(s) before --keep-components), level "
+                  f"{summary['level']:.4g}, {summary['seconds']:.1f} s on {info.world_size} "
+                  f"rank(s)", flush=True)
+            for fmt, f in summary["files"].items():
+                print(f"  {fmt}: {f['path']} ({fmt_bytes(f['bytes'])})")
+    finally:
+        dist.close()
+    return summary
+
+
 def default_demo_config() -> str | None:
     """configs/demo.yaml of the working directory, else of the source tree, else None."""
     here = os.path.join(os.getcwd(), "configs", "demo.yaml")

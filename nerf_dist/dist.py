@@ -157,6 +157,23 @@ def all_gather_object(obj, rank: int = 0, world_size: int = 1) -> list:
     return box
 
 
+def gather_object(obj, rank: int = 0, world_size: int = 1, dst: int = 0) -> list | None:
+    """[obj of rank 0, ..., obj of rank world_size-1] on rank dst, None elsewhere (collective).
+
+    Unlike :func:`all_gather_object`, only dst holds every rank's object (a large result, such as
+    the pieces of a mesh, is not copied to every rank). Without a process group: [obj] slots as
+    in all_gather_object on rank dst.
+    """
+    if not _group():
+        box = [None] * world_size
+        box[rank] = obj
+        return box if rank == dst else None
+    box = [None] * tdist.get_world_size() if rank == dst else None
+    with collective("gather_object"):
+        tdist.gather_object(obj, box, dst=dst)
+    return box
+
+
 def raise_together(err: str | None, rank: int, world_size: int, exc_type: type,
                    others: str = "rank {rank}: {err}") -> None:
     """Collective: when any rank has an error message, every rank raises ``exc_type``.

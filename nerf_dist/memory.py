@@ -365,6 +365,15 @@ def _compare(parts: dict[str, int], avail: tuple[int, str], what: str, advice: d
                             f"check.")
 
 
+def check_parts(parts: dict[str, int], what: str, advice: dict[str, str]) -> None:
+    """MemoryBudgetError unless the estimate parts ({what: bytes}) fit this rank's share of its
+    host (:func:`host_share`); advice: {substring of the largest part: what to do}. Used by the
+    exporters (nerf_dist.export), whose estimates are their own. NERF_DIST_MEMORY_CHECK=off skips
+    it."""
+    if _enabled():
+        _compare(parts, host_share(), what, advice, shared=True)
+
+
 def check_render(W: int, H: int, tile: int, chunk: int, model_cfg, world_size: int = 1,
                  device="cpu", evaluate: bool = False) -> dict[str, dict[str, int]]:
     """Raise MemoryBudgetError unless a W x H render with this tile and chunk fits this rank.

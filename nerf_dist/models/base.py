@@ -26,6 +26,11 @@ memory_estimate(cfg) (a classmethod) -> :class:`MemoryEstimate`: what a model of
     known before it is built (the memory checks of nerf_dist.memory use it).
 check_scene(cfg, n_images) (a classmethod): refuses a scene the config cannot train, before any
     work (e.g. model.appearance_images smaller than the training images).
+surface_box(aabb [2, 3]) -> [2, 3]: where the surface of this model can be (mesh export's default
+    box; default: the scene box).
+field_at(x [n, 3], viewdirs [n, 3] | None) -> (sigma [n] >= 0, rgb [n, 3] | None): the field at
+    scene points, no ray involved (the exporters of nerf_dist.export use it); rgb is None when
+    viewdirs is None.
 
 Placement hooks (defaults: a model replicated under DDP, as every kind was before):
 init_from_rays (what the model derives from the scene's rays or sparse points, once per run),
@@ -226,6 +231,19 @@ class NeRFModel(nn.Module):
     def log_scalars(self) -> dict[str, float]:
         """Scalars logged with the training metrics (as ``model/<name>``) at each logging step."""
         return {}
+
+    def surface_box(self, aabb: torch.Tensor) -> torch.Tensor:
+        """[2, 3] (min, max): the box a mesh export covers by default, given the scene box aabb
+        [2, 3] (the default: aabb itself)."""
+        return aabb
+
+    def field_at(self, x: torch.Tensor, viewdirs: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The field at scene points: x [n, 3] -> (sigma [n] fp32 >= 0, rgb [n, 3] fp32 seen along
+        viewdirs [n, 3] unit, or None when viewdirs is None). No grad is needed by the callers
+        (mesh export evaluates it under torch.no_grad)."""
+        raise NotImplementedError(f"model kind {type(self).__name__} cannot be queried at points: "
+                                  f"define {type(self).__name__}.field_at")
 
     @classmethod
     def memory_estimate(cls, cfg) -> MemoryEstimate:

@@ -131,6 +131,10 @@ def open_llff(data_cfg: DataConfig, split: str) -> LazyScene:
     sc = 1.0 / (bds.min() * 0.75)
     c2w[:, :, 3] *= sc
     bds = bds * sc
+    # NOTE: x_scene = avg^-1 (sc x_file), recorded as meta['transform'] (the exporters undo it).
+    avg = np.eye(4)
+    avg[:3] = average_pose(c2w)
+    transform = np.linalg.inv(avg) @ np.diag([sc, sc, sc, 1.0])
     c2w = recenter(c2w)
 
     bg = background_of(data_cfg)
@@ -156,7 +160,8 @@ def open_llff(data_cfg: DataConfig, split: str) -> LazyScene:
         ndc=ndc, ndc_focal=focal if ndc else 0.0, ndc_size=(H, W) if ndc else (0, 0),
         meta={"format": "llff", "root": root, "scale": float(sc), "indices": idx,
               "bounds": [float(bds.min()), float(bds.max())], "ndc_near": 1.0,
-              "hwf": [float(h0), float(w0), float(focal0)], "downscale": data_cfg.downscale},
+              "hwf": [float(h0), float(w0), float(focal0)], "downscale": data_cfg.downscale,
+              "transform": transform.tolist()},
         sources=ix.sources,
     )
 

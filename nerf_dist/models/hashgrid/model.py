@@ -151,6 +151,25 @@ class FastNeRF(NeRFModel):
         n_samples = int(col.max()) + 1 if col.numel() else 0
         return ray, col, ts[ray, si], te[ray, si], n_samples
 
+    def surface_box(self, aabb):
+        """See :meth:`NeRFModel.surface_box`: the occupied cells of the occupancy grid, one cell
+        of margin, within the aabb (all of it when no cell is occupied)."""
+        g = self.grid
+        occ = g.occupied.bool().view(g.res, g.res, g.res).nonzero()
+        if not occ.numel():
+            return self.aabb.clone()
+        cell = (g.aabb[1] - g.aabb[0]) / g.res
+        lo = g.aabb[0] + (occ.amin(0) - 1).float() * cell
+        hi = g.aabb[0] + (occ.amax(0) + 2).float() * cell
+        return torch.stack([torch.maximum(lo, self.aabb[0]), torch.minimum(hi, self.aabb[1])])
+
+    def field_at(self, x, viewdirs=None):
+        """See :meth:`NeRFModel.field_at` (zero density outside the aabb)."""
+        if viewdirs is None:
+            return self.field.density(x).float(), None
+        rgb, sigma = self.field(x, viewdirs)
+        return sigma.float(), rgb.float()
+
     # ------------------------------------------------------------------ rendering
     def _field(self, pts, dirs):
         with autocast_context(pts.device, self.cfg.precision):

@@ -330,6 +330,35 @@ class PartitionedNeRF(NeRFModel):
         span = (far - near).clamp_min(1e-12)[:, None]
         return tuple((t - near[:, None]) / span for t in ts)
 
+    def field_at(self, x, viewdirs=None):
+        """See :meth:`NeRFModel.field_at`: each point is evaluated by the box holding it (boxes
+        are half-open [lo, hi) so a point on a shared face has one owner; the scene box's far
+        faces are closed); zero density outside every box. Needs every box on this rank (a
+        model loaded by run_dir.load_model holds them all)."""
+        missing = sorted(set(range(self.cfg.partitions)) - set(self.layout.owned))
+        if missing:
+            raise ValueError(f"field_at needs every box on this rank; boxes {missing} are not here")
+        n = x.shape[0]
+        sigma = x.new_zeros(n, dtype=torch.float32)
+        rgb = x.new_zeros(n, 3, dtype=torch.float32) if viewdirs is not None else None
+        taken = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for k in range(self.cfg.partitions):
+            lo, hi = self.bounds[k, 0].to(x), self.bounds[k, 1].to(x)
+            top = hi >= self.aabb[1].to(x)
+            inside = ((x >= lo) & ((x < hi) | (top & (x <= hi)))).all(-1) & ~taken
+            idx = inside.nonzero().squeeze(-1)
+            if not idx.numel():
+                continue
+            taken |= inside
+            pts = x[idx]
+            unit = (box_unit(pts, lo, hi, self.aabb) if self.cfg.far_bound > 0
+                    else (pts - lo) / (hi - lo))
+            s, geo = self.boxes[str(k)](unit)
+            sigma[idx] = s.float()
+            if viewdirs is not None:
+                rgb[idx] = self.colour(geo, viewdirs[idx]).float()
+        return sigma, rgb
+
     def _unit(self) -> float:
         """The scene box's half-size: where a box's sample spacing turns from linear in distance
         to linear in disparity (model.far_bound > 0)."""

@@ -200,6 +200,18 @@ class UnboundedNeRF(NeRFModel):
                              f"{self.appearance.shape[0]}: raise model.appearance_images")
         return self.appearance[image]
 
+    def surface_box(self, aabb):
+        """See :meth:`NeRFModel.surface_box`: the uncontracted region, the cube [-1, 1]^3 (the
+        contraction maps everything beyond it into a shell of the grid at lower resolution)."""
+        return torch.tensor([[-1.0] * 3, [1.0] * 3])
+
+    def field_at(self, x, viewdirs=None):
+        """See :meth:`NeRFModel.field_at`: colours with the mean trained appearance embedding."""
+        if viewdirs is None:
+            return self.field.density(x).float(), None
+        rgb, sigma = self.field(x, viewdirs, self.appearance_of(None, x.shape[0], x.device))
+        return sigma.float(), rgb.float()
+
     def _intervals(self, edges_s, near, far):
         """s-space edges [n, k + 1] -> t_starts, t_ends, t_mid [n, k] along unit directions."""
         t = contraction.s_to_t(edges_s, near, far)

@@ -61,6 +61,14 @@ class VanillaNeRF(NeRFModel):
         return MemoryEstimate(per_ray[True], per_ray[False], samples[True], samples[False],
                               n * F32, ADAM_FLOATS_PER_PARAM * n * F32)
 
+    def field_at(self, x, viewdirs=None):
+        """See :meth:`NeRFModel.field_at`: the fine network (the coarse one without it), the
+        density after its ReLU."""
+        net = self.fine if self.fine is not None else self.coarse
+        d = viewdirs if viewdirs is not None else torch.zeros_like(x)
+        rgb, sigma = net(x, d)
+        return F.relu(sigma.float()), (rgb.float() if viewdirs is not None else None)
+
     def _eval(self, name: str, rays_o, rays_d, viewdirs, t, t_starts, t_ends, train, generator,
               background):
         n_rays, n_samples = t.shape

@@ -1,0 +1,56 @@
+"""Geometry against ground truth: Chamfer distance and precision / recall / F-score at a threshold.
+
+Both sets are point sets [n, 3] in one frame (a mesh is measured through its vertices or points
+sampled on it). Definitions (those of the Tanks and Temples benchmark):
+
+- accuracy  = mean over pred of the distance to the nearest truth point;
+- completeness = mean over truth of the distance to the nearest pred point;
+- chamfer = (accuracy + completeness) / 2 (the symmetric mean nearest-neighbour distance);
+- precision(tau) = fraction of pred within tau of truth; recall(tau) = fraction of truth within
+  tau of pred; fscore = 2 P R / (P + R) (0 when both are 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a)] distance of each point of a to its nearest point of b."""
+    from scipy.spatial import cKDTree  # NOTE: lazy: scipy is only needed to measure
+    return cKDTree(b).query(a, k=1)[0]
+
+
+def _check(name: str, x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != 3 or not len(x):
+        raise ValueError(f"{name} must be a non-empty [n, 3] point set, got shape {x.shape}")
+    return x
+
+
+def geometry_scores(pred, truth, tau: float) -> dict[str, float]:
+    """pred [n, 3], truth [m, 3], tau > 0 -> {accuracy, completeness, chamfer, precision, recall,
+    fscore, tau, n_pred, n_truth} (module docstring)."""
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    pred, truth = _check("pred", pred), _check("truth", truth)
+    d_pt, d_tp = _nearest(pred, truth), _nearest(truth, pred)
+    p, r = float((d_pt <= tau).mean()), float((d_tp <= tau).mean())
+    return {"accuracy": float(d_pt.mean()), "completeness": float(d_tp.mean()),
+            "chamfer": 0.5 * float(d_pt.mean() + d_tp.mean()), "precision": p, "recall": r,
+            "fscore": 2 * p * r / (p + r) if p + r > 0 else 0.0, "tau": float(tau),
+            "n_pred": len(pred), "n_truth": len(truth)}
+
+
+def chamfer(pred, truth) -> float:
+    """Symmetric mean nearest-neighbour distance of pred [n, 3] and truth [m, 3]."""
+    pred, truth = _check("pred", pred), _check("truth", truth)
+    return 0.5 * float(_nearest(pred, truth).mean() + _nearest(truth, pred).mean())
+
+
+def fscore(pred, truth, tau: float) -> tuple[float, float, float]:
+    """(precision, recall, fscore) of pred [n, 3] against truth [m, 3] at distance tau."""
+    s = geometry_scores(pred, truth, tau)
+    return s["precision"], s["recall"], s["fscore"]
+
+
+__all__ = ["chamfer", "fscore", "geometry_scores"]

@@ -1,0 +1,75 @@
+"""Rank 0's last stage: decimation, the output frame, and the files (PLY, OBJ, GLB)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .stitch import Mesh
+
+
+def decimate(mesh: Mesh, target_faces: int) -> Mesh:
+    """Quadric decimation to about target_faces faces (trimesh + fast-simplification); normals
+    and colours are carried to the kept vertices from their nearest original vertex."""
+    import trimesh  # NOTE: lazy: the `export` extra
+    try:
+        import fast_simplification  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError("--decimate needs the fast-simplification package (pip install "
+                           "fast-simplification): trimesh's simplify_quadric_decimation uses "
+                           "it") from e
+    from scipy.spatial import cKDTree
+    tm = trimesh.Trimesh(mesh.verts, mesh.faces, process=False)
+    out = tm.simplify_quadric_decimation(face_count=int(target_faces))
+    verts = np.asarray(out.vertices, dtype=np.float64)
+    _, near = cKDTree(mesh.verts).query(verts)
+    return mesh.with_vertices_of(verts, np.asarray(out.faces, dtype=np.int64), near)
+
+
+def to_frame(mesh: Mesh, matrix: np.ndarray) -> Mesh:
+    """Apply a 4x4 similarity (scale, rotation, translation) to positions and normals."""
+    m = np.asarray(matrix, dtype=np.float64)
+    verts = mesh.verts @ m[:3, :3].T + m[:3, 3]
+    normals = mesh.normals
+    if normals is not None:
+        # NOTE: the inverse transpose of a similarity is its rotation times 1/s: renormalise.
+        n = normals.astype(np.float64) @ np.linalg.inv(m[:3, :3])
+        normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)).astype(np.float32)
+    faces = mesh.faces if np.linalg.det(m[:3, :3]) > 0 else mesh.faces[:, ::-1]
+    return Mesh(verts, faces, normals, mesh.colors)
+
+
+def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
+    """OBJ or GLB through trimesh (vertex colours and normals included)."""
+    import trimesh
+    colors = None if mesh.colors is None else np.concatenate(
+        [mesh.colors, np.full((len(mesh.colors), 1), 255, np.uint8)], 1)
+    tm = trimesh.Trimesh(mesh.verts, mesh.faces, vertex_normals=mesh.normals,
+                         vertex_colors=colors, process=False)
+    tm.export(path, file_type=fmt)
+
+
+def finish(mesh: Mesh, loaded, o) -> dict:
+    """Decimate (o.decimate), move to o.frame, write o.formats into o.out -> the summary's counts
+    and files ({fmt: {path, bytes}})."""
+    from ..frame import scene_to_original  # NOTE: the scene meta's transform (points' module)
+    from ..ply import write_ply
+    if o.decimate and o.decimate < len(mesh.faces):
+        mesh = decimate(mesh, o.decimate)
+    if o.frame == "original":
+        mesh = to_frame(mesh, scene_to_original(loaded))
+    os.makedirs(o.out, exist_ok=True)
+    files = {}
+    for fmt in o.formats:
+        path = os.path.join(o.out, f"mesh.{fmt}")
+        if fmt == "ply":
+            write_ply(path, mesh.verts.astype(np.float32), colors=mesh.colors,
+                      normals=mesh.normals, faces=mesh.faces)
+        else:
+            write_trimesh(mesh, path, fmt)
+        files[fmt] = {"path": path, "bytes": os.path.getsize(path)}
+    return {"vertices": len(mesh.verts), "faces": len(mesh.faces), "frame": o.frame,
+            "files": files}
+
+
+__all__ = ["decimate", "finish", "to_frame", "write_trimesh"]
