@@ -190,10 +190,17 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
                    samples=list(grid.shape), cell=grid.cell, blocks=n_blocks,
                    world_size=world_size, components=n_comp, kept_components=o.keep_components,
                    raw_vertices=n_raw[0], raw_faces=n_raw[1], field_seconds=t_field,
-                   seconds=time.perf_counter() - t0, source=loaded.source)
+                   seconds=time.perf_counter() - t0, source=loaded.source,
+                   peak_rss_bytes=peak_rss())
     with open(os.path.join(o.out, "mesh.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux: ru_maxrss is in KiB)."""
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def fmt3(v) -> str:

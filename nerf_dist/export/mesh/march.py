@@ -3,7 +3,8 @@
 A marching-cubes vertex lies on one edge of the sample lattice: two of its grid coordinates are
 whole numbers, the third is between i and i + 1. Its id is that edge's global number,
 ``((i * ny + j) * nz + k) * 3 + axis`` (int64; (i, j, k) the edge's lower sample), the same in
-every block that holds the edge, so pieces from any blocks and any ranks merge into one mesh
+every block that holds the edge (a crossing within SNAP of a sample takes the sample's id,
+``3 * n_samples + sample index``), so pieces from any blocks and any ranks merge into one mesh
 without duplicate vertices (:mod:`.stitch`).
 """
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .grid import Grid
+
+SNAP = 1e-3
+"""Crossings closer than this (in cells) to a sample are put on the sample (ids past the edges')."""
 
 
 @dataclass
@@ -51,9 +55,17 @@ def crossing_edges(v: np.ndarray, level: float, start: tuple[int, ...], shape: t
         v1 = v[tuple(b)][cross].astype(np.float64)
         t = (level - v0) / (v1 - v0)
         g = ijk + np.asarray(start, dtype=np.int64)
+        eid = ((g[:, 0] * ny + g[:, 1]) * nz + g[:, 2]) * 3 + axis
+        # NOTE: a crossing within SNAP of a sample is that sample: several edges meeting there
+        # would otherwise give vertices closer than float32 can tell apart (and a sliver).
+        up = t > 1 - SNAP
+        g[up, axis] += 1
+        snap = up | (t < SNAP)
+        t = np.where(snap, 0.0, t)
+        eid[snap] = 3 * nx * ny * nz + (g[snap, 0] * ny + g[snap, 1]) * nz + g[snap, 2]
         p = g.astype(np.float64)
         p[:, axis] += t
-        ids.append(((g[:, 0] * ny + g[:, 1]) * nz + g[:, 2]) * 3 + axis)
+        ids.append(eid)
         pos.append(p)
     return np.concatenate(ids), np.concatenate(pos)
 
@@ -82,13 +94,14 @@ def march_block(values: np.ndarray, level: float, start: tuple[int, ...], grid: 
     verts, faces, _, _ = marching_cubes(v, level=float(lev), method="lewiner")
     coords = verts.astype(np.float64) + np.asarray(start, dtype=np.float64)
     dist, near = cKDTree(pos).query(coords)
+    # NOTE: faces whose corners snapped onto one sample are degenerate: stitch.merge drops them.
     vid = ids[near]
     vpos = pos[near]
     far = dist > 1e-2
     if far.any():
         cell = np.floor(coords[far]).astype(np.int64)
         nx, ny, nz = grid.shape
-        vid[far] = 3 * nx * ny * nz + (cell[:, 0] * ny + cell[:, 1]) * nz + cell[:, 2]
+        vid[far] = 4 * nx * ny * nz + (cell[:, 0] * ny + cell[:, 1]) * nz + cell[:, 2]
         vpos[far] = coords[far]
     # NOTE: scikit-image winds its triangles towards higher values: reverse them so they face
     # outward (towards lower density), as renderers and normals expect.

@@ -52,8 +52,9 @@ def merge(pieces: list[Piece]) -> Mesh:
     def cat(name):
         arrs = [getattr(p, name) for p in pieces]
         return None if any(a is None for a in arrs) else np.concatenate(arrs)[first]
-    return Mesh(np.concatenate([p.verts for p in pieces])[first], faces[good], cat("normals"),
-                cat("colors"))
+    # NOTE: subset also drops vertices that only degenerate faces used.
+    return Mesh(np.concatenate([p.verts for p in pieces])[first], faces, cat("normals"),
+                cat("colors")).subset(good)
 
 
 def components(mesh: Mesh) -> np.ndarray:
