@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                "  demo         the quick start: demo scene, train, evaluate, orbit video\n"
                "  demo-scene   write the procedural demo scene (Blender format)\n"
                "  prepare      photos or a video -> camera poses (COLMAP, needs pycolmap)\n"
-               "  export       mesh, point cloud or cameras of a trained run (docs/export.md)\n"
+               "  export       the mesh of a trained run (nerf-dist export mesh --help)\n"
                "  status       how a run ended (exit 0 finished, 75 stopped to be resumed, 1 other)\n"
                "  keys         list every config key with its default and meaning\n"
                "\nexit codes of train: 0 finished, 1 error, 2 usage, 75 stopped by SIGTERM/SIGUSR1 "
@@ -190,19 +190,18 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
     _export_parser(sub.add_parser(
-        "export", help="mesh, point cloud or cameras of a trained run", formatter_class=fmt,
+        "export", help="the mesh of a trained run", formatter_class=fmt,
         description="Get the reconstruction out of a trained run, alone or under torchrun (the "
                     "work is split over the ranks; rank 0 writes). Coordinates are in the "
                     "scene's original frame (the readers' normalisation undone) unless --frame "
-                    "scene. See docs/export.md."))
+                    "scene."))
 
     sub.add_parser("keys", help="list config keys")
     return p
 
 
 def _export_parser(p: argparse.ArgumentParser) -> None:
-    """`nerf-dist export {mesh,pointcloud,cameras}` (pointcloud and cameras run
-    nerf_dist.export.pointcloud.export_pointcloud_cli / .cameras.export_cameras_cli)."""
+    """`nerf-dist export mesh` (point clouds and cameras are not built yet: issue 25)."""
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     m = sub.add_parser("mesh", help="marching cubes on the density field -> PLY / OBJ / GLB",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -239,14 +238,6 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-colors", action="store_true", help="skip vertex colours")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
-    pc = sub.add_parser("pointcloud", help="points from the rendered depth of the training views")
-    cam = sub.add_parser("cameras", help="the cameras as transforms.json and a COLMAP text model")
-    for q in (pc, cam):
-        q.add_argument("run", metavar="RUN_DIR", help="run folder (holds config.yaml)")
-        q.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
-        q.add_argument("--frame", choices=("original", "scene"), default="original",
-                       help="original: the scene's own frame (default); scene: the trained frame")
-        q.add_argument("overrides", nargs="*", help="section.key=value overrides")
 
 
 def _render_flags(p: argparse.ArgumentParser, eval_only: bool = False) -> None:
@@ -447,10 +438,6 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    if args.what != "mesh":
-        import importlib  # NOTE: lazy (torch), as above
-        mod = importlib.import_module(f"nerf_dist.export.{args.what}")
-        return getattr(mod, f"export_{args.what}_cli")(args) or 0
     from .commands import export_mesh_run  # NOTE: lazy (torch), as above
     from .export.mesh.job import MeshOptions, check_options
     res = args.resolution if args.resolution is not None or args.cell_size else 256

@@ -560,7 +560,15 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """cfg with dotted overrides (a model key of another kind is refused, as in load_config)."""
     over = parse_overrides(overrides)
     data = _merge(to_dict(cfg), over)
-    refuse_foreign_keys(over, _kind_of(data))
+    kind = _kind_of(data)
+    refuse_foreign_keys(over, kind)
+    if kind != cfg.model.kind:
+        # NOTE: a key whose default depends on model.kind (model.far_bound) takes the new kind's
+        # default unless the overrides set it: the old kind's value may be no value for the new.
+        given = over.get("model", {})
+        for key in ModelConfig.PER_KIND_KEYS:
+            if key not in given:
+                data["model"].pop(key, None)
     return from_dict(_renamed(data, warn=True))
 
 

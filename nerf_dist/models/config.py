@@ -121,7 +121,9 @@ def model_config_class(kinds: dict) -> type:
 
     ns = {"__post_init__": __post_init__, "__module__": __name__, "__qualname__": "ModelConfig",
           "__doc__": "The model.* section: the common keys and every registered kind's own keys.",
-          "__annotations__": {}}
+          "__annotations__": {},
+          # NOTE: not a field (no annotation): the keys whose default depends on model.kind.
+          "PER_KIND_KEYS": tuple(per_kind)}
     for key, decl in per_kind.items():
         ns["__annotations__"][key] = next(f.type for f in fields(next(iter(decl))) if f.name == key)
         ns[key] = None
