@@ -183,10 +183,12 @@ def run_cli(args: list[str], env: dict | None = None, nproc: int = 1, timeout: f
 
 
 def tiny_train_args(scene, run_dir, *extra) -> list[str]:
-    """`nerf-dist train` arguments of a tiny vanilla CPU run of `scene` into `run_dir`."""
+    """`nerf-dist train` arguments of a tiny CPU run of `scene` into `run_dir`: vanilla's tiny
+    sizes unless `extra` names another model.kind (its keys are refused for other kinds)."""
+    other_kind = any(a.startswith("model.kind=") and a != "model.kind=vanilla" for a in extra)
     return ["train", f"data.root={scene}", f"run.dir={run_dir}", "train.rays_per_batch=256",
             "log.every=5", "log.progress=false", "checkpoint.every=10", "train.threads=1",
-            *TINY_MODEL, *extra]
+            *([] if other_kind else TINY_MODEL), *extra]
 
 
 def train_tiny(scene, run_dir, *extra, nproc: int = 1, env: dict | None = None):
