@@ -275,6 +275,11 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
                     help="drop points whose mean neighbour distance is S standard deviations "
                          "above the mean (default 2)")
     pc.add_argument("--seed", type=int, default=0, help="seed of the point sample (default 0)")
+    pc.add_argument("--truth", action="store_true",
+                    help="measure against the demo scene's true surface: Chamfer distance, "
+                         "precision / recall / F-score at --tau (demo scenes only)")
+    pc.add_argument("--tau", type=float, default=0.05,
+                    help="F-score threshold in the scene files' units (default 0.05)")
     pc.add_argument("--no-progress", action="store_true", help="no progress bars")
     cam.add_argument("--split", default=None, metavar="SPLITS",
                      help="comma-separated splits (default: every split the scene has)")

@@ -58,6 +58,10 @@ class PointCloudOptions:
     frame: str = "original"
     seed: int = 0
     progress: bool = True
+    truth: bool = False
+    """Measure the points against the demo scene's true surface (:mod:`.geometry_metrics`)."""
+    tau: float = 0.05
+    """The F-score threshold of truth, in the scene files' units."""
 
 
 def check_options(o: PointCloudOptions) -> None:
@@ -73,6 +77,8 @@ def check_options(o: PointCloudOptions) -> None:
     if o.outlier_k < 0 or not (math.isfinite(o.outlier_std) and o.outlier_std > 0):
         raise ValueError(f"--outlier-k must be >= 0 and --outlier-std > 0, got {o.outlier_k}, "
                          f"{o.outlier_std}")
+    if not (math.isfinite(o.tau) and o.tau > 0):
+        raise ValueError(f"--tau must be > 0, got {o.tau}")
     if o.bbox is not None and (len(o.bbox) != 6 or any(a >= b for a, b in
                                                         zip(o.bbox[:3], o.bbox[3:]))):
         raise ValueError(f"--bbox takes xmin ymin zmin xmax ymax zmax with each min < max, got "
@@ -156,7 +162,10 @@ def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -
     path = os.path.join(o.out, "pointcloud.ply")
     size = write_ply(path, p.astype(np.float32), colors=np.round(pts["colors"] * 255.0),
                      normals=nrm.astype(np.float32))
-    return {"points": len(p), "sampled": n_sampled, "outliers": int(out.sum()),
+    if o.truth:
+        from .geometry_metrics import against_truth
+        truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau)
+    return {"points": len(p), "sampled": n_sampled, "truth": truth if o.truth else None, "outliers": int(out.sum()),
             "frame": o.frame, "scene_to_output": matrix.tolist(),
             "files": {"ply": {"path": path, "bytes": size}}}
 
@@ -232,7 +241,8 @@ def options_of(args) -> PointCloudOptions:
         num_points=args.num_points, min_opacity=args.min_opacity,
         bbox=tuple(args.bbox) if args.bbox else None, outlier_k=args.outlier_k,
         outlier_std=args.outlier_std, frame=args.frame, seed=args.seed,
-        progress=not args.no_progress)
+        progress=not args.no_progress, truth=getattr(args, "truth", False),
+        tau=getattr(args, "tau", 0.05))
     check_options(o)
     return o
 
@@ -241,10 +251,16 @@ def summary_text(s: dict, o: PointCloudOptions) -> str:
     """The closing lines: what each stage kept, the time, the file and its size."""
     from ..memory import fmt_bytes
     ply = s["files"]["ply"]
+    t = s.get("truth")
+    vs = ("" if not t else
+          f"\n  against the true surface ({t['variant']} demo, {t['n_truth']} points, tau "
+          f"{t['tau_original']:g}): Chamfer {t['chamfer']:.4f} (accuracy {t['accuracy']:.4f}, "
+          f"completeness {t['completeness']:.4f}), precision {t['precision']:.3f}, recall "
+          f"{t['recall']:.3f}, F-score {t['fscore']:.3f}")
     return (f"pointcloud: {s['points']} points from {s['views']} view(s) ({s['pixels']} pixels, "
             f"{s['opaque']} at opacity >= {o.min_opacity:g}, {s['in_box']} in the box, "
             f"{s['sampled']} sampled, {s['outliers']} outliers removed), {s['seconds']:.1f} s on "
-            f"{s['world_size']} rank(s)\n  ply: {ply['path']} ({fmt_bytes(ply['bytes'])})")
+            f"{s['world_size']} rank(s)\n  ply: {ply['path']} ({fmt_bytes(ply['bytes'])})" + vs)
 
 
 def export_pointcloud_cli(args) -> int:
