@@ -123,3 +123,21 @@ def test_qvec_round_trip_and_errors(tmp_path):
     cfg = load_config(None, [f"data.root={tmp_path}"])
     with pytest.raises(ValueError, match="--frame"):
         ec.export_cameras(cfg, None, str(tmp_path / "o"), frame="world")
+
+
+def test_cli(tmp_path, tiny_run, demo_scene, cli):
+    r = cli("export", "cameras", tiny_run, "--out", tmp_path / "a", "--split", "train,val")
+    assert r.returncode == 0, r.stderr
+    assert "cameras: 24 (20 train, 4 val) in the original frame" in r.stdout
+    assert (tmp_path / "a" / "transforms.json").is_file()
+    assert (tmp_path / "a" / "colmap" / "sparse" / "0" / "images.txt").is_file()
+    # no checkpoint: the cameras come from the config, unless the kind refines them
+    from nerf_dist.config import load_config
+    from nerf_dist.run_dir import write_config
+    for refine, code in (("false", 0), ("true", 1)):
+        run = tmp_path / f"run_{refine}"
+        write_config(load_config(None, [f"data.root={demo_scene}", f"run.dir={run}",
+                                        "model.kind=unbounded", f"model.pose_refine={refine}"]))
+        r = cli("export", "cameras", run)
+        assert r.returncode == code, r.stderr
+    assert "no complete checkpoint" in r.stderr and "pose_refine" in r.stderr
