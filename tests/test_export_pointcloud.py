@@ -173,3 +173,37 @@ def test_fscore_floor_against_the_true_surface(tmp_path, demo_scene, tiny_run, c
     assert trained["fscore"] >= FSCORE_FLOOR > untrained["fscore"], said
     assert trained["chamfer"] < 0.5 * untrained["chamfer"], said
     assert "F-score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant", ["ngp", "llff"])
+def test_frames_of_normalised_and_ndc_scenes(tmp_path, variant):
+    """--frame original is --frame scene moved by the reader's recorded map; LLFF points come
+    back from NDC in front of the near plane z = -1 of the recentred frame."""
+    from nerf_dist.config import DataConfig
+    from nerf_dist.export.frame import move_points, original_from_meta
+    from nerf_dist.scenes import demo_unbounded, open_scene
+    scene = tmp_path / "scene"
+    if variant == "ngp":
+        demo_unbounded.write_unbounded_scene(str(scene), resolution=8, views=4, supersample=1)
+    else:
+        from tests.test_scenes import write_llff
+        write_llff(scene, n=6)
+    run = tmp_path / "run"
+    fmt = "ngp" if variant == "ngp" else "llff"  # NOTE: auto would read the ngp demo as Blender
+    args = [a for a in tiny_train_args(scene, run) if not a.startswith("checkpoint.")]
+    assert cli_main([*args, f"data.format={fmt}", "train.steps=2", "checkpoint.every=2",
+                     "eval.every=0"]) == 0
+    flags = ["--min-opacity", "0.01", "--outlier-k", "0", "--bbox", *["-50"] * 3, *["50"] * 3]
+    assert _export(run, *flags, "--frame", "scene", out=tmp_path / "s") == 0
+    assert _export(run, *flags, out=tmp_path / "o") == 0
+    s, o = read_ply(str(tmp_path / "s" / "pointcloud.ply")), read_ply(str(tmp_path / "o" /
+                                                                         "pointcloud.ply"))
+    assert len(s["verts"]) > 10
+    meta = open_scene(DataConfig(root=str(scene), format=fmt), "train").meta
+    m = original_from_meta(meta)
+    assert not np.allclose(m, np.eye(4))
+    p, n = move_points(m, s["verts"], s["normals"])
+    np.testing.assert_allclose(o["verts"], p, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(o["normals"], n, atol=1e-4)
+    if variant == "llff":
+        assert (s["verts"][:, 2] < -1.0 + 1e-4).all()
