@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                "  demo         the quick start: demo scene, train, evaluate, orbit video\n"
                "  demo-scene   write the procedural demo scene (Blender format)\n"
                "  prepare      photos or a video -> camera poses (COLMAP, needs pycolmap)\n"
-               "  export       the mesh of a trained run (nerf-dist export mesh --help)\n"
+               "  export       mesh, point cloud or cameras of a trained run (docs/export.md)\n"
                "  status       how a run ended (exit 0 finished, 75 stopped to be resumed, 1 other)\n"
                "  keys         list every config key with its default and meaning\n"
                "\nexit codes of train: 0 finished, 1 error, 2 usage, 75 stopped by SIGTERM/SIGUSR1 "
@@ -190,18 +190,19 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("overrides", nargs="*", help="section.key=value overrides (with --config)")
 
     _export_parser(sub.add_parser(
-        "export", help="the mesh of a trained run", formatter_class=fmt,
+        "export", help="mesh, point cloud or cameras of a trained run", formatter_class=fmt,
         description="Get the reconstruction out of a trained run, alone or under torchrun (the "
                     "work is split over the ranks; rank 0 writes). Coordinates are in the "
                     "scene's original frame (the readers' normalisation undone) unless --frame "
-                    "scene."))
+                    "scene. See docs/export.md."))
 
     sub.add_parser("keys", help="list config keys")
     return p
 
 
 def _export_parser(p: argparse.ArgumentParser) -> None:
-    """`nerf-dist export mesh` (point clouds and cameras are not built yet: issue 25)."""
+    """`nerf-dist export {mesh,pointcloud,cameras}` (pointcloud and cameras run
+    nerf_dist.export.pointcloud.export_pointcloud_cli / .cameras.export_cameras_cli)."""
     sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     m = sub.add_parser("mesh", help="marching cubes on the density field -> PLY / OBJ / GLB",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -238,6 +239,50 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-colors", action="store_true", help="skip vertex colours")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
+    pc = sub.add_parser("pointcloud", help="points from the rendered depth of the training views",
+                        description="Render the views of a split through the tiled renderer "
+                                    "(tiles split over the ranks), turn each pixel's expected "
+                                    "depth into a point with its colour (background removed) and "
+                                    "a normal (from the depth map's gradient), keep a uniform "
+                                    "sample, drop statistical outliers. Writes "
+                                    "OUT/pointcloud.ply and OUT/pointcloud.json.")
+    cam = sub.add_parser("cameras", help="the cameras as transforms.json and a COLMAP text model",
+                         description="The training cameras (refined poses where the kind refines "
+                                     "them) and the held-out ones as OUT/transforms.json "
+                                     "(instant-ngp / nerfstudio) and a COLMAP text model "
+                                     "OUT/colmap/sparse/0/*.txt, intrinsics at the files' size.")
+    for q in (pc, cam):
+        q.add_argument("run", metavar="RUN_DIR", help="run folder (holds config.yaml)")
+        q.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
+        q.add_argument("--frame", choices=("original", "scene"), default="original",
+                       help="original: the scene's own frame (default); scene: the trained frame")
+        q.add_argument("--checkpoint", default=None, metavar="URL",
+                       help="a checkpoint folder or URL instead of RUN_DIR's newest")
+        q.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    pc.add_argument("--split", choices=("train", "val", "test"), default="train",
+                    help="the views whose depth becomes points (default train)")
+    pc.add_argument("--num-points", type=int, default=1_000_000, metavar="N",
+                    help="at most N points, a uniform sample (default 1000000; 0: all)")
+    pc.add_argument("--min-opacity", type=float, default=0.5, metavar="A",
+                    help="a pixel becomes a point when its opacity is >= A (default 0.5)")
+    pc.add_argument("--bbox", type=float, nargs=6, default=None,
+                    metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
+                    help="keep points inside this box of the scene frame (default: the model's "
+                         "surface box, as for meshes; none for NDC scenes)")
+    pc.add_argument("--outlier-k", type=int, default=16, metavar="K",
+                    help="statistical outlier removal over K neighbours (default 16; 0: off)")
+    pc.add_argument("--outlier-std", type=float, default=2.0, metavar="S",
+                    help="drop points whose mean neighbour distance is S standard deviations "
+                         "above the mean (default 2)")
+    pc.add_argument("--seed", type=int, default=0, help="seed of the point sample (default 0)")
+    pc.add_argument("--truth", action="store_true",
+                    help="measure against the demo scene's true surface: Chamfer distance, "
+                         "precision / recall / F-score at --tau (demo scenes only)")
+    pc.add_argument("--tau", type=float, default=0.05,
+                    help="F-score threshold in the scene files' units (default 0.05)")
+    pc.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cam.add_argument("--split", default=None, metavar="SPLITS",
+                     help="comma-separated splits (default: every split the scene has)")
 
 
 def _render_flags(p: argparse.ArgumentParser, eval_only: bool = False) -> None:
@@ -438,6 +483,10 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_export(args) -> int:
+    if args.what != "mesh":
+        import importlib  # NOTE: lazy (torch), as above
+        mod = importlib.import_module(f"nerf_dist.export.{args.what}")
+        return getattr(mod, f"export_{args.what}_cli")(args) or 0
     from .commands import export_mesh_run  # NOTE: lazy (torch), as above
     from .export.mesh.job import MeshOptions, check_options
     res = args.resolution if args.resolution is not None or args.cell_size else 256

@@ -150,19 +150,33 @@ def render_run(loaded: Loaded, out: str | None = None, run_dir: str | None = Non
     return summary
 
 
-def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> dict | None:
-    """`nerf-dist export mesh`: load the run's newest checkpoint, export its mesh with
-    :func:`nerf_dist.export.mesh.export_mesh` on every rank, print the summary on rank 0.
-    Returns the summary on rank 0 (None elsewhere)."""
-    from .export.mesh import export_mesh  # NOTE: lazy: the `export` extra
-    from .memory import fmt_bytes
-    loaded = load_model(run_dir=run_dir, overrides=list(overrides))
+def export_session(run_dir: str, work, overrides: list[str] | tuple = (),
+                   checkpoint: str | None = None):
+    """What every `nerf-dist export` does around its work: load RUN_DIR's newest checkpoint (or
+    `checkpoint`), apply render.threads and the storage keys, turn SIGTERM into an interrupt,
+    start the process group, call ``work(loaded, info, log)`` on every rank (log: rank 0's
+    printer) and always destroy the group. Returns what work returns."""
+    loaded = (load_model(checkpoint=checkpoint, overrides=list(overrides)) if checkpoint
+              else load_model(run_dir=run_dir, overrides=list(overrides)))
     set_threads(loaded.cfg.render.threads)
     configure_storage(loaded.cfg)
     terminate_as_interrupt()
     info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
     try:
         log = (lambda *a: print(*a, flush=True)) if info.is_main else (lambda *_: None)
+        return work(loaded, info, log)
+    finally:
+        dist.close()
+
+
+def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> dict | None:
+    """`nerf-dist export mesh`: load the run's newest checkpoint, export its mesh with
+    :func:`nerf_dist.export.mesh.export_mesh` on every rank, print the summary on rank 0.
+    Returns the summary on rank 0 (None elsewhere)."""
+    from .export.mesh import export_mesh  # NOTE: lazy: the `export` extra
+    from .memory import fmt_bytes
+
+    def work(loaded, info, log):
         summary = export_mesh(loaded, opts, info.rank, info.world_size, info.device, log)
         if summary is not None:
             print(f"mesh: {summary['vertices']} vertices, {summary['faces']} faces "
@@ -171,9 +185,9 @@ def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> di
                   f"rank(s)", flush=True)
             for fmt, f in summary["files"].items():
                 print(f"  {fmt}: {f['path']} ({fmt_bytes(f['bytes'])})")
-    finally:
-        dist.close()
-    return summary
+        return summary
+
+    return export_session(run_dir, work, overrides)
 
 
 def default_demo_config() -> str | None:

@@ -53,4 +53,30 @@ def fscore(pred, truth, tau: float) -> tuple[float, float, float]:
     return s["precision"], s["recall"], s["fscore"]
 
 
-__all__ = ["chamfer", "fscore", "geometry_scores"]
+TAU = 0.05
+"""The default threshold (in the demo scenes' world units): about one pixel's footprint on the
+objects at the demo's 64x64 training resolution (camera 4 units away, focal 89 pixels), 1/24
+of the objects' radius 1.2."""
+
+
+def against_truth(points, root: str, meta: dict, frame: str = "original", tau: float = TAU,
+                  n_truth: int = 200_000) -> dict:
+    """:func:`geometry_scores` of points [n, 3] (an export in `frame`: 'original' or 'scene')
+    against the true surface of the demo scene at root (:func:`.truth.scene_truth`, in the files'
+    frame; moved into the scene frame by meta's map when frame is 'scene', with tau scaled
+    alike). tau: in the files' units. Adds variant and frame. ValueError for a scene that is no
+    demo scene."""
+    from .frame import move_points, original_from_meta, scale_of
+    from .truth import scene_truth
+    truth, marker = scene_truth(root, n_truth)
+    t = tau
+    if frame == "scene":
+        to_scene = np.linalg.inv(original_from_meta(meta))
+        truth = move_points(to_scene, truth)[0]
+        t = tau * scale_of(to_scene)
+    s = geometry_scores(points, truth, t)
+    s.update(variant=marker["variant"], frame=frame, tau_original=float(tau))
+    return s
+
+
+__all__ = ["TAU", "against_truth", "chamfer", "fscore", "geometry_scores"]

@@ -1,4 +1,14 @@
-"""The true surface of the procedural demo scene (:mod:`nerf_dist.scenes.demo`) as a point set.
+"""The true surfaces of the procedural demo scenes as point sets, in the files' (original) frame.
+
+:func:`scene_truth` reads a demo folder's marker (``demo_scene.json``, written by every demo
+writer; a Blender folder without one with the demo's field of view is the objects variant) and
+returns its surface: the objects variant by :func:`demo_truth` (below), the unbounded and city
+variants by :func:`traced_surface`: the first hits of a dense grid of rays from every training
+camera, by the scene's own ray tracer (the surface those views see; denser where the cameras are
+closer, unlike the area-uniform objects truth). Unbounded: the environment sphere (the sky) is
+dropped and the rest kept within CAM_RADIUS of the origin (the ground reaches 200 units out).
+
+The objects variant in detail:
 
 The demo scene is four analytic solids (two spheres, an axis-aligned box, a capped cylinder) in
 world = scene frame (the Blender reader does not normalise). :func:`demo_surface` samples their
@@ -133,17 +143,84 @@ def demo_truth(root: str, n: int = 200_000, seed: int = 0, splits: tuple[str, ..
     Blender scenes are not normalised). ValueError naming the file when root is no demo scene."""
     cams, angle = [], demo.CAMERA_ANGLE_X
     for split in splits:
-        path = os.path.join(root, f"transforms_{split}.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            cams += [np.asarray(fr["transform_matrix"], dtype=np.float64) for fr in data["frames"]]
-            angle = float(data["camera_angle_x"])
-        except (OSError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: not a demo scene's transforms file ({e})") from e
+        c, angle = _cameras(root, f"transforms_{split}.json")
+        cams.append(c)
     if not math.isclose(angle, demo.CAMERA_ANGLE_X, rel_tol=1e-6):
         raise ValueError(f"{root}: camera_angle_x {angle} is not the demo scene's")
-    return demo_surface(n, seed, np.stack(cams))[0]
+    return demo_surface(n, seed, np.concatenate(cams))[0]
 
 
-__all__ = ["VISIBLE_TOL", "demo_surface", "demo_truth", "visible"]
+def _cameras(root: str, name: str) -> tuple[np.ndarray, float]:
+    """(c2w [k, 4, 4], camera_angle_x) of root/name (a demo writer's transforms file)."""
+    path = os.path.join(root, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return (np.stack([np.asarray(fr["transform_matrix"], dtype=np.float64)
+                          for fr in data["frames"]]), float(data["camera_angle_x"]))
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a demo scene's transforms file ({e})") from e
+
+
+def traced_surface(trace_fn, c2w: np.ndarray, angle_x: float, n: int) -> np.ndarray:
+    """The first hits [m, 3] (m <= n) of about n rays from the cameras c2w [k, 3|4, 4] (square
+    images of field of view angle_x, OpenGL axes): a side x side pixel grid per camera, traced
+    by trace_fn(rays_o, rays_d) -> (rgb, t inf on a miss); misses dropped."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    side = max(1, int(math.sqrt(n / len(c2w))))
+    focal = 0.5 * side / math.tan(0.5 * angle_x)
+    uv = (np.arange(side) + 0.5 - 0.5 * side) / focal
+    u, v = np.meshgrid(uv, uv)
+    dirs = np.stack([u, -v, -np.ones_like(u)], -1).reshape(-1, 3)
+    out = []
+    for cam in c2w:
+        d = dirs @ cam[:3, :3].T
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        o = np.ascontiguousarray(np.broadcast_to(cam[:3, 3], d.shape))
+        _, t = trace_fn(o, d)
+        hit = np.isfinite(t)
+        out.append(o[hit] + d[hit] * t[hit, None])
+    return np.concatenate(out)
+
+
+def scene_variant(root: str) -> dict:
+    """The demo marker of root ({"variant", "seed", ...}); a Blender folder without one whose
+    camera_angle_x is the demo's is {"variant": "objects", "seed": 0}. ValueError naming root
+    when it is no demo scene."""
+    path = os.path.join(root, demo.MARKER)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                marker = json.load(f)
+            if marker.get("variant") not in ("objects", "unbounded", "city"):
+                raise ValueError(f"unknown variant {marker.get('variant')!r}")
+            return marker
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: not a demo marker ({e})") from e
+    if os.path.isfile(os.path.join(root, "transforms_train.json")):
+        _, angle = _cameras(root, "transforms_train.json")
+        if math.isclose(angle, demo.CAMERA_ANGLE_X, rel_tol=1e-6):
+            return {"variant": "objects", "seed": 0}
+    raise ValueError(f"{root} is not a demo scene (no {demo.MARKER}): its true surface is unknown")
+
+
+def scene_truth(root: str, n: int = 200_000, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """(points [m, 3] of the true surface the training cameras see, in the files' frame; the
+    marker) of the demo scene at root (module docstring). seed: of the objects sampling."""
+    from ..scenes import demo_city, demo_unbounded  # NOTE: lazy: only for those variants
+    marker = scene_variant(root)
+    variant = marker["variant"]
+    if variant == "objects":
+        return demo_truth(root, n, seed), marker
+    c2w, angle = _cameras(root, "transforms_train.json")
+    if variant == "city":
+        trace = demo_city.make_trace(int(marker.get("grid", 5)), int(marker.get("seed", 0)))
+        return traced_surface(trace, c2w, angle, n), marker
+    pts = traced_surface(demo_unbounded.trace, c2w, angle, n)
+    near = np.linalg.norm(pts, axis=1) < demo_unbounded.ENV_RADIUS - 1.0
+    box = np.abs(pts).max(1) <= demo_unbounded.CAM_RADIUS
+    return pts[near & box], marker
+
+
+__all__ = ["VISIBLE_TOL", "demo_surface", "demo_truth", "scene_truth", "scene_variant",
+           "traced_surface", "visible"]

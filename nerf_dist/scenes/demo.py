@@ -22,6 +22,9 @@ AMBIENT = 0.3
 LIGHT = np.array([0.5, -0.4, 0.75]) / np.linalg.norm([0.5, -0.4, 0.75])
 _GOLDEN = math.pi * (3.0 - math.sqrt(5.0))
 _EPS = 1e-9
+MARKER = "demo_scene.json"
+"""What every demo writer leaves in its folder: {"variant", "seed", ...}, the parameters its true
+surface is recomputed from (nerf_dist.export.truth); no reader reads it."""
 
 # Primitive parameters (world units).
 SPHERE_A = (np.array([0.0, 0.0, 0.15]), 0.55)
@@ -214,7 +217,14 @@ def write_demo_scene(out_dir: str, resolution: int = 64, views: int = 40, seed: 
     if resolution < 1 or views < 1:
         raise ValueError(f"resolution and views must be >= 1, got {resolution}, {views}")
     info = write_blender_views(out_dir, camera_poses(views, seed), resolution, supersample)
+    write_marker(out_dir, "objects", seed=seed, views=views, resolution=resolution)
     return {**info, "near": 2.0, "far": 6.0}
+
+
+def write_marker(out_dir: str, variant: str, **params) -> None:
+    """OUT_DIR/demo_scene.json (:data:`MARKER`): {"variant": variant, **params}."""
+    with open(os.path.join(str(out_dir), MARKER), "w", encoding="utf-8") as f:
+        json.dump({"variant": variant, **params}, f, indent=2)
 
 
 def write_blender_views(out_dir: str, poses: dict[str, list[np.ndarray]], resolution: int,

@@ -170,6 +170,7 @@ def write_city_scene(out_dir: str, resolution: int = 64, views: int = 60, seed: 
     trace = make_trace(grid, seed)                 # NOTE: validates grid before any file is made
     info = demo.write_blender_views(out_dir, camera_poses(views, seed), resolution, supersample,
                                     trace)
+    demo.write_marker(out_dir, "city", seed=seed, views=views, resolution=resolution, grid=grid)
     return {**info, "near": 2.0, "far": 6.0, "grid": grid}
 
 

@@ -159,6 +159,7 @@ def write_unbounded_scene(out_dir: str, resolution: int = 64, views: int = 60, s
                        "aabb_scale": AABB_SCALE,
                        "frames": frames}, f, indent=2)
         counts[split] = len(frames)
+    demo.write_marker(out_dir, "unbounded", seed=seed, views=views, resolution=resolution)
     return {"root": out_dir, "resolution": resolution, "focal": focal,
             "camera_angle_x": demo.CAMERA_ANGLE_X, "env_radius": ENV_RADIUS,
             "cam_radius": CAM_RADIUS, "aabb_scale": AABB_SCALE, "splits": counts}
