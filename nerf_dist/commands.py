@@ -174,6 +174,7 @@ def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> di
     :func:`nerf_dist.export.mesh.export_mesh` on every rank, print the summary on rank 0.
     Returns the summary on rank 0 (None elsewhere)."""
     from .export.mesh import export_mesh  # NOTE: lazy: the `export` extra
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .memory import fmt_bytes
 
     def work(loaded, info, log):

@@ -62,6 +62,7 @@ def refined_c2w(model, c2w: torch.Tensor, split: str) -> tuple[torch.Tensor, flo
 
 
 def _open_split(data_cfg, split: str, asked: bool):
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..scenes import SceneError, open_scene
     try:
         return open_scene(data_cfg, split)
@@ -210,8 +211,11 @@ def write_colmap(cams: dict, out: str) -> str:
 def load_for_cameras(args):
     """(cfg, model or None, step or None, source) for the cameras of args.run: the newest
     checkpoint (or --checkpoint) when there is one; a kind that refines poses must have one."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..checkpoint import CheckpointError
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..config import load_config
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..run_dir import CONFIG_FILE, load_model
     overrides = list(getattr(args, "overrides", []) or [])
     ckpt = getattr(args, "checkpoint", None)
@@ -260,6 +264,7 @@ def export_cameras(cfg, model, out: str, frame: str = "original", split: str | N
 def export_cameras_cli(args) -> int:
     """`nerf-dist export cameras RUN_DIR [--out] [--frame] [--split] [--checkpoint]`: on one
     process (there is nothing to split over ranks: under torchrun only rank 0 writes)."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..memory import fmt_bytes
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # NOTE: no collective here: the other ranks of a torchrun launch have no work

@@ -66,7 +66,9 @@ def against_truth(points, root: str, meta: dict, frame: str = "original", tau: f
     frame; moved into the scene frame by meta's map when frame is 'scene', with tau scaled
     alike). tau: in the files' units. Adds variant and frame. ValueError for a scene that is no
     demo scene."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .frame import move_points, original_from_meta, scale_of
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .truth import scene_truth
     truth, marker = scene_truth(root, n_truth)
     t = tau

@@ -116,6 +116,7 @@ class _Counts:
 def _take_view(res, out: dict, rays: dict, setup, o: PointCloudOptions, box, frame: int,
                counts: _Counts) -> None:
     """Rank 0: one rendered view into the reservoir res."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .depth_points import frame_keys, view_points
     v = view_points(out, rays, setup.background, o.min_opacity, setup.ndc_args)
     keep = v["valid"].reshape(-1)
@@ -147,8 +148,11 @@ def _bar(total: int, desc: str, unit: str, on: bool):
 
 def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -> dict:
     """Rank 0: outliers, --num-points, the frame, the files -> the summary's counts and files."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .depth_points import statistical_outliers
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .frame import move_points, original_from_meta
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .ply import write_ply
     n_sampled = len(pts["points"])
     bar = _bar(n_sampled if o.outlier_k else 0, "outliers", "pt", progress and bool(o.outlier_k))
@@ -163,6 +167,7 @@ def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -
     size = write_ply(path, p.astype(np.float32), colors=np.round(pts["colors"] * 255.0),
                      normals=nrm.astype(np.float32))
     if o.truth:
+        # NOTE: lazy because the exporters and their CLI load these only when a command runs
         from .geometry_metrics import against_truth
         truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau)
     return {"points": len(p), "sampled": n_sampled, "truth": truth if o.truth else None, "outliers": int(out.sum()),
@@ -174,11 +179,17 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
                       device="cpu", log=print) -> dict | None:
     """Every stage (module doc); returns the summary on rank 0 (also OUT/pointcloud.json), None
     elsewhere. log: rank 0's printer (a no-op on other ranks)."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..renderer.core import RenderSetup, check_memory, render_frames, tile_rays
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..renderer.paths import split_path
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..renderer.tiles import Tile
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..scenes import open_scene
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .cameras import refined_c2w
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from .depth_points import Reservoir
     check_options(o)
     t0 = time.perf_counter()
@@ -249,6 +260,7 @@ def options_of(args) -> PointCloudOptions:
 
 def summary_text(s: dict, o: PointCloudOptions) -> str:
     """The closing lines: what each stage kept, the time, the file and its size."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..memory import fmt_bytes
     ply = s["files"]["ply"]
     t = s.get("truth")
@@ -266,6 +278,7 @@ def summary_text(s: dict, o: PointCloudOptions) -> str:
 def export_pointcloud_cli(args) -> int:
     """`nerf-dist export pointcloud RUN_DIR ...`: load the newest checkpoint (or --checkpoint),
     export on every rank, print the summary on rank 0."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..commands import export_session
     o = options_of(args)
 

@@ -199,6 +199,7 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
 
 def peak_rss() -> int:
     """This process's peak resident memory in bytes (Linux: ru_maxrss is in KiB)."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     import resource
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 

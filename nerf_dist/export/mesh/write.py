@@ -13,11 +13,13 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
     and colours are carried to the kept vertices from their nearest original vertex."""
     import trimesh  # NOTE: lazy: the `export` extra
     try:
+        # NOTE: lazy because the exporters and their CLI load these only when a command runs
         import fast_simplification  # noqa: F401
     except ImportError as e:
         raise RuntimeError("--decimate needs the fast-simplification package (pip install "
                            "fast-simplification): trimesh's simplify_quadric_decimation uses "
                            "it") from e
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from scipy.spatial import cKDTree
     tm = trimesh.Trimesh(mesh.verts, mesh.faces, process=False)
     out = tm.simplify_quadric_decimation(face_count=int(target_faces))
@@ -41,6 +43,7 @@ def to_frame(mesh: Mesh, matrix: np.ndarray) -> Mesh:
 
 def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
     """OBJ or GLB through trimesh (vertex colours and normals included)."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     import trimesh
     colors = None if mesh.colors is None else np.concatenate(
         [mesh.colors, np.full((len(mesh.colors), 1), 255, np.uint8)], 1)
@@ -52,7 +55,9 @@ def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
 def finish(mesh: Mesh, loaded, o) -> dict:
     """Decimate (o.decimate), move to o.frame, write o.formats into o.out -> the summary's counts
     and files ({fmt: {path, bytes}})."""
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..frame import scene_to_original  # NOTE: the scene meta's transform (points' module)
+    # NOTE: lazy because the exporters and their CLI load these only when a command runs
     from ..ply import write_ply
     if o.decimate and o.decimate < len(mesh.faces):
         mesh = decimate(mesh, o.decimate)
