@@ -162,10 +162,11 @@ def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -
     path = os.path.join(o.out, "pointcloud.ply")
     size = write_ply(path, p.astype(np.float32), colors=np.round(pts["colors"] * 255.0),
                      normals=nrm.astype(np.float32))
+    truth = None
     if o.truth:
         from .geometry_metrics import against_truth
         truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau)
-    return {"points": len(p), "sampled": n_sampled, "truth": truth if o.truth else None, "outliers": int(out.sum()),
+    return {"points": len(p), "sampled": n_sampled, "outliers": int(out.sum()), "truth": truth,
             "frame": o.frame, "scene_to_output": matrix.tolist(),
             "files": {"ply": {"path": path, "bytes": size}}}
 
@@ -189,7 +190,8 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
     cams.c2w, refined = refined_c2w(model, cams.c2w, o.split)
     setup = RenderSetup.from_scene(model, scene, cfg.model.chunk, device)
     box, box_src = resolve_box(model, loaded.scene["aabb"], o, bool(scene.ndc))
-    box_txt = "no box" if box is None else f"box {box[0].round(3).tolist()} .. {box[1].round(3).tolist()}"
+    box_txt = ("no box" if box is None else
+               f"box {box[0].round(3).tolist()} .. {box[1].round(3).tolist()}")
     log(f"export pointcloud: step {loaded.step}, {scene.n} {o.split} view(s) of {cams.W}x{cams.H}"
         f"{' (refined poses)' if refined is not None else ''}, {box_txt} ({box_src}), on "
         f"{world_size} rank(s)")
