@@ -130,8 +130,11 @@ def write_transforms(cams: dict, out: str, frame: str, extra: dict) -> str:
         frames.append(entry)
         for s in fr["splits"]:
             lists[s].append(rel)
+    first = cams["frames"][0]
+    # NOTE: a top-level w, h too: camera-path readers (`nerf-dist render --path`) need one size.
     doc = {"camera_model": "OPENCV" if any(f["dist"] is not None for f in cams["frames"])
            else "PINHOLE", "coordinates": "world" if frame == "original" else "scene",
+           "w": first["w"], "h": first["h"],
            **{f"{s}_filenames": v for s, v in lists.items() if v}, **extra, "frames": frames}
     aabb_scale = cams["meta"].get("aabb_scale")
     if aabb_scale is not None:
