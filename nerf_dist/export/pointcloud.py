@@ -35,6 +35,16 @@ POINT_BYTES = 8 + 3 * 8 + 3 * 4 + 3 * 4
 """A held point: key (fp64), position (fp64), colour and normal (fp32)."""
 VIEW_BYTES_PER_PIXEL = 3 * 3 * 8 + 3 * 4 * 3 + 8 + 64
 """One view's processing on rank 0: rays and points (fp64), colours and normals, keys, masks."""
+DEPTHS = ("auto", "mean", "median")
+
+
+def depth_keys(model, depth: str) -> tuple[str, ...]:
+    """The renderer's extra keys for --depth (ValueError when the kind cannot render it)."""
+    offers = "depth_median" in getattr(model, "EXTRA_OUTPUTS", ())
+    if depth == "median" and not offers:
+        raise ValueError(f"--depth median: model kind {type(model).__name__} renders no median "
+                         f"depth (only the unbounded kind does): use --depth mean")
+    return ("depth_median",) if offers and depth != "mean" else ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ class PointCloudOptions:
     """Measure the points against the demo scene's true surface (:mod:`.geometry_metrics`)."""
     tau: float = 0.05
     """The F-score threshold of truth, in the scene files' units."""
+    depth: str = "auto"
+    """mean: the expected depth / opacity; median: the weights' median distance (kinds that
+    render it); auto: median where the kind renders it (unbounded), else mean."""
 
 
 def check_options(o: PointCloudOptions) -> None:
@@ -77,6 +90,8 @@ def check_options(o: PointCloudOptions) -> None:
     if o.outlier_k < 0 or not (math.isfinite(o.outlier_std) and o.outlier_std > 0):
         raise ValueError(f"--outlier-k must be >= 0 and --outlier-std > 0, got {o.outlier_k}, "
                          f"{o.outlier_std}")
+    if o.depth not in DEPTHS:
+        raise ValueError(f"--depth must be one of {', '.join(DEPTHS)}, got {o.depth!r}")
     if not (math.isfinite(o.tau) and o.tau > 0):
         raise ValueError(f"--tau must be > 0, got {o.tau}")
     if o.bbox is not None and (len(o.bbox) != 6 or any(a >= b for a, b in
@@ -145,8 +160,9 @@ def _bar(total: int, desc: str, unit: str, on: bool):
     return tqdm(total=total, desc=desc, unit=unit, disable=not on, dynamic_ncols=True)
 
 
-def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -> dict:
-    """Rank 0: outliers, --num-points, the frame, the files -> the summary's counts and files."""
+def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, box, progress: bool) -> dict:
+    """Rank 0: outliers, the frame, the files (and --truth, within box [2, 3] | None) -> the
+    summary's counts and files."""
     from .depth_points import statistical_outliers
     from .frame import move_points, original_from_meta
     from .ply import write_ply
@@ -165,7 +181,8 @@ def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -
     truth = None
     if o.truth:
         from .geometry_metrics import against_truth
-        truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau)
+        truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau,
+                              box=box)
     return {"points": len(p), "sampled": n_sampled, "outliers": int(out.sum()), "truth": truth,
             "frame": o.frame, "scene_to_output": matrix.tolist(),
             "files": {"ply": {"path": path, "bytes": size}}}
@@ -189,11 +206,13 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
     cams = split_path(scene)
     cams.c2w, refined = refined_c2w(model, cams.c2w, o.split)
     setup = RenderSetup.from_scene(model, scene, cfg.model.chunk, device)
+    setup.extra_keys = depth_keys(model, o.depth)
     box, box_src = resolve_box(model, loaded.scene["aabb"], o, bool(scene.ndc))
     box_txt = ("no box" if box is None else
                f"box {box[0].round(3).tolist()} .. {box[1].round(3).tolist()}")
     log(f"export pointcloud: step {loaded.step}, {scene.n} {o.split} view(s) of {cams.W}x{cams.H}"
-        f"{' (refined poses)' if refined is not None else ''}, {box_txt} ({box_src}), on "
+        f"{' (refined poses)' if refined is not None else ''}, "
+        f"{'median' if setup.extra_keys else 'expected'} depth, {box_txt} ({box_src}), on "
         f"{world_size} rank(s)")
     check_memory(setup, cams.W, cams.H, cfg.render.tile, rank, world_size)
     # NOTE: and the render's host memory together with the points rank 0 holds (every rank
@@ -219,7 +238,7 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
     dist.raise_together(err, rank, world_size, ValueError)
     if rank != 0:
         return None
-    summary = _finish(pts, o, scene.meta, o.progress)
+    summary = _finish(pts, o, scene.meta, box, o.progress)
     if not summary["points"]:
         raise ValueError(f"no point left after the outlier removal (--outlier-k {o.outlier_k}, "
                          f"--outlier-std {o.outlier_std:g}): raise --outlier-std or use 0")
@@ -230,7 +249,8 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
                    outlier_k=o.outlier_k, outlier_std=o.outlier_std, seed=o.seed,
                    world_size=world_size, render_seconds=t_render,
                    seconds=time.perf_counter() - t0, source=loaded.source,
-                   normals="depth gradient", colors="rendered, background removed")
+                   normals="depth gradient", colors="rendered, background removed",
+                   depth="median" if setup.extra_keys else "mean")
     with open(os.path.join(o.out, "pointcloud.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -244,7 +264,7 @@ def options_of(args) -> PointCloudOptions:
         bbox=tuple(args.bbox) if args.bbox else None, outlier_k=args.outlier_k,
         outlier_std=args.outlier_std, frame=args.frame, seed=args.seed,
         progress=not args.no_progress, truth=getattr(args, "truth", False),
-        tau=getattr(args, "tau", 0.05))
+        tau=getattr(args, "tau", 0.05), depth=getattr(args, "depth", "auto"))
     check_options(o)
     return o
 
@@ -255,7 +275,7 @@ def summary_text(s: dict, o: PointCloudOptions) -> str:
     ply = s["files"]["ply"]
     t = s.get("truth")
     vs = ("" if not t else
-          f"\n  against the true surface ({t['variant']} demo, {t['n_truth']} points, tau "
+          f"\n  against the true surface ({t['variant']} demo, {t['n_truth']} points in the box, tau "
           f"{t['tau_original']:g}): Chamfer {t['chamfer']:.4f} (accuracy {t['accuracy']:.4f}, "
           f"completeness {t['completeness']:.4f}), precision {t['precision']:.3f}, recall "
           f"{t['recall']:.3f}, F-score {t['fscore']:.3f}")
