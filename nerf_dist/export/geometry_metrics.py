@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .frame import move_points, original_from_meta, scale_of
+from .truth import scene_truth
+
 
 def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[len(a)] distance of each point of a to its nearest point of b."""
@@ -68,8 +71,6 @@ def against_truth(points, root: str, meta: dict, frame: str = "original", tau: f
     export covered, or None: the truth is cropped to it (what lies outside was never asked
     for). Adds variant, frame, tau_original and truth_cropped (truth points outside the box).
     ValueError for a scene that is no demo scene."""
-    from .frame import move_points, original_from_meta, scale_of
-    from .truth import scene_truth
     truth, marker = scene_truth(root, n_truth)
     to_original = original_from_meta(meta)
     to_scene = np.linalg.inv(to_original)

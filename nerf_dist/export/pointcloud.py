@@ -30,6 +30,15 @@ import numpy as np
 import torch
 
 from .. import dist, memory
+from ..renderer.core import RenderSetup, check_memory, render_frames, tile_rays
+from ..renderer.paths import split_path
+from ..renderer.tiles import Tile
+from ..scenes import open_scene
+from .cameras import refined_c2w
+from .depth_points import Reservoir, frame_keys, statistical_outliers, view_points
+from .frame import move_points, original_from_meta
+from .geometry_metrics import against_truth
+from .ply import write_ply
 
 POINT_BYTES = 8 + 3 * 8 + 3 * 4 + 3 * 4
 """A held point: key (fp64), position (fp64), colour and normal (fp32)."""
@@ -131,7 +140,6 @@ class _Counts:
 def _take_view(res, out: dict, rays: dict, setup, o: PointCloudOptions, box, frame: int,
                counts: _Counts) -> None:
     """Rank 0: one rendered view into the reservoir res."""
-    from .depth_points import frame_keys, view_points
     v = view_points(out, rays, setup.background, o.min_opacity, setup.ndc_args)
     keep = v["valid"].reshape(-1)
     counts.pixels += keep.size
@@ -163,9 +171,6 @@ def _bar(total: int, desc: str, unit: str, on: bool):
 def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, box, progress: bool) -> dict:
     """Rank 0: outliers, the frame, the files (and --truth, within box [2, 3] | None) -> the
     summary's counts and files."""
-    from .depth_points import statistical_outliers
-    from .frame import move_points, original_from_meta
-    from .ply import write_ply
     n_sampled = len(pts["points"])
     bar = _bar(n_sampled if o.outlier_k else 0, "outliers", "pt", progress and bool(o.outlier_k))
     out = statistical_outliers(pts["points"], o.outlier_k, o.outlier_std, progress=bar.update)
@@ -180,7 +185,6 @@ def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, box, progress: bo
                      normals=nrm.astype(np.float32))
     truth = None
     if o.truth:
-        from .geometry_metrics import against_truth
         truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau,
                               box=box)
     return {"points": len(p), "sampled": n_sampled, "outliers": int(out.sum()), "truth": truth,
@@ -192,12 +196,6 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
                       device="cpu", log=print) -> dict | None:
     """Every stage (module doc); returns the summary on rank 0 (also OUT/pointcloud.json), None
     elsewhere. log: rank 0's printer (a no-op on other ranks)."""
-    from ..renderer.core import RenderSetup, check_memory, render_frames, tile_rays
-    from ..renderer.paths import split_path
-    from ..renderer.tiles import Tile
-    from ..scenes import open_scene
-    from .cameras import refined_c2w
-    from .depth_points import Reservoir
     check_options(o)
     t0 = time.perf_counter()
     cfg = loaded.cfg
@@ -271,7 +269,6 @@ def options_of(args) -> PointCloudOptions:
 
 def summary_text(s: dict, o: PointCloudOptions) -> str:
     """The closing lines: what each stage kept, the time, the file and its size."""
-    from ..memory import fmt_bytes
     ply = s["files"]["ply"]
     t = s.get("truth")
     vs = ("" if not t else
@@ -282,13 +279,13 @@ def summary_text(s: dict, o: PointCloudOptions) -> str:
     return (f"pointcloud: {s['points']} points from {s['views']} view(s) ({s['pixels']} pixels, "
             f"{s['opaque']} at opacity >= {o.min_opacity:g}, {s['in_box']} in the box, "
             f"{s['sampled']} sampled, {s['outliers']} outliers removed), {s['seconds']:.1f} s on "
-            f"{s['world_size']} rank(s)\n  ply: {ply['path']} ({fmt_bytes(ply['bytes'])})" + vs)
+            f"{s['world_size']} rank(s)\n  ply: {ply['path']} ({memory.fmt_bytes(ply['bytes'])})" + vs)
 
 
 def export_pointcloud_cli(args) -> int:
     """`nerf-dist export pointcloud RUN_DIR ...`: load the newest checkpoint (or --checkpoint),
     export on every rank, print the summary on rank 0."""
-    from ..commands import export_session
+    from ..commands import export_session  # NOTE: lazy because commands imports the trainer
     o = options_of(args)
 
     def work(loaded, info, log):

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .. import storage
+from ..export.frame import move_poses
 from ..memory import MAX_SIDE
 from ..scenes.base import to_scene_frame
 from ..scenes.intrinsics import DIST_KEYS, parse_intrinsics
@@ -380,7 +381,6 @@ def in_scene_frame(cams: CameraPath, scene_meta: dict) -> CameraPath:
                           cams._dist())
     if w2s is None and "transform" in scene_meta:
         # NOTE: COLMAP and LLFF readers record x_scene = T x_world as a 4x4 similarity.
-        from ..export.frame import move_poses  # NOTE: numpy only
         T = np.asarray(scene_meta["transform"], dtype=np.float64).reshape(4, 4)
         c2w = torch.from_numpy(move_poses(T, cams.c2w.numpy())[:, :3].astype(np.float32))
         meta["scene_from_world"] = T.tolist()
