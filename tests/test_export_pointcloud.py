@@ -129,6 +129,11 @@ def test_errors(tmp_path, tiny_run, demo_scene, capsys):
     assert _export(tiny_run, "--min-opacity", "0.05", "--bbox", "5", "5", "5", "6", "6", "6",
                    out=tmp_path / "o") == 1
     assert "inside the box" in capsys.readouterr().err
+    # --checkpoint: one checkpoint instead of the run's newest
+    ckpt = tiny_run / "checkpoints" / "step-00000010"
+    assert _export(tiny_run, "--checkpoint", ckpt, "--min-opacity", "0.05",
+                   out=tmp_path / "c") == 0
+    assert json.loads((tmp_path / "c" / "pointcloud.json").read_text())["step"] == 10
 
 
 @pytest.mark.slow
