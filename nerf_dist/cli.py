@@ -274,6 +274,9 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     pc.add_argument("--outlier-std", type=float, default=2.0, metavar="S",
                     help="drop points whose mean neighbour distance is S standard deviations "
                          "above the mean (default 2)")
+    pc.add_argument("--depth", choices=("auto", "mean", "median"), default="auto",
+                    help="a pixel's distance: mean (expected depth / opacity) or median of the "
+                         "weights; auto: median where the kind renders it (unbounded), else mean")
     pc.add_argument("--seed", type=int, default=0, help="seed of the point sample (default 0)")
     pc.add_argument("--truth", action="store_true",
                     help="measure against the demo scene's true surface: Chamfer distance, "

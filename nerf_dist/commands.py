@@ -18,6 +18,7 @@ from . import dist, storage
 from .config import Config, load_config
 from .evaluation import evaluate_split
 from .lifecycle import EXIT_RESUME
+from .memory import fmt_bytes
 from .renderer.job import PATH_KINDS, build_path, render_to_dir
 from .run_dir import Loaded, load_model, place_loaded, run_paths
 from .scenes import open_scene
@@ -174,8 +175,6 @@ def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> di
     :func:`nerf_dist.export.mesh.export_mesh` on every rank, print the summary on rank 0.
     Returns the summary on rank 0 (None elsewhere)."""
     from .export.mesh import export_mesh  # NOTE: lazy: the `export` extra
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .memory import fmt_bytes
 
     def work(loaded, info, log):
         summary = export_mesh(loaded, opts, info.rank, info.world_size, info.device, log)

@@ -64,6 +64,15 @@ def test_round_trip_through_the_readers(tmp_path, variant):
     # the COLMAP model, read by the COLMAP reader (its own split rule: compare every image)
     col = DataConfig(root=str(_colmap_root(tmp_path, out, scene)), format="colmap")
     _same(_by_file(col, ("train", "test")), want)
+    # and a transforms.json exported from the COLMAP scene renders from its cameras
+    from nerf_dist.config import with_section
+    from nerf_dist.renderer.paths import in_scene_frame, load_camera_path
+    ec.export_cameras(with_section(cfg, "data", root=col.root, format="colmap"), None,
+                      str(tmp_path / "c"), split="train")
+    raw = load_camera_path(str(tmp_path / "c" / "transforms.json"))
+    train = open_scene(col, "train")
+    assert raw.meta["coordinates"] == "world" and raw.n == train.n
+    torch.testing.assert_close(in_scene_frame(raw, train.meta).c2w, train.c2w, atol=1e-5, rtol=0)
     # --frame scene: the trained frame itself
     s = ec.export_cameras(cfg, None, str(tmp_path / "sc"), frame="scene", split="train")
     assert s["splits"] == {"train": 5}

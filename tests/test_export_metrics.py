@@ -177,3 +177,24 @@ def test_scene_truth_refuses_other_folders(tmp_path):
     demo.write_demo_scene(str(tmp_path), resolution=8, views=3, supersample=1)
     (tmp_path / demo.MARKER).unlink()
     assert truth.scene_variant(str(tmp_path)) == {"variant": "objects", "seed": 0}
+
+
+def test_ply_writer_in_chunks_equals_write_ply(tmp_path):
+    from nerf_dist.export.ply import PlyWriter
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(9, 3)).astype(np.float32)
+    col = rng.integers(0, 256, (9, 3)).astype(np.uint8)
+    f = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    write_ply(str(tmp_path / "a.ply"), v, colors=col, faces=f)
+    with PlyWriter(str(tmp_path / "b.ply"), 9, colors=True, n_faces=3) as w:
+        for s in (slice(0, 4), slice(4, 9)):
+            w.vertices(v[s], colors=col[s])
+        w.faces(f[:1])
+        w.faces(f[1:])
+    assert (tmp_path / "a.ply").read_bytes() == (tmp_path / "b.ply").read_bytes()
+    with pytest.raises(ValueError, match="header states 9"):
+        with PlyWriter(str(tmp_path / "c.ply"), 9) as w:
+            w.vertices(v[:5])
+    with pytest.raises(ValueError, match="declares nx"):
+        with PlyWriter(str(tmp_path / "d.ply"), 9, normals=True) as w:
+            w.vertices(v)

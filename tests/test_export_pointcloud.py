@@ -129,6 +129,11 @@ def test_errors(tmp_path, tiny_run, demo_scene, capsys):
     assert _export(tiny_run, "--min-opacity", "0.05", "--bbox", "5", "5", "5", "6", "6", "6",
                    out=tmp_path / "o") == 1
     assert "inside the box" in capsys.readouterr().err
+    # --checkpoint: one checkpoint instead of the run's newest
+    ckpt = tiny_run / "checkpoints" / "step-00000010"
+    assert _export(tiny_run, "--checkpoint", ckpt, "--min-opacity", "0.05",
+                   out=tmp_path / "c") == 0
+    assert json.loads((tmp_path / "c" / "pointcloud.json").read_text())["step"] == 10
 
 
 @pytest.mark.slow
@@ -207,3 +212,33 @@ def test_frames_of_normalised_and_ndc_scenes(tmp_path, variant):
     np.testing.assert_allclose(o["normals"], n, atol=1e-4)
     if variant == "llff":
         assert (s["verts"][:, 2] < -1.0 + 1e-4).all()
+
+
+def test_median_depth_through_the_renderer_and_the_flag():
+    """The renderer's extra keys come back per pixel; --depth median needs a kind that renders
+    it; auto picks it for the unbounded kind."""
+    from nerf_dist.config import load_config
+    from nerf_dist.export.pointcloud import depth_keys
+    from nerf_dist.models import build_model
+    from nerf_dist.renderer.core import RenderSetup, render_tile
+    from nerf_dist.renderer.paths import CameraPath
+    from nerf_dist.renderer.tiles import Tile
+    small = ["model.kind=unbounded", "model.hash_levels=4", "model.hash_log2_size=10",
+             "model.hash_max_res=32", "model.hidden=16", "model.proposal_samples=16",
+             "model.proposal_max_res=16", "model.proposal_log2_size=10", "model.field_samples=8"]
+    model = build_model(load_config(None, small).model, None).eval()
+    assert depth_keys(model, "auto") == ("depth_median",) and depth_keys(model, "mean") == ()
+    K, c2w, _, H, W = _camera()
+    cams = CameraPath(K[None], c2w[None], H, W, "t")
+    setup = RenderSetup(model, 0.05, 10.0, torch.zeros(3), chunk=16)
+    plain = render_tile(setup, cams, Tile(0, 0, 0, H, W))
+    setup.extra_keys = ("depth_median",)
+    both = render_tile(setup, cams, Tile(0, 0, 0, H, W))
+    assert set(both) == {"rgb", "depth", "acc", "depth_median"}
+    assert both["depth_median"].shape == (H, W) and (both["depth_median"] > 0).all()
+    for k in plain:
+        torch.testing.assert_close(both[k], plain[k])
+    vanilla = build_model(load_config(None, []).model, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    assert depth_keys(vanilla, "auto") == ()
+    with pytest.raises(ValueError, match="--depth median"):
+        depth_keys(vanilla, "median")

@@ -46,3 +46,12 @@ def test_weights_sum_to_opacity_and_background():
     out_rgb, _, acc2 = volrend.composite(w, rgb, torch.zeros(5, 32), bg)
     assert torch.allclose(out_rgb, (1 - acc)[:, None] * bg, atol=1e-6)
     assert torch.allclose(acc2, acc)
+
+
+def test_median_depth_hand_computed():
+    from nerf_dist.render_ops.volrend import median_depth
+    t = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    w = torch.tensor([[0.1, 0.3, 0.2, 0.0],    # total 0.6: half 0.3 reached at t = 2
+                      [0.0, 0.0, 0.0, 0.0],    # empty ray: 0
+                      [0.5, 0.0, 0.0, 0.1]])   # a far tail pulls the mean (1.5), not the median
+    assert median_depth(w, t).tolist() == [2.0, 0.0, 1.0]

@@ -33,7 +33,12 @@ import time
 import numpy as np
 import torch
 
+from ..checkpoint import CheckpointError
+from ..config import load_config
+from ..memory import fmt_bytes
 from ..render_ops.pose import axis_angle_to_matrix
+from ..run_dir import CONFIG_FILE, load_model
+from ..scenes import SceneError, open_scene
 from .frame import move_poses, original_from_meta
 
 SPLITS = ("train", "val", "test")
@@ -62,8 +67,6 @@ def refined_c2w(model, c2w: torch.Tensor, split: str) -> tuple[torch.Tensor, flo
 
 
 def _open_split(data_cfg, split: str, asked: bool):
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..scenes import SceneError, open_scene
     try:
         return open_scene(data_cfg, split)
     except SceneError:
@@ -131,8 +134,11 @@ def write_transforms(cams: dict, out: str, frame: str, extra: dict) -> str:
         frames.append(entry)
         for s in fr["splits"]:
             lists[s].append(rel)
+    first = cams["frames"][0]
+    # NOTE: a top-level w, h too: camera-path readers (`nerf-dist render --path`) need one size.
     doc = {"camera_model": "OPENCV" if any(f["dist"] is not None for f in cams["frames"])
            else "PINHOLE", "coordinates": "world" if frame == "original" else "scene",
+           "w": first["w"], "h": first["h"],
            **{f"{s}_filenames": v for s, v in lists.items() if v}, **extra, "frames": frames}
     aabb_scale = cams["meta"].get("aabb_scale")
     if aabb_scale is not None:
@@ -211,12 +217,6 @@ def write_colmap(cams: dict, out: str) -> str:
 def load_for_cameras(args):
     """(cfg, model or None, step or None, source) for the cameras of args.run: the newest
     checkpoint (or --checkpoint) when there is one; a kind that refines poses must have one."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..checkpoint import CheckpointError
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..config import load_config
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..run_dir import CONFIG_FILE, load_model
     overrides = list(getattr(args, "overrides", []) or [])
     ckpt = getattr(args, "checkpoint", None)
     try:
@@ -264,8 +264,6 @@ def export_cameras(cfg, model, out: str, frame: str = "original", split: str | N
 def export_cameras_cli(args) -> int:
     """`nerf-dist export cameras RUN_DIR [--out] [--frame] [--split] [--checkpoint]`: on one
     process (there is nothing to split over ranks: under torchrun only rank 0 writes)."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..memory import fmt_bytes
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # NOTE: no collective here: the other ranks of a torchrun launch have no work
     cfg, model, step, _ = load_for_cameras(args)

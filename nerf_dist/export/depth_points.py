@@ -4,8 +4,11 @@ uniform sample of bounded size over many views; statistical outlier removal.
 Choices (documented in docs/export.md):
 - point = rays_o + (depth / acc) rays_d: the expected depth of a ray is sum(w t), weighted by an
   opacity acc = sum(w) that can be below 1; divided by acc it is the mean depth of what the ray
-  hit. Forward-facing (NDC) scenes: that t is along the NDC ray, mapped back to the scene frame
-  by the inverse of :func:`nerf_dist.render_ops.rays.to_ndc`.
+  hit. Kinds whose samples reach far out (unbounded: model.far_bound) render the median depth
+  instead (:func:`nerf_dist.render_ops.volrend.median_depth`): there a small weight tail far
+  away pulls the mean off the surface. Forward-facing (NDC) scenes: that t is along the NDC
+  ray, mapped back to the scene frame by the inverse of
+  :func:`nerf_dist.render_ops.rays.to_ndc`.
 - colour = (rgb - (1 - acc) background) / acc: the renderer composites over the background; the
   surface's own colour is what remains (clamped to [0, 1]).
 - normal: the cross product of the point map's differences along the image rows and columns,
@@ -32,7 +35,8 @@ def view_points(out: dict, rays: dict, background: torch.Tensor, min_opacity: fl
                 ndc: tuple[int, int, float] | None = None) -> dict:
     """One rendered view -> its surface points (module docstring).
 
-    out: rgb [H, W, 3], depth [H, W], acc [H, W] (the renderer's); rays: rays_o, rays_d, viewdirs
+    out: rgb [H, W, 3], depth [H, W], acc [H, W] (the renderer's; with depth_median [H, W], that
+    is the point's distance instead of depth / acc); rays: rays_o, rays_d, viewdirs
     [H * W, 3] of the same pixels, row-major (the renderer's own, NDC when ndc is given);
     background: [3]. Returns {points [H, W, 3] float64 (scene frame), colors [H, W, 3] float32,
     normals [H, W, 3] float32 (unit), valid [H, W] bool (acc >= min_opacity and a finite
@@ -40,7 +44,8 @@ def view_points(out: dict, rays: dict, background: torch.Tensor, min_opacity: fl
     """
     H, W = out["acc"].shape
     acc = out["acc"].double()
-    t = out["depth"].double() / acc.clamp(min=1e-6)
+    t = (out["depth_median"].double() if "depth_median" in out
+         else out["depth"].double() / acc.clamp(min=1e-6))
     o, d = rays["rays_o"].double(), rays["rays_d"].double()
     pts = o + d * t.reshape(-1, 1)
     if ndc is not None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .frame import move_points, original_from_meta, scale_of
+from .truth import scene_truth
+
 
 def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[len(a)] distance of each point of a to its nearest point of b."""
@@ -60,24 +63,29 @@ of the objects' radius 1.2."""
 
 
 def against_truth(points, root: str, meta: dict, frame: str = "original", tau: float = TAU,
-                  n_truth: int = 200_000) -> dict:
+                  n_truth: int = 200_000, box=None) -> dict:
     """:func:`geometry_scores` of points [n, 3] (an export in `frame`: 'original' or 'scene')
     against the true surface of the demo scene at root (:func:`.truth.scene_truth`, in the files'
     frame; moved into the scene frame by meta's map when frame is 'scene', with tau scaled
-    alike). tau: in the files' units. Adds variant and frame. ValueError for a scene that is no
-    demo scene."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .frame import move_points, original_from_meta, scale_of
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .truth import scene_truth
+    alike). tau: in the files' units. box: [2, 3] (min, max) in the scene frame, the region the
+    export covered, or None: the truth is cropped to it (what lies outside was never asked
+    for). Adds variant, frame, tau_original and truth_cropped (truth points outside the box).
+    ValueError for a scene that is no demo scene."""
     truth, marker = scene_truth(root, n_truth)
+    to_original = original_from_meta(meta)
+    to_scene = np.linalg.inv(to_original)
+    n_all = len(truth)
+    if box is not None:
+        b = np.asarray(box, dtype=np.float64).reshape(2, 3)
+        ts = move_points(to_scene, truth)[0]
+        truth = truth[((ts >= b[0]) & (ts <= b[1])).all(1)]
     t = tau
     if frame == "scene":
-        to_scene = np.linalg.inv(original_from_meta(meta))
         truth = move_points(to_scene, truth)[0]
         t = tau * scale_of(to_scene)
     s = geometry_scores(points, truth, t)
-    s.update(variant=marker["variant"], frame=frame, tau_original=float(tau))
+    s.update(variant=marker["variant"], frame=frame, tau_original=float(tau),
+             truth_cropped=n_all - len(truth))
     return s
 
 

@@ -1,5 +1,6 @@
 """A small binary PLY writer (little endian): vertices with optional normals and colours, and
-optional triangle faces. Readable by trimesh, Open3D, MeshLab, CloudCompare, Blender.
+optional triangle faces, at once (:func:`write_ply`) or in chunks (:class:`PlyWriter`). Readable by
+trimesh, Open3D, MeshLab, CloudCompare, Blender.
 
 :func:`read_ply` reads back what :func:`write_ply` writes (binary little-endian, vertex
 properties of the scalar types below, triangle faces): the tests' and the measurements' reader,
@@ -9,42 +10,96 @@ from __future__ import annotations
 import numpy as np
 
 
+_XYZ, _NRM, _RGB = ("x", "y", "z"), ("nx", "ny", "nz"), ("red", "green", "blue")
+
+
+class PlyWriter:
+    """A PLY file written in pieces: the counts are stated up front, then vertices and faces are
+    appended chunk by chunk (so a large export never holds one big record array); :meth:`close`
+    (or leaving the ``with`` block) checks that exactly the stated counts were written.
+
+    >>> with PlyWriter(path, n_verts, normals=True, colors=True) as w:
+    ...     for v, c, nrm in chunks: w.vertices(v, colors=c, normals=nrm)
+    """
+
+    def __init__(self, path: str, n_verts: int, normals: bool = False, colors: bool = False,
+                 n_faces: int | None = None):
+        self.fields = [(k, "<f4") for k in _XYZ] + ([(k, "<f4") for k in _NRM] if normals else [])
+        self.fields += [(k, "u1") for k in _RGB] if colors else []
+        self.counts, self.done = (int(n_verts), n_faces), [0, 0]
+        head = ["ply", "format binary_little_endian 1.0", f"element vertex {int(n_verts)}"]
+        head += [f"property {'float' if t == '<f4' else 'uchar'} {k}" for k, t in self.fields]
+        if n_faces is not None:
+            head += [f"element face {int(n_faces)}", "property list uchar int vertex_indices"]
+        self.f = open(path, "wb")
+        self.f.write(("\n".join(head + ["end_header"]) + "\n").encode("ascii"))
+        self.path = path
+
+    def vertices(self, verts, colors=None, normals=None) -> None:
+        """Append verts [k, 3] (with normals [k, 3] / colors [k, 3] uint8 when declared)."""
+        verts = np.asarray(verts, dtype=np.float32).reshape(-1, 3)
+        rec = np.empty(len(verts), dtype=self.fields)
+        given = {_XYZ: ("positions", verts), _NRM: ("normals", normals), _RGB: ("colours", colors)}
+        for names, (label, arr) in given.items():
+            if names[0] not in rec.dtype.names:
+                if arr is not None:
+                    raise ValueError(f"{self.path}: {label} for a PLY declared without them")
+                continue
+            if arr is None:
+                raise ValueError(f"{self.path}: the PLY declares {', '.join(names)}: give them")
+            arr = np.asarray(arr).reshape(len(verts), 3)
+            for j, name in enumerate(names):
+                rec[name] = arr[:, j]
+        if self.done[1]:
+            raise ValueError(f"{self.path}: vertices after faces")
+        self.done[0] += len(rec)
+        self.f.write(rec.tobytes())
+
+    def faces(self, faces) -> None:
+        """Append triangles faces [k, 3] (int32 vertex indices)."""
+        faces = np.asarray(faces).reshape(-1, 3)
+        fr = np.empty(len(faces), dtype=[("k", "u1"), ("v", "<i4", (3,))])
+        fr["k"] = 3
+        fr["v"] = faces
+        self.done[1] += len(fr)
+        self.f.write(fr.tobytes())
+
+    def close(self) -> int:
+        """Close; ValueError unless the stated counts were written. Returns the file's bytes."""
+        size = self.f.tell()
+        self.f.close()
+        want = (self.counts[0], self.counts[1] or 0)
+        if tuple(self.done) != want:
+            raise ValueError(f"{self.path}: {self.done[0]} vertices and {self.done[1]} faces "
+                             f"written, the header states {want[0]} and {want[1]}")
+        return size
+
+    def __enter__(self) -> PlyWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.f.close()
+
+
 def write_ply(path: str, verts: np.ndarray, colors: np.ndarray | None = None,
               normals: np.ndarray | None = None, faces: np.ndarray | None = None) -> int:
     """Write verts [n, 3] (float32 x y z), normals [n, 3] (float32 nx ny nz), colors [n, 3] uint8
     (red green blue), faces [m, 3] (int32 indices) to path. Returns the bytes written."""
     verts = np.asarray(verts, dtype=np.float32).reshape(-1, 3)
-    n = len(verts)
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    cols = [verts]
-    if normals is not None:
-        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
-        cols.append(np.asarray(normals, dtype=np.float32).reshape(n, 3))
-    if colors is not None:
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-        cols.append(np.asarray(colors, dtype=np.uint8).reshape(n, 3))
-    rec = np.empty(n, dtype=fields)
-    k = 0
-    for c in cols:
-        for j in range(3):
-            rec[fields[k][0]] = c[:, j]
-            k += 1
-    names = {"<f4": "float", "u1": "uchar"}
-    head = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
-    head += [f"property {names[t]} {name}" for name, t in fields]
-    if faces is not None:
-        faces = np.asarray(faces).reshape(-1, 3)
-        head += [f"element face {len(faces)}", "property list uchar int vertex_indices"]
-    head.append("end_header")
-    with open(path, "wb") as f:
-        f.write(("\n".join(head) + "\n").encode("ascii"))
-        f.write(rec.tobytes())
+    faces = None if faces is None else np.asarray(faces).reshape(-1, 3)
+    w = PlyWriter(path, len(verts), normals is not None, colors is not None,
+                  None if faces is None else len(faces))
+    try:
+        w.vertices(verts, colors, normals)
         if faces is not None:
-            fr = np.empty(len(faces), dtype=[("k", "u1"), ("v", "<i4", (3,))])
-            fr["k"] = 3
-            fr["v"] = faces
-            f.write(fr.tobytes())
-        return f.tell()
+            w.faces(faces)
+    except BaseException:
+        w.f.close()
+        raise
+    return w.close()
 
 
 _TYPES = {"char": "i1", "uchar": "u1", "short": "<i2", "ushort": "<u2", "int": "<i4",
@@ -102,4 +157,4 @@ def read_ply(path: str) -> dict:
     return out
 
 
-__all__ = ["read_ply", "write_ply"]
+__all__ = ["PlyWriter", "read_ply", "write_ply"]

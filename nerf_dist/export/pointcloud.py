@@ -30,11 +30,30 @@ import numpy as np
 import torch
 
 from .. import dist, memory
+from ..renderer.core import RenderSetup, check_memory, render_frames, tile_rays
+from ..renderer.paths import split_path
+from ..renderer.tiles import Tile
+from ..scenes import open_scene
+from .cameras import refined_c2w
+from .depth_points import Reservoir, frame_keys, statistical_outliers, view_points
+from .frame import move_points, original_from_meta
+from .geometry_metrics import against_truth
+from .ply import write_ply
 
 POINT_BYTES = 8 + 3 * 8 + 3 * 4 + 3 * 4
 """A held point: key (fp64), position (fp64), colour and normal (fp32)."""
 VIEW_BYTES_PER_PIXEL = 3 * 3 * 8 + 3 * 4 * 3 + 8 + 64
 """One view's processing on rank 0: rays and points (fp64), colours and normals, keys, masks."""
+DEPTHS = ("auto", "mean", "median")
+
+
+def depth_keys(model, depth: str) -> tuple[str, ...]:
+    """The renderer's extra keys for --depth (ValueError when the kind cannot render it)."""
+    offers = "depth_median" in getattr(model, "EXTRA_OUTPUTS", ())
+    if depth == "median" and not offers:
+        raise ValueError(f"--depth median: model kind {type(model).__name__} renders no median "
+                         f"depth (only the unbounded kind does): use --depth mean")
+    return ("depth_median",) if offers and depth != "mean" else ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,9 @@ class PointCloudOptions:
     """Measure the points against the demo scene's true surface (:mod:`.geometry_metrics`)."""
     tau: float = 0.05
     """The F-score threshold of truth, in the scene files' units."""
+    depth: str = "auto"
+    """mean: the expected depth / opacity; median: the weights' median distance (kinds that
+    render it); auto: median where the kind renders it (unbounded), else mean."""
 
 
 def check_options(o: PointCloudOptions) -> None:
@@ -77,6 +99,8 @@ def check_options(o: PointCloudOptions) -> None:
     if o.outlier_k < 0 or not (math.isfinite(o.outlier_std) and o.outlier_std > 0):
         raise ValueError(f"--outlier-k must be >= 0 and --outlier-std > 0, got {o.outlier_k}, "
                          f"{o.outlier_std}")
+    if o.depth not in DEPTHS:
+        raise ValueError(f"--depth must be one of {', '.join(DEPTHS)}, got {o.depth!r}")
     if not (math.isfinite(o.tau) and o.tau > 0):
         raise ValueError(f"--tau must be > 0, got {o.tau}")
     if o.bbox is not None and (len(o.bbox) != 6 or any(a >= b for a, b in
@@ -116,8 +140,6 @@ class _Counts:
 def _take_view(res, out: dict, rays: dict, setup, o: PointCloudOptions, box, frame: int,
                counts: _Counts) -> None:
     """Rank 0: one rendered view into the reservoir res."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .depth_points import frame_keys, view_points
     v = view_points(out, rays, setup.background, o.min_opacity, setup.ndc_args)
     keep = v["valid"].reshape(-1)
     counts.pixels += keep.size
@@ -146,14 +168,9 @@ def _bar(total: int, desc: str, unit: str, on: bool):
     return tqdm(total=total, desc=desc, unit=unit, disable=not on, dynamic_ncols=True)
 
 
-def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -> dict:
-    """Rank 0: outliers, --num-points, the frame, the files -> the summary's counts and files."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .depth_points import statistical_outliers
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .frame import move_points, original_from_meta
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .ply import write_ply
+def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, box, progress: bool) -> dict:
+    """Rank 0: outliers, the frame, the files (and --truth, within box [2, 3] | None) -> the
+    summary's counts and files."""
     n_sampled = len(pts["points"])
     bar = _bar(n_sampled if o.outlier_k else 0, "outliers", "pt", progress and bool(o.outlier_k))
     out = statistical_outliers(pts["points"], o.outlier_k, o.outlier_std, progress=bar.update)
@@ -166,11 +183,11 @@ def _finish(pts: dict, o: PointCloudOptions, scene_meta: dict, progress: bool) -
     path = os.path.join(o.out, "pointcloud.ply")
     size = write_ply(path, p.astype(np.float32), colors=np.round(pts["colors"] * 255.0),
                      normals=nrm.astype(np.float32))
+    truth = None
     if o.truth:
-        # NOTE: lazy because the exporters and their CLI load these only when a command runs
-        from .geometry_metrics import against_truth
-        truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau)
-    return {"points": len(p), "sampled": n_sampled, "truth": truth if o.truth else None, "outliers": int(out.sum()),
+        truth = against_truth(p, str(scene_meta.get("root", "")), scene_meta, o.frame, o.tau,
+                              box=box)
+    return {"points": len(p), "sampled": n_sampled, "outliers": int(out.sum()), "truth": truth,
             "frame": o.frame, "scene_to_output": matrix.tolist(),
             "files": {"ply": {"path": path, "bytes": size}}}
 
@@ -179,18 +196,6 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
                       device="cpu", log=print) -> dict | None:
     """Every stage (module doc); returns the summary on rank 0 (also OUT/pointcloud.json), None
     elsewhere. log: rank 0's printer (a no-op on other ranks)."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..renderer.core import RenderSetup, check_memory, render_frames, tile_rays
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..renderer.paths import split_path
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..renderer.tiles import Tile
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..scenes import open_scene
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .cameras import refined_c2w
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .depth_points import Reservoir
     check_options(o)
     t0 = time.perf_counter()
     cfg = loaded.cfg
@@ -199,10 +204,13 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
     cams = split_path(scene)
     cams.c2w, refined = refined_c2w(model, cams.c2w, o.split)
     setup = RenderSetup.from_scene(model, scene, cfg.model.chunk, device)
+    setup.extra_keys = depth_keys(model, o.depth)
     box, box_src = resolve_box(model, loaded.scene["aabb"], o, bool(scene.ndc))
-    box_txt = "no box" if box is None else f"box {box[0].round(3).tolist()} .. {box[1].round(3).tolist()}"
+    box_txt = ("no box" if box is None else
+               f"box {box[0].round(3).tolist()} .. {box[1].round(3).tolist()}")
     log(f"export pointcloud: step {loaded.step}, {scene.n} {o.split} view(s) of {cams.W}x{cams.H}"
-        f"{' (refined poses)' if refined is not None else ''}, {box_txt} ({box_src}), on "
+        f"{' (refined poses)' if refined is not None else ''}, "
+        f"{'median' if setup.extra_keys else 'expected'} depth, {box_txt} ({box_src}), on "
         f"{world_size} rank(s)")
     check_memory(setup, cams.W, cams.H, cfg.render.tile, rank, world_size)
     # NOTE: and the render's host memory together with the points rank 0 holds (every rank
@@ -228,7 +236,7 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
     dist.raise_together(err, rank, world_size, ValueError)
     if rank != 0:
         return None
-    summary = _finish(pts, o, scene.meta, o.progress)
+    summary = _finish(pts, o, scene.meta, box, o.progress)
     if not summary["points"]:
         raise ValueError(f"no point left after the outlier removal (--outlier-k {o.outlier_k}, "
                          f"--outlier-std {o.outlier_std:g}): raise --outlier-std or use 0")
@@ -239,7 +247,8 @@ def export_pointcloud(loaded, o: PointCloudOptions, rank: int = 0, world_size: i
                    outlier_k=o.outlier_k, outlier_std=o.outlier_std, seed=o.seed,
                    world_size=world_size, render_seconds=t_render,
                    seconds=time.perf_counter() - t0, source=loaded.source,
-                   normals="depth gradient", colors="rendered, background removed")
+                   normals="depth gradient", colors="rendered, background removed",
+                   depth="median" if setup.extra_keys else "mean")
     with open(os.path.join(o.out, "pointcloud.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -253,33 +262,30 @@ def options_of(args) -> PointCloudOptions:
         bbox=tuple(args.bbox) if args.bbox else None, outlier_k=args.outlier_k,
         outlier_std=args.outlier_std, frame=args.frame, seed=args.seed,
         progress=not args.no_progress, truth=getattr(args, "truth", False),
-        tau=getattr(args, "tau", 0.05))
+        tau=getattr(args, "tau", 0.05), depth=getattr(args, "depth", "auto"))
     check_options(o)
     return o
 
 
 def summary_text(s: dict, o: PointCloudOptions) -> str:
     """The closing lines: what each stage kept, the time, the file and its size."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..memory import fmt_bytes
     ply = s["files"]["ply"]
     t = s.get("truth")
     vs = ("" if not t else
-          f"\n  against the true surface ({t['variant']} demo, {t['n_truth']} points, tau "
+          f"\n  against the true surface ({t['variant']} demo, {t['n_truth']} points in the box, tau "
           f"{t['tau_original']:g}): Chamfer {t['chamfer']:.4f} (accuracy {t['accuracy']:.4f}, "
           f"completeness {t['completeness']:.4f}), precision {t['precision']:.3f}, recall "
           f"{t['recall']:.3f}, F-score {t['fscore']:.3f}")
     return (f"pointcloud: {s['points']} points from {s['views']} view(s) ({s['pixels']} pixels, "
             f"{s['opaque']} at opacity >= {o.min_opacity:g}, {s['in_box']} in the box, "
             f"{s['sampled']} sampled, {s['outliers']} outliers removed), {s['seconds']:.1f} s on "
-            f"{s['world_size']} rank(s)\n  ply: {ply['path']} ({fmt_bytes(ply['bytes'])})" + vs)
+            f"{s['world_size']} rank(s)\n  ply: {ply['path']} ({memory.fmt_bytes(ply['bytes'])})" + vs)
 
 
 def export_pointcloud_cli(args) -> int:
     """`nerf-dist export pointcloud RUN_DIR ...`: load the newest checkpoint (or --checkpoint),
     export on every rank, print the summary on rank 0."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..commands import export_session
+    from ..commands import export_session  # NOTE: lazy because commands imports the trainer
     o = options_of(args)
 
     def work(loaded, info, log):

@@ -104,6 +104,10 @@ class NeRFModel(nn.Module):
     Adam eps 1e-8 on every parameter, nothing extra to log, only ``rgb`` supervised, by squared
     error). A kind must say how much memory it needs (:meth:`memory_estimate`)."""
 
+    EXTRA_OUTPUTS: tuple[str, ...] = ()
+    """Keys forward returns besides rgb, depth and acc that the renderer may ask for
+    (RenderSetup.extra_keys): 'depth_median' [n_rays], the median distance of the weights."""
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg

@@ -41,6 +41,19 @@ def composite(weights: torch.Tensor, rgb: torch.Tensor, t_mid: torch.Tensor,
     return out_rgb, depth, acc
 
 
+def median_depth(weights: torch.Tensor, t_mid: torch.Tensor) -> torch.Tensor:
+    """[n_rays] the distance t_mid [n_rays, n_samples] of the first sample at which the weights'
+    running sum reaches half their total (0 for an empty ray).
+
+    NOTE: the expected depth sum(w t) / sum(w) is pulled far out by a small weight tail at large
+    t (an unbounded scene's samples reach model.far_bound); the median is not.
+    """
+    cw = torch.cumsum(weights, -1)
+    half = 0.5 * cw[..., -1:]
+    k = torch.searchsorted(cw.contiguous(), half.contiguous()).clamp(max=t_mid.shape[-1] - 1)
+    return torch.where(half[..., 0] > 0, t_mid.gather(-1, k)[..., 0], torch.zeros_like(half[..., 0]))
+
+
 def render_rays(sigma: torch.Tensor, rgb: torch.Tensor, t_starts: torch.Tensor,
                 t_ends: torch.Tensor, background: torch.Tensor | None = None) -> dict:
     """sigma: [n_rays, n_samples]; rgb: [n_rays, n_samples, 3]; t_starts, t_ends: [n_rays, n_samples].

@@ -46,6 +46,9 @@ class RenderSetup:
     ndc: bool = False
     ndc_focal: float = 0.0
     ndc_size: tuple[int, int] = (0, 0)
+    extra_keys: tuple[str, ...] = ()
+    """Per-pixel outputs besides rgb, depth, acc to render, [H, W] each (keys of the model's
+    EXTRA_OUTPUTS, e.g. 'depth_median' for the point-cloud export)."""
 
     @classmethod
     def from_scene(cls, model, scene, chunk: int, device) -> RenderSetup:
@@ -80,13 +83,15 @@ def tile_rays(setup: RenderSetup, cams: CameraPath, t: Tile) -> dict:
 @torch.no_grad()
 def render_tile(setup: RenderSetup, cams: CameraPath, t: Tile) -> dict:
     """Render one tile in chunks of setup.chunk rays -> rgb [h, w, 3], depth [h, w], acc [h, w]
-    (float32, CPU)."""
+    and each of setup.extra_keys [h, w] (float32, CPU)."""
     rays = {k: v.to(setup.device) for k, v in tile_rays(setup, cams, t).items()}
     out = render_chunked(setup.model, rays, setup.near, setup.far, setup.chunk,
-                         background=setup.background.to(setup.device))
-    return {"rgb": out["rgb"].float().reshape(t.h, t.w, 3).cpu(),
-            "depth": out["depth"].float().reshape(t.h, t.w).cpu(),
-            "acc": out["acc"].float().reshape(t.h, t.w).cpu()}
+                         background=setup.background.to(setup.device),
+                         keys=("rgb", "depth", "acc", *setup.extra_keys))
+    res = {"rgb": out["rgb"].float().reshape(t.h, t.w, 3).cpu()}
+    for k in ("depth", "acc", *setup.extra_keys):
+        res[k] = out[k].float().reshape(t.h, t.w).cpu()
+    return res
 
 
 def _gather_to_main(obj, rank: int, world_size: int) -> list | None:
@@ -171,8 +176,9 @@ def render_frames(setup: RenderSetup, cams: CameraPath, frames: list[int], rank:
             mean = sum(cost_map.values()) / len(cost_map)
             cost = lambda t: t.pixels * cost_map.get((t.y0, t.x0), mean)  # noqa: E731
         plan = plan_tiles(batch, H, W, tile, n_parts, cost)
-        assembled = {f: {"rgb": torch.zeros(H, W, 3), "depth": torch.zeros(H, W),
-                         "acc": torch.zeros(H, W)} for f in batch} if rank == 0 else {}
+        assembled = {f: {"rgb": torch.zeros(H, W, 3),
+                         **{k: torch.zeros(H, W) for k in ("depth", "acc", *setup.extra_keys)}}
+                     for f in batch} if rank == 0 else {}
         new_cost: dict[tuple[int, int], list[float]] = {}
         rank_s = stats.setdefault("rank_s", [0.0] * world_size) if stats is not None else None
 

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from .. import storage
+from ..export.frame import move_poses
 from ..memory import MAX_SIDE
 from ..scenes.base import to_scene_frame
 from ..scenes.intrinsics import DIST_KEYS, parse_intrinsics
@@ -367,8 +368,9 @@ def in_scene_frame(cams: CameraPath, scene_meta: dict) -> CameraPath:
     coordinates (module docstring), else moved by the scene's recorded normalisation.
 
     scene_meta: ``Scene.meta`` / ``LazyScene.meta`` of the scene rendered. Instant-ngp scenes
-    record ``world_to_scene`` (:func:`nerf_dist.scenes.base.to_scene_frame`); Blender scenes are
-    not normalised (world = scene). Other readers (LLFF) record no map: a "world" path is refused.
+    record ``world_to_scene`` (:func:`nerf_dist.scenes.base.to_scene_frame`); COLMAP and LLFF
+    scenes a 4x4 ``transform`` (x_scene = T x_world); Blender scenes are not normalised (world =
+    scene). A reader that records no map refuses a "world" path.
     """
     if cams.meta.get("coordinates", "scene") != "world":
         return cams
@@ -377,6 +379,12 @@ def in_scene_frame(cams: CameraPath, scene_meta: dict) -> CameraPath:
     if w2s is None and scene_meta.get("format") == "blender":
         return CameraPath(cams.K.clone(), cams.c2w.clone(), cams.H, cams.W, cams.name, meta,
                           cams._dist())
+    if w2s is None and "transform" in scene_meta:
+        # NOTE: COLMAP and LLFF readers record x_scene = T x_world as a 4x4 similarity.
+        T = np.asarray(scene_meta["transform"], dtype=np.float64).reshape(4, 4)
+        c2w = torch.from_numpy(move_poses(T, cams.c2w.numpy())[:, :3].astype(np.float32))
+        meta["scene_from_world"] = T.tolist()
+        return CameraPath(cams.K.clone(), c2w, cams.H, cams.W, cams.name, meta, cams._dist())
     if w2s is None:
         raise CameraPathError(
             f"camera path {cams.name} is in the capture's world coordinates (a transforms.json, "

@@ -58,6 +58,8 @@ class UnboundedNeRF(NeRFModel):
     """Contracted hash-grid field with proposal networks. aabb is not used (all of space is
     modelled); it is accepted for the protocol's constructor."""
 
+    EXTRA_OUTPUTS = ("depth_median",)
+
     def __init__(self, cfg: ModelConfig, aabb: torch.Tensor | None = None):
         super().__init__(cfg)
         occupancy = cfg.sampler == "occupancy"
@@ -250,6 +252,7 @@ class UnboundedNeRF(NeRFModel):
         w, _, _ = volrend.render_weights(sigma, delta)
         out_rgb, depth, acc = volrend.composite(w, rgb, tm, background)
         out = {"rgb": out_rgb, "depth": depth / scale[:, 0], "acc": acc,
+               "depth_median": volrend.median_depth(w, tm) / scale[:, 0],
                "samples_per_ray": torch.tensor(float(sum(self.n_proposal) + k))}
         if train:
             out.update(weights=w, **extra)
