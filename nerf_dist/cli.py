@@ -402,8 +402,7 @@ def _loaded_with_flags(args, checkpoint: str | None = None):
     its key and flag); the camera path and resolution are checked before any file is written.
     """
     from .dist import launch_rank  # NOTE: lazy (torch), as above
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .run_dir import load_model
+    from .run_dir import load_model  # NOTE: lazy (torch), as above
     flags = render_flag_values(args)
     replace(RenderConfig(), **flags)
     # NOTE: under torchrun each rank loads only what it will hold (a partitioned model's boxes).
@@ -492,8 +491,7 @@ def cmd_export(args) -> int:
         mod = importlib.import_module(f"nerf_dist.export.{args.what}")
         return getattr(mod, f"export_{args.what}_cli")(args) or 0
     from .commands import export_mesh_run  # NOTE: lazy (torch), as above
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from .export.mesh.job import MeshOptions, check_options
+    from .export.mesh.job import MeshOptions, check_options  # NOTE: lazy (torch), as above
     res = args.resolution if args.resolution is not None or args.cell_size else 256
     opts = MeshOptions(out=args.out or os.path.join(args.run, "export"), resolution=res,
                        cell_size=args.cell_size, bbox=tuple(args.bbox) if args.bbox else None,

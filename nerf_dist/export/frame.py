@@ -46,8 +46,9 @@ def scene_to_original(loaded) -> np.ndarray:
 
 
 def scale_of(m: np.ndarray) -> float:
-    """s of a similarity M = [s R | t]."""
-    return float(np.cbrt(np.linalg.det(np.asarray(m, dtype=np.float64)[:3, :3])))
+    """s > 0 of a similarity M = [s R | t] (R orthogonal; a reflection, det R = -1, keeps s
+    positive, so normals moved by R M / s stay the inverse transpose's)."""
+    return float(np.cbrt(abs(np.linalg.det(np.asarray(m, dtype=np.float64)[:3, :3]))))
 
 
 def move_points(m: np.ndarray, points: np.ndarray, normals: np.ndarray | None = None

@@ -18,13 +18,13 @@ import torch
 from .. import memory, storage
 from ..checkpoint import CheckpointError, Checkpointer
 from ..config import Config
-from ..models import model_class
 from ..dist import (CollectiveError, DistInfo, all_gather_object, check_replicas, collective,
                     raise_together)
 from ..lifecycle import StallWatchdog, StopSignals, write_status
 from ..loader import RayLoader
 from ..logger import make_logger
 from ..metrics import mse_to_psnr
+from ..models import model_class
 from ..ray_cache import ensure_cache, even_indices
 from ..run_dir import config_at_rest, run_paths, write_config
 from ..scenes import sparse_points

@@ -79,8 +79,7 @@ def march_block(values: np.ndarray, level: float, start: tuple[int, ...], grid: 
     resolve an ambiguous case) takes an id past every edge id, from its cell; it is never on a
     block border."""
     from scipy.spatial import cKDTree  # NOTE: lazy: the `export` extra
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from skimage.measure import marching_cubes
+    from skimage.measure import marching_cubes  # NOTE: lazy: the `export` extra
     v = np.asarray(values, dtype=np.float32)
     empty = Piece(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.int64))
     if min(v.shape) < 2 or v.min() > level or v.max() < level:

@@ -61,8 +61,7 @@ def components(mesh: Mesh) -> np.ndarray:
     """[f] int64 component label of each face (faces sharing a vertex are connected), labels
     ordered by size, largest first (ties: the component with the lowest first face)."""
     from scipy.sparse import coo_matrix  # NOTE: lazy: the `export` extra
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from scipy.sparse.csgraph import connected_components
+    from scipy.sparse.csgraph import connected_components  # NOTE: lazy: the `export` extra
     n = len(mesh.verts)
     f = mesh.faces
     rows = np.concatenate([f[:, 0], f[:, 1]])

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from ..frame import move_points, scene_to_original
+from ..ply import write_ply
 from .stitch import Mesh
 
 
@@ -13,14 +15,12 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
     and colours are carried to the kept vertices from their nearest original vertex."""
     import trimesh  # NOTE: lazy: the `export` extra
     try:
-        # NOTE: lazy because the exporters and their CLI load these only when a command runs
-        import fast_simplification  # noqa: F401
+        import fast_simplification  # NOTE: lazy: optional, only for --decimate  # noqa: F401
     except ImportError as e:
         raise RuntimeError("--decimate needs the fast-simplification package (pip install "
                            "fast-simplification): trimesh's simplify_quadric_decimation uses "
                            "it") from e
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from scipy.spatial import cKDTree
+    from scipy.spatial import cKDTree  # NOTE: lazy: the `export` extra
     tm = trimesh.Trimesh(mesh.verts, mesh.faces, process=False)
     out = tm.simplify_quadric_decimation(face_count=int(target_faces))
     verts = np.asarray(out.vertices, dtype=np.float64)
@@ -29,22 +29,20 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
 
 
 def to_frame(mesh: Mesh, matrix: np.ndarray) -> Mesh:
-    """Apply a 4x4 similarity (scale, rotation, translation) to positions and normals."""
+    """Apply a 4x4 similarity (scale, rotation, translation) to positions and normals
+    (:func:`..frame.move_points`, renormalised); a reflection reverses the faces' winding so
+    they keep facing the way the normals do."""
     m = np.asarray(matrix, dtype=np.float64)
-    verts = mesh.verts @ m[:3, :3].T + m[:3, 3]
-    normals = mesh.normals
-    if normals is not None:
-        # NOTE: the inverse transpose of a similarity is its rotation times 1/s: renormalise.
-        n = normals.astype(np.float64) @ np.linalg.inv(m[:3, :3])
-        normals = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)).astype(np.float32)
+    verts, n = move_points(m, mesh.verts, mesh.normals)
+    normals = None if n is None else (
+        n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)).astype(np.float32)
     faces = mesh.faces if np.linalg.det(m[:3, :3]) > 0 else mesh.faces[:, ::-1]
     return Mesh(verts, faces, normals, mesh.colors)
 
 
 def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
     """OBJ or GLB through trimesh (vertex colours and normals included)."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    import trimesh
+    import trimesh  # NOTE: lazy: the `export` extra
     colors = None if mesh.colors is None else np.concatenate(
         [mesh.colors, np.full((len(mesh.colors), 1), 255, np.uint8)], 1)
     tm = trimesh.Trimesh(mesh.verts, mesh.faces, vertex_normals=mesh.normals,
@@ -55,10 +53,6 @@ def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
 def finish(mesh: Mesh, loaded, o) -> dict:
     """Decimate (o.decimate), move to o.frame, write o.formats into o.out -> the summary's counts
     and files ({fmt: {path, bytes}})."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..frame import scene_to_original  # NOTE: the scene meta's transform (points' module)
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    from ..ply import write_ply
     if o.decimate and o.decimate < len(mesh.faces):
         mesh = decimate(mesh, o.decimate)
     if o.frame == "original":
