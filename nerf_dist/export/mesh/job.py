@@ -24,6 +24,7 @@ from ... import dist, memory
 from .grid import Grid, block_of_rank, blocks, make_grid
 from .level import otsu_log_level, suggest_level
 from .march import march_block
+from .ray_level import training_rays_level
 from .stitch import Mesh, keep_largest, merge
 from .surface import add_attributes, block_density
 
@@ -117,6 +118,20 @@ def coarse_density(model, grid: Grid, o: MeshOptions, device) -> np.ndarray:
     return block_density(model, c, (0, 0, 0), c.shape, o.chunk, device).ravel()
 
 
+def choose_level(model, cfg, grid: Grid, coarse: np.ndarray, o: MeshOptions, rank: int,
+                 world_size: int, device) -> tuple[float | None, str]:
+    """--level, else the training rays' level (:mod:`.ray_level`), else Otsu on the coarse
+    grid's log density (:mod:`.level`) -> (level or None when no rule finds one, how)."""
+    if o.level is not None:
+        return o.level, "--level"
+    level, how = training_rays_level(model, cfg.data, grid, coarse, o.chunk, device, rank,
+                                     world_size)
+    if level is not None:
+        return level, how
+    otsu = otsu_log_level(coarse)
+    return otsu, f"Otsu on the log density, because {how}: give --level if the mesh is poor"
+
+
 def _bar(total: int, desc: str, on: bool):
     from tqdm import tqdm  # NOTE: lazy, with the command that draws bars
     return tqdm(total=total, desc=desc, unit="block", disable=not on, dynamic_ncols=True)
@@ -166,12 +181,12 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
         {"block": "lower --block", "chunk": "lower --chunk", "mesh": "lower --resolution",
          "weights": "use a machine with more memory"}), rank, world_size)
     coarse = coarse_density(model, grid, o, device)
-    level = o.level if o.level is not None else otsu_log_level(coarse)
+    level, how = choose_level(model, loaded.cfg, grid, coarse, o, rank, world_size, device)
     dist.raise_together(None if level is not None else
                         f"no surface to find: {suggest_level(coarse)}", rank, world_size,
                         ValueError)
     level = float(dist.broadcast_object(level))
-    log(f"level {level:.4g} ({'--level' if o.level is not None else 'chosen from the field: Otsu on log density'})")
+    log(f"level {level:.4g} ({how})")
     pieces = extract(model, grid, level, o, rank, world_size, device, o.progress and rank == 0)
     if pieces is None:
         return None
@@ -185,8 +200,8 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     mesh = Mesh(grid.to_scene(torch.from_numpy(mesh.verts)).numpy(), mesh.faces, mesh.normals,
                 mesh.colors)
     summary = finish(mesh, loaded, o)
-    summary.update(step=loaded.step, level=level, level_source="--level" if o.level is not None
-                   else "otsu-log", box=[list(grid.lo), list(grid.hi)], box_source=src,
+    summary.update(step=loaded.step, level=level, level_source=how,
+                   box=[list(grid.lo), list(grid.hi)], box_source=src,
                    samples=list(grid.shape), cell=grid.cell, blocks=n_blocks,
                    world_size=world_size, components=n_comp, kept_components=o.keep_components,
                    raw_vertices=n_raw[0], raw_faces=n_raw[1], field_seconds=t_field,
@@ -199,8 +214,7 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
 
 def peak_rss() -> int:
     """This process's peak resident memory in bytes (Linux: ru_maxrss is in KiB)."""
-    # NOTE: lazy because the exporters and their CLI load these only when a command runs
-    import resource
+    import resource  # NOTE: lazy: Unix only (the exporter itself runs anywhere)
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
