@@ -224,8 +224,9 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
                         "cells of the occupancy grid (fast), the uncontracted cube [-1, 1]^3 "
                         "(unbounded), else the scene box)")
     m.add_argument("--level", type=float, default=None,
-                   help="density of the surface (default: chosen from the field, Otsu's "
-                        "threshold of log density on a coarse grid)")
+                   help="density of the surface (default: chosen from the field: the level "
+                        "whose surface lies where the training rays' transmittance falls to "
+                        "0.9; docs/export.md)")
     m.add_argument("--block", type=int, default=64, metavar="CELLS",
                    help="cells per block side (default 64)")
     m.add_argument("--chunk", type=int, default=65536, help="points per model call (default 65536)")
@@ -237,6 +238,14 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     m.add_argument("--frame", choices=("original", "scene"), default="original",
                    help="original: the scene's own frame (default); scene: the trained frame")
     m.add_argument("--no-colors", action="store_true", help="skip vertex colours")
+    m.add_argument("--checkpoint", default=None, metavar="URL",
+                   help="a checkpoint folder or URL instead of RUN_DIR's newest")
+    m.add_argument("--truth", action="store_true",
+                   help="measure against the demo scene's true surface: Chamfer distance, "
+                        "precision / recall / F-score at --tau of points drawn on the faces "
+                        "(demo scenes only)")
+    m.add_argument("--tau", type=float, default=0.05,
+                   help="F-score threshold in the scene files' units (default 0.05)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     m.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. data.root=DIR")
     pc = sub.add_parser("pointcloud", help="points from the rendered depth of the training views",
@@ -499,9 +508,9 @@ def cmd_export(args) -> int:
                        decimate=args.decimate,
                        formats=tuple(f.strip().lower() for f in args.format.split(",") if f.strip()),
                        frame=args.frame, colors=not args.no_colors, chunk=args.chunk,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, truth=args.truth, tau=args.tau)
     check_options(opts)
-    export_mesh_run(args.run, opts, args.overrides)
+    export_mesh_run(args.run, opts, args.overrides, args.checkpoint)
     return 0
 
 

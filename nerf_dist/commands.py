@@ -170,7 +170,8 @@ def export_session(run_dir: str, work, overrides: list[str] | tuple = (),
         dist.close()
 
 
-def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> dict | None:
+def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = (),
+                    checkpoint: str | None = None) -> dict | None:
     """`nerf-dist export mesh`: load the run's newest checkpoint, export its mesh with
     :func:`nerf_dist.export.mesh.export_mesh` on every rank, print the summary on rank 0.
     Returns the summary on rank 0 (None elsewhere)."""
@@ -185,9 +186,16 @@ def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = ()) -> di
                   f"rank(s)", flush=True)
             for fmt, f in summary["files"].items():
                 print(f"  {fmt}: {f['path']} ({fmt_bytes(f['bytes'])})")
+            t = summary.get("truth")
+            if t:
+                print(f"  against the true surface ({t['variant']} demo, {t['n_truth']} points in "
+                      f"the box, tau {t['tau_original']:g}, {t['n_pred']} points on the mesh): "
+                      f"Chamfer {t['chamfer']:.4f} (accuracy {t['accuracy']:.4f}, completeness "
+                      f"{t['completeness']:.4f}), precision {t['precision']:.3f}, recall "
+                      f"{t['recall']:.3f}, F-score {t['fscore']:.3f}", flush=True)
         return summary
 
-    return export_session(run_dir, work, overrides)
+    return export_session(run_dir, work, overrides, checkpoint)
 
 
 def default_demo_config() -> str | None:

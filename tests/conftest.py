@@ -257,6 +257,24 @@ def tiny_run(demo_scene, tmp_path_factory) -> Path:
     return run
 
 
+QUICK_FAST = ["model.kind=fast", "model.hash_levels=8", "model.hash_log2_size=12",
+              "model.hash_max_res=64", "model.hidden=16", "model.grid_res=32",
+              "model.march_steps=48", "model.max_samples=32", "train.rays_per_batch=1024",
+              "train.lr=2e-2", "train.steps=120", "checkpoint.every=120", "eval.every=0"]
+"""A small fast model trained 120 steps on the 32x32 demo scene (about 20 s on one core): a
+trained model for the exports' F-score floors."""
+
+
+@pytest.fixture(scope="session")
+def quick_fast_run(demo_scene, tmp_path_factory) -> Path:
+    """A finished QUICK_FAST run of the demo scene, shared by the session (do not write in it)."""
+    run = tmp_path_factory.mktemp("quick_fast") / "run"
+    args = tiny_train_args(demo_scene, run)
+    args = [a for a in args if not a.startswith(("model.", "train.rays_per_batch", "checkpoint."))]
+    assert cli_main([*args, *QUICK_FAST]) == 0
+    return run
+
+
 # =============================================================================================
 # Worker processes of a torchrun job (for signal and kill tests)
 # =============================================================================================

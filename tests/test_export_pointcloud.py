@@ -154,19 +154,13 @@ def test_two_ranks_write_the_points_of_one(tmp_path, tiny_run):
 
 FSCORE_FLOOR = 0.6
 """At tau 0.1 (about one pixel's footprint at 32x32): a small fast model trained 120 steps on the
-32x32 demo scene scores about 0.8 (measured: 0.80), the 10-step vanilla model about 0.2."""
-QUICK_FAST = ["model.kind=fast", "model.hash_levels=8", "model.hash_log2_size=12",
-              "model.hash_max_res=64", "model.hidden=16", "model.grid_res=32",
-              "model.march_steps=48", "model.max_samples=32", "train.rays_per_batch=1024",
-              "train.lr=2e-2", "train.steps=120", "checkpoint.every=120", "eval.every=0"]
+32x32 demo scene (conftest.QUICK_FAST) scores about 0.8 (measured: 0.80), the 10-step vanilla
+model about 0.2."""
 
 
 @pytest.mark.slow
-def test_fscore_floor_against_the_true_surface(tmp_path, demo_scene, tiny_run, capsys):
-    run = tmp_path / "fast"
-    args = tiny_train_args(demo_scene, run)
-    args = [a for a in args if not a.startswith(("model.", "train.rays_per_batch", "checkpoint."))]
-    assert cli_main([*args, *QUICK_FAST]) == 0
+def test_fscore_floor_against_the_true_surface(tmp_path, quick_fast_run, tiny_run, capsys):
+    run = quick_fast_run
     flags = ["--truth", "--tau", "0.1"]
     assert _export(run, *flags, out=tmp_path / "trained") == 0
     trained = json.loads((tmp_path / "trained" / "pointcloud.json").read_text())["truth"]

@@ -56,6 +56,25 @@ def fscore(pred, truth, tau: float) -> tuple[float, float, float]:
     return s["precision"], s["recall"], s["fscore"]
 
 
+def surface_points(verts, faces, n: int, seed: int = 0) -> np.ndarray:
+    """n points [n, 3] float64 drawn uniformly (by area) on the triangles faces [f, 3] of verts
+    [v, 3]: a mesh measured as a point set (``--truth`` of the mesh export)."""
+    v = np.asarray(verts, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    if not len(f) or n < 1:
+        return np.zeros((0, 3))
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    if not area.sum() > 0:
+        return np.zeros((0, 3))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(f), size=n, p=area / area.sum())
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)                        # NOTE: uniform on a triangle (Osada et al. 2002)
+    w = np.stack([1 - s, s * (1 - r2), s * r2], 1)
+    return w[:, :1] * a[pick] + w[:, 1:2] * b[pick] + w[:, 2:] * c[pick]
+
+
 TAU = 0.05
 """The default threshold (in the demo scenes' world units): about one pixel's footprint on the
 objects at the demo's 64x64 training resolution (camera 4 units away, focal 89 pixels), 1/24
@@ -89,4 +108,4 @@ def against_truth(points, root: str, meta: dict, frame: str = "original", tau: f
     return s
 
 
-__all__ = ["TAU", "against_truth", "chamfer", "fscore", "geometry_scores"]
+__all__ = ["TAU", "against_truth", "chamfer", "fscore", "geometry_scores", "surface_points"]

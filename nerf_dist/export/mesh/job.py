@@ -36,6 +36,8 @@ BYTES_PER_SAMPLE = 4 + 12 + 8 + 1
 float64 copy marching cubes and the edge search make, and the inside mask."""
 BYTES_PER_VERTEX = 8 + 24 + 12 + 3 + 2 * 3 * 8
 """A merged vertex: id, position (fp64), normal, colour, and its ~2 faces of 3 int64."""
+TRUTH_POINTS = 200_000
+"""Points drawn on the mesh's faces for --truth."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class MeshOptions:
     chunk: int = 65536
     """Points per model call."""
     progress: bool = True
+    truth: bool = False
+    """Measure the mesh against the demo scene's true surface (TRUTH_POINTS points drawn on its
+    faces, :mod:`..geometry_metrics`)."""
+    tau: float = 0.05
+    """The F-score threshold of truth, in the scene files' units."""
 
 
 def check_options(o: MeshOptions) -> None:
@@ -80,6 +87,8 @@ def check_options(o: MeshOptions) -> None:
     for name, v in (("--block", o.block), ("--chunk", o.chunk)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if not (math.isfinite(o.tau) and o.tau > 0):
+        raise ValueError(f"--tau must be > 0, got {o.tau}")
     if o.keep_components < 0 or o.decimate < 0:
         raise ValueError("--keep-components and --decimate must be >= 0")
 
@@ -199,7 +208,15 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     mesh, n_comp = keep_largest(mesh, o.keep_components)
     mesh = Mesh(grid.to_scene(torch.from_numpy(mesh.verts)).numpy(), mesh.faces, mesh.normals,
                 mesh.colors)
-    summary = finish(mesh, loaded, o)
+    summary, written = finish(mesh, loaded, o)
+    if o.truth:
+        from ..frame import scene_meta  # NOTE: lazy: the scene readers
+        from ..geometry_metrics import against_truth, surface_points  # NOTE: lazy: scipy
+        meta = scene_meta(loaded.cfg)
+        summary["truth"] = against_truth(surface_points(written.verts, written.faces,
+                                                        TRUTH_POINTS), str(meta.get("root", "")),
+                                         meta, o.frame, o.tau,
+                                         box=np.array([grid.lo, grid.hi]))
     summary.update(step=loaded.step, level=level, level_source=how,
                    box=[list(grid.lo), list(grid.hi)], box_source=src,
                    samples=list(grid.shape), cell=grid.cell, blocks=n_blocks,

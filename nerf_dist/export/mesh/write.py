@@ -51,8 +51,8 @@ def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
 
 
 def finish(mesh: Mesh, loaded, o) -> dict:
-    """Decimate (o.decimate), move to o.frame, write o.formats into o.out -> the summary's counts
-    and files ({fmt: {path, bytes}})."""
+    """Decimate (o.decimate), move to o.frame, write o.formats into o.out -> (the summary's
+    counts and files ({fmt: {path, bytes}}), the mesh as written)."""
     if o.decimate and o.decimate < len(mesh.faces):
         mesh = decimate(mesh, o.decimate)
     if o.frame == "original":
@@ -68,7 +68,7 @@ def finish(mesh: Mesh, loaded, o) -> dict:
             write_trimesh(mesh, path, fmt)
         files[fmt] = {"path": path, "bytes": os.path.getsize(path)}
     return {"vertices": len(mesh.verts), "faces": len(mesh.faces), "frame": o.frame,
-            "files": files}
+            "files": files}, mesh
 
 
 __all__ = ["decimate", "finish", "to_frame", "write_trimesh"]
