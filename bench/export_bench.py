@@ -46,7 +46,10 @@ def run(run_dir: str, ranks: int, resolution: int, block: int, extra: list[str])
     with open(os.path.join(out, "mesh.json")) as f:
         s = json.load(f)
     return {"ranks": ranks, "wall_s": wall, "field_s": s["field_seconds"],
-            "peak_rss_rank0_MiB": s["peak_rss_bytes"] / 2 ** 20, "vertices": s["vertices"],
+            "peak_rss_rank0_MiB": s["peak_rss_bytes"] / 2 ** 20,
+            "peak_rss_per_rank_MiB": [round(b / 2 ** 20) for b in
+                                      s.get("peak_rss_bytes_per_rank", [])],
+            "level": s["level"], "vertices": s["vertices"],
             "faces": s["faces"], "ply_bytes": s["files"]["ply"]["bytes"],
             "ply": s["files"]["ply"]["path"]}
 
@@ -63,7 +66,9 @@ def main() -> None:
     for r in rows:
         same = filecmp.cmp(rows[0]["ply"], r["ply"], shallow=False)
         print(f"{a.resolution}^3, {r['ranks']} rank(s): {r['wall_s']:.1f} s wall, "
-              f"{r['field_s']:.1f} s field+march, peak RSS rank 0 {r['peak_rss_rank0_MiB']:.0f} MiB, "
+              f"{r['field_s']:.1f} s field+march, peak RSS rank 0 {r['peak_rss_rank0_MiB']:.0f} MiB "
+              f"(after the evaluation, per rank: {r['peak_rss_per_rank_MiB']} MiB), level "
+              f"{r['level']:.4g}, "
               f"{r['vertices']} vertices, {r['faces']} faces, PLY {r['ply_bytes']} bytes, "
               f"identical to {rows[0]['ranks']} rank(s): {same}")
     print(json.dumps([{k: v for k, v in r.items() if k != "ply"} for r in rows]))

@@ -147,9 +147,10 @@ def _bar(total: int, desc: str, on: bool):
 
 
 def extract(model, grid: Grid, level: float, o: MeshOptions, rank: int, world_size: int,
-            device, progress: bool = False) -> list | None:
+            device, progress: bool = False, rss: list | None = None) -> list | None:
     """Stage 4 and the gather: this rank's blocks -> [(block index, Piece)] of every rank, in
-    block order, on rank 0 (None elsewhere). Errors on any rank are raised on every rank."""
+    block order, on rank 0 (None elsewhere). Errors on any rank are raised on every rank.
+    rss: a list that receives every rank's peak resident bytes (rank 0, when given)."""
     cut = blocks(grid, o.block)
     mine = block_of_rank(len(cut), rank, world_size)
     out, err = [], None
@@ -166,10 +167,13 @@ def extract(model, grid: Grid, level: float, o: MeshOptions, rank: int, world_si
     finally:
         bar.close()
     dist.raise_together(err, rank, world_size, RuntimeError)
-    gathered = dist.gather_object(out, rank, world_size) if world_size > 1 else [out]
+    gathered = (dist.gather_object((out, peak_rss()), rank, world_size) if world_size > 1
+                else [(out, peak_rss())])
     if gathered is None:
         return None
-    return sorted((bp for part in gathered for bp in part), key=lambda bp: bp[0])
+    if rss is not None:
+        rss.extend(r for _, r in gathered)
+    return sorted((bp for part, _ in gathered for bp in part), key=lambda bp: bp[0])
 
 
 def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, device="cpu",
@@ -196,7 +200,9 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
                         ValueError)
     level = float(dist.broadcast_object(level))
     log(f"level {level:.4g} ({how})")
-    pieces = extract(model, grid, level, o, rank, world_size, device, o.progress and rank == 0)
+    rss: list[int] = []
+    pieces = extract(model, grid, level, o, rank, world_size, device, o.progress and rank == 0,
+                     rss)
     if pieces is None:
         return None
     t_field = time.perf_counter() - t0
@@ -223,7 +229,7 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
                    world_size=world_size, components=n_comp, kept_components=o.keep_components,
                    raw_vertices=n_raw[0], raw_faces=n_raw[1], field_seconds=t_field,
                    seconds=time.perf_counter() - t0, source=loaded.source,
-                   peak_rss_bytes=peak_rss())
+                   peak_rss_bytes=peak_rss(), peak_rss_bytes_per_rank=rss)
     with open(os.path.join(o.out, "mesh.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
