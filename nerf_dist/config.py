@@ -531,12 +531,17 @@ def _renamed(data: dict, warn: bool) -> dict:
     return {**data, "model": model}
 
 
-def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | None, overrides: list[str] | None = None,
+                saved: bool = False) -> Config:
     """Config = defaults <- YAML file <- dotted overrides, validated.
 
     A model key of another kind than model.kind is refused on the command line (ConfigError
     naming the key and its kind) and gives one warning line naming them in a file (the file may
     serve several kinds); a deprecated spelling is mapped with one FutureWarning.
+
+    saved: the file is a run's own config.yaml, written by the trainer: neither warning (a run
+    trained before configs were saved with model.kind's keys only holds every kind's keys and the
+    old spellings; the user wrote none of them). Overrides are checked as always.
     """
     file_data = read_yaml(path) if path else {}
     over = parse_overrides(overrides or [])
@@ -545,10 +550,10 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
     refuse_foreign_keys(over, kind)
     in_file = {k: v for k, v in foreign_keys(file_data, kind).items()
                if k not in (over.get("model") or {})}
-    if in_file:
+    if in_file and not saved:
         warnings.warn(f"config file {path}: {_foreign_text(in_file, kind)} (ignored)",
                       UserWarning, stacklevel=2)
-    return from_dict(_renamed(data, warn=True))
+    return from_dict(_renamed(data, warn=not saved))
 
 
 def dump_yaml(cfg: Config) -> str:

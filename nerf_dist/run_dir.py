@@ -100,7 +100,7 @@ def load_model(run_dir: str | None = None, checkpoint: str | None = None,
         cfg_path = os.path.join(run_dir, CONFIG_FILE)
         if not os.path.exists(cfg_path):
             raise ConfigError(f"{cfg_path} not found: is {run_dir} a nerf-dist run folder?")
-        run_cfg = load_config(cfg_path, list(overrides))
+        run_cfg = load_config(cfg_path, list(overrides), saved=True)
         url = run_paths(run_cfg)["checkpoints"]
         loaded = Checkpointer(url, run_cfg.checkpoint.keep, is_main=False).load(
             parts=_parts_held(run_cfg, rank, world_size))

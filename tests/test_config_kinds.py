@@ -51,6 +51,29 @@ def test_a_key_of_another_kind_in_a_file_is_one_warning_line(tmp_path):
         assert load_config(str(f), ["model.kind=partitioned"]).model.partitions == 4
 
 
+def test_a_runs_saved_config_of_an_earlier_version_loads_silently(tmp_path, tiny_run):
+    """Runs trained before configs were saved with model.kind's keys only hold every kind's keys
+    and the old spellings in config.yaml: loading such a run (eval, render, export) warns of
+    nothing the user wrote, and reads the same model."""
+    from nerf_dist.run_dir import load_model
+    import shutil
+    run = tmp_path / "old_run"
+    shutil.copytree(tiny_run, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    kind = saved["model"]["kind"]
+    other = {"vanilla": {"grid_res": 64, "fast_random_background": False},
+             "fast": {"width": 256, "fast_random_background": False}}[kind]
+    saved["model"].update(other)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_model(str(run))
+    assert loaded.cfg.model.kind == kind
+    # the same file given as --config by a user still warns
+    with pytest.warns(UserWarning, match="not read by model.kind"):
+        load_config(str(run / "config.yaml"))
+
+
 def test_shared_names_have_per_kind_defaults():
     kinds = {k: load_config(None, [f"model.kind={k}"]).model
              for k in ("fast", "unbounded", "partitioned")}

@@ -226,7 +226,7 @@ def load_for_cameras(args):
     except CheckpointError as e:
         if ckpt or "no complete checkpoint" not in str(e):
             raise
-        cfg = load_config(os.path.join(args.run, CONFIG_FILE), overrides)
+        cfg = load_config(os.path.join(args.run, CONFIG_FILE), overrides, saved=True)
         if getattr(cfg.model, "pose_refine", False):
             raise CheckpointError(f"{e}: model.pose_refine is on, so the cameras come from the "
                                   f"checkpoint's refined poses") from e
