@@ -152,18 +152,27 @@ def render_run(loaded: Loaded, out: str | None = None, run_dir: str | None = Non
 
 
 def export_session(run_dir: str, work, overrides: list[str] | tuple = (),
-                   checkpoint: str | None = None):
+                   checkpoint: str | None = None, placed: bool = False):
     """What every `nerf-dist export` does around its work: load RUN_DIR's newest checkpoint (or
     `checkpoint`), apply render.threads and the storage keys, turn SIGTERM into an interrupt,
     start the process group, call ``work(loaded, info, log)`` on every rank (log: rank 0's
-    printer) and always destroy the group. Returns what work returns."""
-    loaded = (load_model(checkpoint=checkpoint, overrides=list(overrides)) if checkpoint
-              else load_model(run_dir=run_dir, overrides=list(overrides)))
+    printer) and always destroy the group. Returns what work returns.
+
+    placed: each rank loads only what it holds once placed as training places it (a partitioned
+    model's own boxes, :func:`place_loaded`), as eval and render do; else every rank loads the
+    whole model."""
+    rank, world_size = dist.launch_rank() if placed else (0, 1)
+    loaded = (load_model(checkpoint=checkpoint, overrides=list(overrides), rank=rank,
+                         world_size=world_size) if checkpoint
+              else load_model(run_dir=run_dir, overrides=list(overrides), rank=rank,
+                              world_size=world_size))
     set_threads(loaded.cfg.render.threads)
     configure_storage(loaded.cfg)
     terminate_as_interrupt()
     info = dist.init(timeout_s=loaded.cfg.dist.timeout_s)
     try:
+        if placed:
+            place_loaded(loaded, info.rank, info.world_size)
         log = (lambda *a: print(*a, flush=True)) if info.is_main else (lambda *_: None)
         return work(loaded, info, log)
     finally:
@@ -195,7 +204,7 @@ def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = (),
                       f"{t['recall']:.3f}, F-score {t['fscore']:.3f}", flush=True)
         return summary
 
-    return export_session(run_dir, work, overrides, checkpoint)
+    return export_session(run_dir, work, overrides, checkpoint, placed=True)
 
 
 def default_demo_config() -> str | None:

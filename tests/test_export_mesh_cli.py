@@ -81,3 +81,25 @@ def test_mesh_fscore_floor_against_the_true_surface(tmp_path, quick_fast_run, ti
     assert trained["fscore"] >= MESH_FSCORE_FLOOR, trained
     m = read_ply(str(tmp_path / "trained" / "mesh.ply"))
     assert len(m["faces"]) == s["faces"] and np.isfinite(m["verts"]).all()
+
+
+@pytest.mark.slow
+def test_partitioned_mesh_on_two_ranks_holds_one_box_each(tmp_path, demo_scene):
+    """Under torchrun a partitioned model's ranks each load only their box; every block's
+    field is shared by box (split_field) and the mesh is 1 rank's, whole model, exactly."""
+    from test_partition_train import PART_MODEL
+    run = tmp_path / "part"
+    assert cli_main(tiny_train_args(demo_scene, run, *PART_MODEL, "train.steps=20",
+                                    "checkpoint.every=20")) == 0
+    one, two = tmp_path / "one", tmp_path / "two"
+    flags = ["--resolution", "32", "--block", "12"]
+    assert _export(run, one, *flags) == 0
+    res = run_cli(["export", "mesh", str(run), "--no-progress", "--out", str(two), *flags],
+                  nproc=2)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "split by box (1 of 2 box(es) on each rank)" in res.stdout
+    sa = json.loads((one / "mesh.json").read_text())
+    sb = json.loads((two / "mesh.json").read_text())
+    assert not sa["split_by_box"] and sb["split_by_box"] and sb["world_size"] == 2
+    assert sa["level"] == sb["level"] and sa["faces"] > 100
+    assert (one / "mesh.ply").read_bytes() == (two / "mesh.ply").read_bytes()

@@ -25,6 +25,7 @@ from .grid import Grid, block_of_rank, blocks, make_grid
 from .level import otsu_log_level, suggest_level
 from .march import march_block
 from .ray_level import training_rays_level
+from .split_field import SplitField, needs_split
 from .stitch import Mesh, keep_largest, merge
 from .surface import add_attributes, block_density
 
@@ -147,12 +148,16 @@ def _bar(total: int, desc: str, on: bool):
 
 
 def extract(model, grid: Grid, level: float, o: MeshOptions, rank: int, world_size: int,
-            device, progress: bool = False, rss: list | None = None) -> list | None:
+            device, progress: bool = False, rss: list | None = None,
+            split: bool = False) -> list | None:
     """Stage 4 and the gather: this rank's blocks -> [(block index, Piece)] of every rank, in
     block order, on rank 0 (None elsewhere). Errors on any rank are raised on every rank.
-    rss: a list that receives every rank's peak resident bytes (rank 0, when given)."""
+    rss: a list that receives every rank's peak resident bytes (rank 0, when given).
+    split: model is a :class:`.split_field.SplitField` (its field_at is collective): every rank
+    goes through every block, the ranks sharing each block's field by box, and rank 0 keeps
+    the pieces (the others' equal ones are dropped)."""
     cut = blocks(grid, o.block)
-    mine = block_of_rank(len(cut), rank, world_size)
+    mine = list(range(len(cut))) if split else block_of_rank(len(cut), rank, world_size)
     out, err = [], None
     bar = _bar(len(mine), f"blocks (rank 0's {len(mine)} of {len(cut)})", progress)
     try:
@@ -160,9 +165,15 @@ def extract(model, grid: Grid, level: float, o: MeshOptions, rank: int, world_si
             start, stop = cut[b]
             values = block_density(model, grid, start, stop, o.chunk, device)
             piece = march_block(values, level, start, grid)
-            out.append((b, add_attributes(model, piece, grid, o.chunk, device, o.colors)))
+            piece = add_attributes(model, piece, grid, o.chunk, device, o.colors)
+            if rank == 0 or not split:
+                out.append((b, piece))
             bar.update()
-    except (RuntimeError, ValueError, MemoryError) as e:
+    except (ValueError, MemoryError) as e:
+        err = f"rank {rank}: {type(e).__name__}: {e}"
+    except RuntimeError as e:
+        if split:
+            raise  # NOTE: a failed exchange: the peers wait in theirs until dist.timeout_s
         err = f"rank {rank}: {type(e).__name__}: {e}"
     finally:
         bar.close()
@@ -186,15 +197,23 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     model = loaded.model.to(device).eval()
     grid, src = resolve_grid(model, loaded.scene, o)
     n_blocks = len(blocks(grid, o.block))
+    split = world_size > 1 and needs_split(model)
+    how_split = (f"every block's field split by box ({len(model.layout.owned)} of "
+                 f"{model.cfg.partitions} box(es) on each rank)" if split else "blocks split")
     log(f"export mesh: step {loaded.step}, box {fmt3(grid.lo)} .. {fmt3(grid.hi)} ({src}), "
         f"{'x'.join(map(str, grid.shape))} samples (cell {grid.cell:.4g}), {n_blocks} block(s) "
-        f"of {o.block} cells on {world_size} rank(s)")
+        f"of {o.block} cells on {world_size} rank(s)"
+        + (f", {how_split}" if world_size > 1 else ""))
+    if split:
+        model = SplitField(model)
     memory.on_all_ranks(lambda: memory.check_parts(
         estimate(grid, o, loaded.cfg.model, world_size), "the mesh export",
         {"block": "lower --block", "chunk": "lower --chunk", "mesh": "lower --resolution",
          "weights": "use a machine with more memory"}), rank, world_size)
     coarse = coarse_density(model, grid, o, device)
-    level, how = choose_level(model, loaded.cfg, grid, coarse, o, rank, world_size, device)
+    # NOTE: a split field is collective: every rank takes every view of the level pass too.
+    level, how = choose_level(model, loaded.cfg, grid, coarse, o, 0 if split else rank,
+                              1 if split else world_size, device)
     dist.raise_together(None if level is not None else
                         f"no surface to find: {suggest_level(coarse)}", rank, world_size,
                         ValueError)
@@ -202,7 +221,7 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     log(f"level {level:.4g} ({how})")
     rss: list[int] = []
     pieces = extract(model, grid, level, o, rank, world_size, device, o.progress and rank == 0,
-                     rss)
+                     rss, split)
     if pieces is None:
         return None
     t_field = time.perf_counter() - t0
@@ -226,7 +245,7 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     summary.update(step=loaded.step, level=level, level_source=how,
                    box=[list(grid.lo), list(grid.hi)], box_source=src,
                    samples=list(grid.shape), cell=grid.cell, blocks=n_blocks,
-                   world_size=world_size, components=n_comp, kept_components=o.keep_components,
+                   world_size=world_size, split_by_box=split, components=n_comp, kept_components=o.keep_components,
                    raw_vertices=n_raw[0], raw_faces=n_raw[1], field_seconds=t_field,
                    seconds=time.perf_counter() - t0, source=loaded.source,
                    peak_rss_bytes=peak_rss(), peak_rss_bytes_per_rank=rss)

@@ -338,6 +338,14 @@ class PartitionedNeRF(NeRFModel):
         missing = sorted(set(range(self.cfg.partitions)) - set(self.layout.owned))
         if missing:
             raise ValueError(f"field_at needs every box on this rank; boxes {missing} are not here")
+        return self.field_at_boxes(x, viewdirs, range(self.cfg.partitions))
+
+    def field_at_boxes(self, x, viewdirs=None, boxes=()):
+        """:meth:`field_at` of the points x [n, 3] that the boxes `boxes` (held on this rank) own,
+        zero density and colour for every other point -> (sigma [n], rgb [n, 3] | None). Summed
+        over a set of ranks whose boxes together are every box once, it is field_at exactly (the
+        mesh export of a model placed across ranks, nerf_dist.export.mesh.split_field)."""
+        wanted = set(boxes)
         n = x.shape[0]
         sigma = x.new_zeros(n, dtype=torch.float32)
         rgb = x.new_zeros(n, 3, dtype=torch.float32) if viewdirs is not None else None
@@ -346,10 +354,12 @@ class PartitionedNeRF(NeRFModel):
             lo, hi = self.bounds[k, 0].to(x), self.bounds[k, 1].to(x)
             top = hi >= self.aabb[1].to(x)
             inside = ((x >= lo) & ((x < hi) | (top & (x <= hi)))).all(-1) & ~taken
+            taken |= inside
+            if k not in wanted:
+                continue
             idx = inside.nonzero().squeeze(-1)
             if not idx.numel():
                 continue
-            taken |= inside
             pts = x[idx]
             unit = (box_unit(pts, lo, hi, self.aabb) if self.cfg.far_bound > 0
                     else (pts - lo) / (hi - lo))
