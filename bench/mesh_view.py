@@ -40,14 +40,15 @@ def project(verts: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarr
 
 def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
               normals: np.ndarray | None, K: np.ndarray, c2w: np.ndarray, H: int, W: int,
-              near: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              near: float = 1e-3, shade: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Triangles -> (rgb [H, W, 3] float in [0, 1], depth [H, W], mask [H, W] bool).
 
     verts [n, 3], faces [f, 3] int, colors [n, 3] uint8 (None: grey), normals [n, 3] (None:
     area-weighted face normals), K [3, 3], c2w [3, 4] camera-to-world. A pixel is covered when
     its centre lies in a triangle; the nearest one wins. rgb is the perspective-correct vertex
     colour times 0.35 + 0.65 |n . view| (a headlight), 1 (white) where uncovered; depth is the
-    distance along the pixel's ray (as the field's depth), inf where uncovered.
+    distance along the pixel's ray (as the field's depth), inf where uncovered. shade=False:
+    the vertex colour alone (to compare with the field's colours).
     """
     verts = np.asarray(verts, np.float64)
     faces = np.asarray(faces, np.int64).reshape(-1, 3)
@@ -109,7 +110,7 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
         cos = np.abs((n * to_eye).sum(1)) / np.maximum(np.linalg.norm(n, axis=1) * dist, 1e-30)
         col = (np.full((len(pix), 3), 0.8) if colors is None else
                (b[:, :, None] * (np.asarray(colors, np.float64)[tri] / 255.0)).sum(1))
-        rgb[pix] = col * (0.35 + 0.65 * cos)[:, None]
+        rgb[pix] = col * (0.35 + 0.65 * cos)[:, None] if shade else col
         depth[pix], mask[pix] = dist, True
     return rgb.reshape(H, W, 3), depth.reshape(H, W), mask.reshape(H, W)
 
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     rgb, depth, mask = rasterize(verts, ply["faces"], ply["colors"], normals, K, c2w,
                                  cams.H, cams.W)
     grey, _, _ = rasterize(verts, ply["faces"], None, normals, K, c2w, cams.H, cams.W)
+    flat, _, _ = rasterize(verts, ply["faces"], ply["colors"], normals, K, c2w, cams.H, cams.W,
+                           shade=False)
     t4 = time.perf_counter()
     f_rgb, f_depth = field["rgb"].numpy(), field["depth"].numpy()
     f_mask = field["acc"].numpy() > 0.5
@@ -178,9 +181,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{np.round(c2w[:, 3], 3).tolist()}; mesh frame --frame {a.frame}")
     print(f"mesh: {len(verts)} vertices, {len(ply['faces'])} faces; pixels: mesh {mask.sum()}, "
           f"field acc>0.5 {f_mask.sum()}, silhouette IoU {iou:.3f}, median |depth diff| "
-          f"{ddepth:.4f} over {both.sum()} px")
+          f"{ddepth:.4f} over {both.sum()} px, mean |colour difference| (unshaded vertex "
+          f"colours against the field) {float(np.abs(flat - f_rgb)[both].mean()):.4f}")
     print(f"seconds: load {t1 - t0:.1f}, field render {t2 - t1:.1f}, read mesh {t3 - t2:.1f}, "
-          f"rasterize x2 {t4 - t3:.1f}")
+          f"rasterize x3 {t4 - t3:.1f}")
 
 
 if __name__ == "__main__":

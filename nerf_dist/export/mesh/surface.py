@@ -5,9 +5,16 @@ Choices (documented in docs/export.md):
 - normal = -grad(sigma) / |grad(sigma)| by central differences of half a cell (density falls
   towards empty space, so the normal points out); where the gradient vanishes, the normal of the
   faces around the vertex is used instead.
-- colour: the radiance seen looking straight at the surface from outside, i.e. along the view
-  direction -normal. This is the direction a camera in front of the surface would see it from;
-  a mean of training-camera directions would mix in views from behind the surface.
+- colour: what a camera looking straight at the surface from outside sees, i.e. along the view
+  direction -normal (a mean of training-camera directions would mix in views from behind the
+  surface): the radiance composited by volume rendering over COLOR_SAMPLES points from
+  COLOR_REACH units outside the vertex to COLOR_REACH units inside it, a unit being the cell of
+  a COLOR_GRID grid over the box (or the export's cell, if coarser), so the reach is a distance
+  in the scene whatever --resolution. The level set is the front of the absorbing layer, and the
+  renders' colour is made over the layer behind it: the point radiance at the vertex alone
+  differs from the rendered view (mean absolute difference per channel, fast demo run, held-out
+  view 0, resolution 128: 0.119 at the vertex, 0.077 composited over +-2 cells, 0.072 over +-4).
+  Where the short ray absorbs almost nothing, the point radiance at the vertex is used.
 """
 from __future__ import annotations
 
@@ -16,6 +23,12 @@ import torch
 
 from .grid import Grid
 from .march import Piece
+
+COLOR_SAMPLES = 16
+COLOR_REACH = 4.0
+"""Units (cells of a COLOR_GRID grid) on either side of the vertex that its colour is
+composited over."""
+COLOR_GRID = 128
 
 
 @torch.no_grad()
@@ -52,6 +65,28 @@ def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out
 
 
+def composite_colors(model, x: torch.Tensor, n: torch.Tensor, reach: float, chunk: int, device
+                     ) -> torch.Tensor:
+    """Colours [v, 3] float32 of vertices x [v, 3] (float64) with unit outward normals n [v, 3]
+    (module docstring): volume rendering along -n from x + reach n to x - reach n (scene units)
+    at COLOR_SAMPLES points."""
+    S = COLOR_SAMPLES
+    s = torch.linspace(reach, -reach, S, dtype=torch.float64)                          # [S]
+    pts = x[:, None, :] + n.double()[:, None, :] * s[None, :, None]                      # [v, S, 3]
+    d = (-n).float()[:, None, :].expand(-1, S, -1)
+    sigma, rgb = field(model, pts.reshape(-1, 3).float(), d.reshape(-1, 3), chunk, device)
+    sigma, rgb = sigma.double().view(-1, S), rgb.double().view(-1, S, 3)
+    delta = 2 * reach / (S - 1)
+    alpha = 1.0 - torch.exp(-sigma.clamp_min(0) * delta)                                 # [v, S]
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
+    w = trans * alpha
+    acc = w.sum(1, keepdim=True)
+    col = (w[..., None] * rgb).sum(1) / acc.clamp_min(1e-12)
+    # NOTE: the vertex sits at the middle sample (S even: between samples S/2 - 1 and S/2)
+    point = 0.5 * (rgb[:, S // 2 - 1] + rgb[:, S // 2])
+    return torch.where(acc > 1e-3, col, point).float()
+
+
 def add_attributes(model, piece: Piece, grid: Grid, chunk: int, device,
                    colors: bool = True) -> Piece:
     """Fill piece.normals [v, 3] float32 and piece.colors [v, 3] uint8 (None when colors is
@@ -80,9 +115,11 @@ def add_attributes(model, piece: Piece, grid: Grid, chunk: int, device,
     n = (n / norm.clamp_min(1e-30)).float()
     piece.normals = n.numpy()
     if colors:
-        _, rgb = field(model, x.float(), -n, chunk, device)
+        unit = max(grid.cell, (max(grid.shape) - 1) * grid.cell / COLOR_GRID)
+        rgb = composite_colors(model, x, n, COLOR_REACH * unit, chunk, device)
         piece.colors = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return piece
 
 
-__all__ = ["add_attributes", "block_density", "face_normals", "field"]
+__all__ = ["COLOR_GRID", "COLOR_REACH", "COLOR_SAMPLES", "add_attributes", "block_density",
+           "composite_colors", "face_normals", "field"]
