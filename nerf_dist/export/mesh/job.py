@@ -129,13 +129,13 @@ def coarse_density(model, grid: Grid, o: MeshOptions, device) -> np.ndarray:
 
 
 def choose_level(model, cfg, grid: Grid, coarse: np.ndarray, o: MeshOptions, rank: int,
-                 world_size: int, device) -> tuple[float | None, str]:
+                 world_size: int, device, progress: bool = False) -> tuple[float | None, str]:
     """--level, else the training rays' level (:mod:`.ray_level`), else Otsu on the coarse
     grid's log density (:mod:`.level`) -> (level or None when no rule finds one, how)."""
     if o.level is not None:
         return o.level, "--level"
     level, how = training_rays_level(model, cfg.data, grid, coarse, o.chunk, device, rank,
-                                     world_size)
+                                     world_size, progress)
     if level is not None:
         return level, how
     otsu = otsu_log_level(coarse)
@@ -213,7 +213,7 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     coarse = coarse_density(model, grid, o, device)
     # NOTE: a split field is collective: every rank takes every view of the level pass too.
     level, how = choose_level(model, loaded.cfg, grid, coarse, o, 0 if split else rank,
-                              1 if split else world_size, device)
+                              1 if split else world_size, device, o.progress and rank == 0)
     dist.raise_together(None if level is not None else
                         f"no surface to find: {suggest_level(coarse)}", rank, world_size,
                         ValueError)

@@ -126,11 +126,13 @@ def views_of(n_views: int) -> list[int]:
 
 
 def training_rays_level(model, data_cfg, grid: Grid, coarse_sigma: np.ndarray, chunk: int,
-                        device, rank: int = 0, world_size: int = 1) -> tuple[float | None, str]:
+                        device, rank: int = 0, world_size: int = 1,
+                        progress: bool = False) -> tuple[float | None, str]:
     """The level of the module docstring on every rank (views split over the ranks, costs
     summed on rank 0, the level broadcast) -> (level, a line on how it was found), or
     (None, why) when this rule does not apply (no readable training cameras, a forward-facing
-    NDC scene, a flat field, no ray that hits): the caller falls back. Collective."""
+    NDC scene, a flat field, no ray that hits): the caller falls back. Collective.
+    progress: a bar over this rank's views."""
     from ...scenes import open_scene  # NOTE: lazy: the scene readers load image libraries
     why = None
     levels = candidates(coarse_sigma)
@@ -149,7 +151,9 @@ def training_rays_level(model, data_cfg, grid: Grid, coarse_sigma: np.ndarray, c
     c2w, _ = refined_c2w(model, scene.c2w[:, :3, :4].float(), "train")
     views = views_of(scene.n)
     cost, hits, rays = np.zeros(len(levels), np.int64), 0, 0
-    for i in views[rank::world_size]:
+    from tqdm import tqdm  # NOTE: lazy, with the command that draws bars
+    for i in tqdm(views[rank::world_size], desc="level from the training rays", unit="view",
+                  disable=not progress, dynamic_ncols=True):
         dist_k = scene.distortion[i] if scene.distortion is not None else None
         r = make_rays(view_pixels(scene.H, scene.W, RAYS_PER_VIEW), scene.K[i], c2w[i], dist_k)
         t0, t1 = box_segments(r["rays_o"], r["rays_d"], grid.lo, grid.hi)
