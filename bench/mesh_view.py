@@ -53,11 +53,8 @@ def rasterize(verts: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
     verts = np.asarray(verts, np.float64)
     faces = np.asarray(faces, np.int64).reshape(-1, 3)
     if normals is None:
-        a, b, c = (verts[faces[:, k]] for k in range(3))
-        fn = np.cross(b - a, c - a)                         # [f, 3], length 2 x area
-        normals = np.zeros_like(verts)
-        for k in range(3):
-            np.add.at(normals, faces[:, k], fn)
+        from nerf_dist.export.mesh.surface import face_normals  # NOTE: lazy: imports torch
+        normals = face_normals(verts, faces)
     uv, d = project(verts, K, c2w)
     # NOTE: a triangle reaching behind the near plane is dropped, not clipped (a viewer's
     # shortcut: the split's cameras sit outside the object).

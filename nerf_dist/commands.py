@@ -195,13 +195,9 @@ def export_mesh_run(run_dir: str, opts, overrides: list[str] | tuple = (),
                   f"rank(s)", flush=True)
             for fmt, f in summary["files"].items():
                 print(f"  {fmt}: {f['path']} ({fmt_bytes(f['bytes'])})")
-            t = summary.get("truth")
-            if t:
-                print(f"  against the true surface ({t['variant']} demo, {t['n_truth']} points in "
-                      f"the box, tau {t['tau_original']:g}, {t['n_pred']} points on the mesh): "
-                      f"Chamfer {t['chamfer']:.4f} (accuracy {t['accuracy']:.4f}, completeness "
-                      f"{t['completeness']:.4f}), precision {t['precision']:.3f}, recall "
-                      f"{t['recall']:.3f}, F-score {t['fscore']:.3f}", flush=True)
+            if summary.get("truth"):
+                from .export.geometry_metrics import truth_text  # NOTE: lazy: as export_mesh
+                print("  " + truth_text(summary["truth"]), flush=True)
         return summary
 
     return export_session(run_dir, work, overrides, checkpoint, placed=True)

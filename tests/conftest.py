@@ -257,6 +257,19 @@ def tiny_run(demo_scene, tmp_path_factory) -> Path:
     return run
 
 
+def export_cli(what: str, run, *extra, nproc: int = 1, out=None) -> int:
+    """`nerf-dist export WHAT RUN --no-progress [--out OUT] EXTRA`: in this process (its exit
+    code) or under torchrun with nproc ranks (fails the test unless it exits 0)."""
+    args = ["export", what, str(run), "--no-progress", *map(str, extra)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if nproc == 1:
+        return cli_main(args)
+    res = run_cli(args, nproc=nproc)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return 0
+
+
 QUICK_FAST = ["model.kind=fast", "model.hash_levels=8", "model.hash_log2_size=12",
               "model.hash_max_res=64", "model.hidden=16", "model.grid_res=32",
               "model.march_steps=48", "model.max_samples=32", "train.rays_per_batch=1024",

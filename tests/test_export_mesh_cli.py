@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import cli_main, run_cli, tiny_train_args
+from conftest import cli_main, export_cli, run_cli, tiny_train_args
 from nerf_dist.export.ply import read_ply
 
 pytest.importorskip("trimesh")
@@ -16,12 +16,7 @@ pytest.importorskip("skimage")
 
 
 def _export(run, out, *extra, nproc=1):
-    args = ["export", "mesh", str(run), "--no-progress", "--out", str(out), *extra]
-    if nproc == 1:
-        return cli_main(args)
-    res = run_cli(args, nproc=nproc)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    return 0
+    return export_cli("mesh", run, *extra, nproc=nproc, out=out)
 
 
 def test_errors_name_the_flag(tmp_path, tiny_run, demo_scene, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_main, run_cli, tiny_train_args
+from conftest import cli_main, export_cli, tiny_train_args
 from nerf_dist.export import depth_points as dp
 from nerf_dist.export.ply import read_ply
 from nerf_dist.render_ops.rays import make_rays, to_ndc
@@ -105,14 +105,7 @@ def test_statistical_outliers():
 # ------------------------------------------------------------------------------ end to end
 
 def _export(run, *extra, nproc=1, out=None):
-    args = ["export", "pointcloud", str(run), "--no-progress", *extra]
-    if out is not None:
-        args += ["--out", str(out)]
-    if nproc == 1:
-        return cli_main(args)
-    res = run_cli(args, nproc=nproc)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    return 0
+    return export_cli("pointcloud", run, *extra, nproc=nproc, out=out)
 
 
 def test_errors(tmp_path, tiny_run, demo_scene, capsys):

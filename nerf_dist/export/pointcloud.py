@@ -37,7 +37,7 @@ from ..scenes import open_scene
 from .cameras import refined_c2w
 from .depth_points import Reservoir, frame_keys, statistical_outliers, view_points
 from .frame import move_points, original_from_meta
-from .geometry_metrics import against_truth
+from .geometry_metrics import against_truth, truth_text
 from .ply import write_ply
 
 POINT_BYTES = 8 + 3 * 8 + 3 * 4 + 3 * 4
@@ -271,11 +271,7 @@ def summary_text(s: dict, o: PointCloudOptions) -> str:
     """The closing lines: what each stage kept, the time, the file and its size."""
     ply = s["files"]["ply"]
     t = s.get("truth")
-    vs = ("" if not t else
-          f"\n  against the true surface ({t['variant']} demo, {t['n_truth']} points in the box, tau "
-          f"{t['tau_original']:g}): Chamfer {t['chamfer']:.4f} (accuracy {t['accuracy']:.4f}, "
-          f"completeness {t['completeness']:.4f}), precision {t['precision']:.3f}, recall "
-          f"{t['recall']:.3f}, F-score {t['fscore']:.3f}")
+    vs = "" if not t else "\n  " + truth_text(t)
     return (f"pointcloud: {s['points']} points from {s['views']} view(s) ({s['pixels']} pixels, "
             f"{s['opaque']} at opacity >= {o.min_opacity:g}, {s['in_box']} in the box, "
             f"{s['sampled']} sampled, {s['outliers']} outliers removed), {s['seconds']:.1f} s on "

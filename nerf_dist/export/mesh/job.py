@@ -2,8 +2,9 @@
 
 1. box and grid (--bbox, else the model's surface_box of the scene box), the blocks;
 2. memory check (every rank, before any field evaluation; raised on every rank);
-3. coarse pass (every rank alike, small): the level when --level is not given, and the density
-   range for the "no surface" message;
+3. coarse pass (every rank alike, small): the density range (the level's candidates and the "no
+   surface" message); the level when --level is not given, from the training rays
+   (:mod:`.ray_level`, views split over the ranks), else Otsu's (:mod:`.level`);
 4. blocks: rank r evaluates blocks r, r + N, ...: density, marching cubes, normals, colours;
 5. the pieces are gathered on rank 0, which merges them (edge ids), keeps the largest components,
    decimates, moves to the output frame and writes the files. NOTE: no collective follows the
@@ -53,7 +54,7 @@ class MeshOptions:
     bbox: tuple[float, ...] | None = None
     """xmin ymin zmin xmax ymax zmax in the scene frame; None: the model's surface box."""
     level: float | None = None
-    """Density of the surface; None: chosen from the field (:mod:`.level`)."""
+    """Density of the surface; None: chosen from the training rays (:mod:`.ray_level`)."""
     block: int = 64
     """Cells per block side (one block's samples are held at once)."""
     keep_components: int = 0
@@ -233,11 +234,11 @@ def export_mesh(loaded, o: MeshOptions, rank: int = 0, world_size: int = 1, devi
     mesh, n_comp = keep_largest(mesh, o.keep_components)
     mesh = Mesh(grid.to_scene(torch.from_numpy(mesh.verts)).numpy(), mesh.faces, mesh.normals,
                 mesh.colors)
-    summary, written = finish(mesh, loaded, o)
+    from ..frame import scene_meta  # NOTE: lazy: the scene readers
+    meta = scene_meta(loaded.cfg) if o.frame == "original" or o.truth else {}
+    summary, written = finish(mesh, meta, o)
     if o.truth:
-        from ..frame import scene_meta  # NOTE: lazy: the scene readers
         from ..geometry_metrics import against_truth, surface_points  # NOTE: lazy: scipy
-        meta = scene_meta(loaded.cfg)
         summary["truth"] = against_truth(surface_points(written.verts, written.faces,
                                                         TRUTH_POINTS), str(meta.get("root", "")),
                                          meta, o.frame, o.tau,

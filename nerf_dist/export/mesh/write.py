@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ..frame import move_points, scene_to_original
+from ..frame import move_points, original_from_meta
 from ..ply import write_ply
 from .stitch import Mesh
 
@@ -50,13 +50,14 @@ def write_trimesh(mesh: Mesh, path: str, fmt: str) -> None:
     tm.export(path, file_type=fmt)
 
 
-def finish(mesh: Mesh, loaded, o) -> dict:
-    """Decimate (o.decimate), move to o.frame, write o.formats into o.out -> (the summary's
-    counts and files ({fmt: {path, bytes}}), the mesh as written)."""
+def finish(mesh: Mesh, meta: dict, o) -> dict:
+    """Decimate (o.decimate), move to o.frame (meta: the scene meta, :mod:`..frame`), write
+    o.formats into o.out -> (the summary's counts and files ({fmt: {path, bytes}}), the mesh as
+    written)."""
     if o.decimate and o.decimate < len(mesh.faces):
         mesh = decimate(mesh, o.decimate)
     if o.frame == "original":
-        mesh = to_frame(mesh, scene_to_original(loaded))
+        mesh = to_frame(mesh, original_from_meta(meta))
     os.makedirs(o.out, exist_ok=True)
     files = {}
     for fmt in o.formats:
